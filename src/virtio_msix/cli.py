@@ -1,0 +1,61 @@
+"""The ``virtio-msix`` command. Each host package contributes its subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules that provide ``add_parsers(subparsers)``; each subcommand sets ``func`` on its parser
+# and returns an exit status from it.
+COMMAND_MODULES = (
+    "virtio_msix.guest.cli",  # sim
+    "virtio_msix.devcli",  # show, replay
+    "virtio_msix.qemu.cli",  # capture-qemu
+    "virtio_msix.uml.cli",  # boot
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="virtio-msix",
+        description="virtio-over-PCI with MSI-X: device model, Linux driver model, real kernel.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # that host is not built yet
+                continue
+            raise
+        module.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        # No subcommand: the main job (DESIGN.md "What a user sees").
+        args = parser.parse_args(["sim", *(argv or [])]) if "sim" in _choices(parser) else None
+        if args is None:
+            parser.print_help()
+            return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _choices(parser: argparse.ArgumentParser) -> set[str]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return set(action.choices)
+    return set()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""irq layer (see DESIGN.md)."""

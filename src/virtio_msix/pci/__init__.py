@@ -1,0 +1,1 @@
+"""pci layer (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""uml layer (see DESIGN.md)."""

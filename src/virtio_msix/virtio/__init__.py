@@ -1,0 +1,1 @@
+"""virtio layer (see DESIGN.md)."""

@@ -1,0 +1,110 @@
+"""A virtio device as the transport sees it (virtio 1.2 §2): features, config, queues, reset.
+
+The device knows nothing of PCI. The transport attaches itself through ``attach(hooks)`` and
+the device raises used-buffer and configuration notifications only through those hooks, so the
+same device could sit behind another transport.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .memory import Memory
+from .queue import VirtQueue
+
+# Device status bits (virtio 1.2 §2.1).
+ACKNOWLEDGE = 0x01
+DRIVER = 0x02
+DRIVER_OK = 0x04
+FEATURES_OK = 0x08
+DEVICE_NEEDS_RESET = 0x40
+FAILED = 0x80
+
+# Transport feature bits (virtio 1.2 §6).
+VIRTIO_F_INDIRECT_DESC = 28
+VIRTIO_F_EVENT_IDX = 29
+VIRTIO_F_ANY_LAYOUT = 27
+VIRTIO_F_NOTIFY_ON_EMPTY = 24
+VIRTIO_F_VERSION_1 = 32
+VIRTIO_F_ACCESS_PLATFORM = 33
+VIRTIO_F_RING_PACKED = 34
+VIRTIO_F_IN_ORDER = 35
+VIRTIO_F_ORDER_PLATFORM = 36
+VIRTIO_F_SR_IOV = 37
+VIRTIO_F_NOTIFICATION_DATA = 38
+VIRTIO_F_RING_RESET = 40
+
+
+class TransportHooks(Protocol):
+    """What a device may ask of its transport."""
+
+    memory: Memory
+
+    def notify_queue(self, index: int) -> None:
+        """Send a used-buffer notification for queue ``index`` (§2.7.13 decides if it is due)."""
+
+    def notify_config(self) -> None:
+        """Send a configuration change notification (§2.5)."""
+
+    def device_error(self, reason: str) -> None:
+        """Set DEVICE_NEEDS_RESET and notify the driver (§2.1.2)."""
+
+
+class VirtioDevice:
+    """Base of every device: subclasses set the identity and implement config and queues."""
+
+    device_id: int = 0
+    name: str = "virtio"
+
+    def __init__(self, queue_max_sizes: list[int], host_features: int, config_len: int) -> None:
+        self.queues = [VirtQueue(i, size) for i, size in enumerate(queue_max_sizes)]
+        self.host_features = host_features
+        self.driver_features = 0
+        self.config_len = config_len
+        self.status = 0
+        self.hooks: TransportHooks | None = None
+
+    # -- transport side -------------------------------------------------------------------
+    def attach(self, hooks: TransportHooks) -> None:
+        self.hooks = hooks
+
+    def reset(self) -> None:
+        """Device reset (status 0): queues back to defaults, features cleared (§2.4)."""
+        self.status = 0
+        self.driver_features = 0
+        for q in self.queues:
+            q.reset()
+
+    def set_driver_features(self, features: int) -> None:
+        self.driver_features = features & self.host_features
+
+    def validate_features(self) -> bool:
+        """Called when the driver sets FEATURES_OK; False refuses it (§3.1.1 step 5)."""
+        return True
+
+    def set_status(self, status: int) -> None:
+        """The driver wrote ``status`` (non-zero); subclasses react to DRIVER_OK."""
+        self.status = status
+
+    def queue_notify(self, index: int) -> None:
+        """The driver made buffers available in queue ``index``."""
+
+    def config_read(self, offset: int, size: int) -> int:
+        """Little-endian read of device config; past its end reads all ones (QEMU)."""
+        return (1 << (8 * size)) - 1
+
+    def config_write(self, offset: int, size: int, value: int) -> None:
+        """Writes past the config end are dropped."""
+
+    def poll(self) -> int:
+        """Give the backend a chance to deliver work (RX frames); returns how many were done."""
+        return 0
+
+    # -- helpers for subclasses -------------------------------------------------------------
+    def has_feature(self, bit: int) -> bool:
+        return bool(self.driver_features >> bit & 1)
+
+    @property
+    def memory(self) -> Memory:
+        assert self.hooks is not None, "device not attached to a transport"
+        return self.hooks.memory

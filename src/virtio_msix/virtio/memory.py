@@ -1,0 +1,62 @@
+"""Guest memory as the device sees it: DMA reads and writes by guest-physical address.
+
+The simulator uses a bytearray; the UML host maps the kernel's memory file descriptors and
+provides an object with the same three members. Every access is bounds-checked: a guest may put
+any address in a descriptor, and that must become a device error, never an exception elsewhere.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class GuestMemoryError(Exception):
+    """A DMA access outside guest memory (the device marks itself NEEDS_RESET)."""
+
+
+class Memory(Protocol):
+    size: int
+
+    def read(self, addr: int, length: int) -> bytes: ...
+
+    def write(self, addr: int, data: bytes) -> None: ...
+
+
+class GuestMemory:
+    """Flat guest-physical memory starting at address 0."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.buf = bytearray(size)
+
+    def _check(self, addr: int, length: int) -> None:
+        if addr < 0 or length < 0 or addr + length > self.size:
+            raise GuestMemoryError(
+                f"DMA [{addr:#x}, {addr + length:#x}) outside guest memory of {self.size:#x} bytes"
+            )
+
+    def read(self, addr: int, length: int) -> bytes:
+        self._check(addr, length)
+        return bytes(self.buf[addr : addr + length])
+
+    def write(self, addr: int, data: bytes) -> None:
+        self._check(addr, len(data))
+        self.buf[addr : addr + len(data)] = data
+
+    def read_u16(self, addr: int) -> int:
+        return int.from_bytes(self.read(addr, 2), "little")
+
+    def read_u32(self, addr: int) -> int:
+        return int.from_bytes(self.read(addr, 4), "little")
+
+    def read_u64(self, addr: int) -> int:
+        return int.from_bytes(self.read(addr, 8), "little")
+
+    def write_u16(self, addr: int, value: int) -> None:
+        self.write(addr, (value & 0xFFFF).to_bytes(2, "little"))
+
+    def write_u32(self, addr: int, value: int) -> None:
+        self.write(addr, (value & 0xFFFFFFFF).to_bytes(4, "little"))
+
+    def write_u64(self, addr: int, value: int) -> None:
+        self.write(addr, (value & (2**64 - 1)).to_bytes(8, "little"))
