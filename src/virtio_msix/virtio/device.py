@@ -55,6 +55,9 @@ class VirtioDevice:
 
     device_id: int = 0
     name: str = "virtio"
+    # Features offered only through the legacy interface (QEMU's legacy_features, e.g.
+    # VIRTIO_NET_F_GSO): the modern device_feature window hides them (§4.1.4.3).
+    legacy_only_features: int = 0
 
     def __init__(self, queue_max_sizes: list[int], host_features: int, config_len: int) -> None:
         self.queues = [VirtQueue(i, size) for i, size in enumerate(queue_max_sizes)]

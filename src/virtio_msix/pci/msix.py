@@ -1,0 +1,241 @@
+"""MSI-X (PCI Local Bus 3.0 §6.8.2): capability, table, PBA, masking and pending bits.
+
+Rules kept (the PCI spec, and QEMU's hw/pci/msix.c where the spec leaves room):
+- After a function reset every entry is zero with its mask bit set, and MSI-X is disabled.
+- An entry is masked when its vector-control mask bit is set, or the function is masked
+  (Function Mask set, or MSI-X not enabled).
+- ``notify(v)``: a vector that no event uses is dropped; a masked vector sets its pending bit
+  instead of sending; otherwise the message (address, data) is sent.
+- When a vector goes from masked to unmasked (entry write or capability write) with its pending
+  bit set, the bit is cleared and the message sent (§6.8.2.9 "pending message ... delivered").
+- The PBA is read-only; writes are ignored.
+- Table and PBA accept 4- and 8-byte accesses (8 = two 4-byte halves); 1- and 2-byte accesses
+  read 0 and write nothing, as QEMU's memory core does for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .region import Region
+from .regs import (
+    MSIX,
+    PCI_MSIX_ENTRY_CTRL_MASKBIT,
+    PCI_MSIX_ENTRY_SIZE,
+    PCI_MSIX_FLAGS_ENABLE,
+    PCI_MSIX_FLAGS_MASKALL,
+)
+
+if TYPE_CHECKING:
+    from .function import PciFunction
+
+MSIX_MAX_VECTORS = 2048  # table size field is 11 bits
+
+
+@dataclass
+class MsixEntry:
+    """A decoded view of one table entry (for displays and tests)."""
+
+    index: int
+    address: int
+    data: int
+    vector_control: int
+    masked: bool  # the entry's own mask bit
+    effectively_masked: bool  # entry or function masked
+    pending: bool
+    used: int  # how many events are mapped to it
+
+
+class Msix:
+    def __init__(
+        self,
+        function: PciFunction,
+        cap_offset: int,
+        nvectors: int,
+        bar: int,
+        table_offset: int,
+        pba_offset: int,
+    ) -> None:
+        if not 1 <= nvectors <= MSIX_MAX_VECTORS:
+            raise ValueError(f"MSI-X table size must be 1..{MSIX_MAX_VECTORS}, got {nvectors}")
+        self.function = function
+        self.cap = cap_offset
+        self.table_size = nvectors
+        self.bar = bar
+        self.table_offset = table_offset
+        self.pba_offset = pba_offset
+        self.pba_size = (nvectors + 63) // 64 * 8
+        self.table = bytearray(nvectors * PCI_MSIX_ENTRY_SIZE)
+        self.pba = bytearray(self.pba_size)
+        self.use_count = [0] * nvectors
+        self.sent = [0] * nvectors  # messages delivered per vector (for views)
+        self.function_masked = True
+        self.reset()
+
+    # -- regions for the BAR -----------------------------------------------------------------
+    def table_region(self) -> Region:
+        return Region(
+            "msix-table",
+            self.table_offset,
+            len(self.table),
+            self._table_read,
+            self._table_write,
+            valid_min=4,
+            valid_max=8,
+            impl_max=4,
+        )
+
+    def pba_region(self) -> Region:
+        return Region(
+            "msix-pba",
+            self.pba_offset,
+            self.pba_size,
+            self._pba_read,
+            lambda off, size, val: None,
+            valid_min=4,
+            valid_max=8,
+            impl_max=4,
+        )
+
+    # -- capability state, from config space -------------------------------------------------
+    @property
+    def control(self) -> int:
+        return self.function.config_word(self.cap + MSIX["message_control"].offset)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.control & PCI_MSIX_FLAGS_ENABLE)
+
+    @property
+    def mask_all(self) -> bool:
+        return bool(self.control & PCI_MSIX_FLAGS_MASKALL)
+
+    def _compute_function_masked(self) -> bool:
+        return not self.enabled or self.mask_all
+
+    # -- per-vector state ----------------------------------------------------------------------
+    def _ctrl(self, v: int) -> int:
+        off = v * PCI_MSIX_ENTRY_SIZE + 12
+        return int.from_bytes(self.table[off : off + 4], "little")
+
+    def entry_masked(self, v: int) -> bool:
+        return bool(self._ctrl(v) & PCI_MSIX_ENTRY_CTRL_MASKBIT)
+
+    def is_masked(self, v: int, function_masked: bool | None = None) -> bool:
+        fm = self.function_masked if function_masked is None else function_masked
+        return fm or self.entry_masked(v)
+
+    def pending(self, v: int) -> bool:
+        return bool(self.pba[v // 8] >> (v % 8) & 1)
+
+    def _set_pending(self, v: int, on: bool) -> None:
+        if on:
+            self.pba[v // 8] |= 1 << (v % 8)
+        else:
+            self.pba[v // 8] &= ~(1 << (v % 8)) & 0xFF
+
+    def message(self, v: int) -> tuple[int, int]:
+        base = v * PCI_MSIX_ENTRY_SIZE
+        lo = int.from_bytes(self.table[base : base + 4], "little")
+        hi = int.from_bytes(self.table[base + 4 : base + 8], "little")
+        data = int.from_bytes(self.table[base + 8 : base + 12], "little")
+        return hi << 32 | lo, data
+
+    @property
+    def entries(self) -> list[MsixEntry]:
+        out = []
+        for v in range(self.table_size):
+            addr, data = self.message(v)
+            out.append(
+                MsixEntry(
+                    v,
+                    addr,
+                    data,
+                    self._ctrl(v),
+                    self.entry_masked(v),
+                    self.is_masked(v),
+                    self.pending(v),
+                    self.use_count[v],
+                )
+            )
+        return out
+
+    # -- vector use (which events map to a vector; QEMU's msix_vector_use/unuse) --------------
+    def vector_use(self, v: int) -> bool:
+        if not 0 <= v < self.table_size:
+            return False
+        self.use_count[v] += 1
+        return True
+
+    def vector_unuse(self, v: int) -> None:
+        if not 0 <= v < self.table_size or not self.use_count[v]:
+            return
+        self.use_count[v] -= 1
+        if not self.use_count[v]:
+            self._set_pending(v, False)
+
+    def unuse_all(self) -> None:
+        for v in range(self.table_size):
+            self.use_count[v] = 0
+            self._set_pending(v, False)
+
+    # -- delivery ----------------------------------------------------------------------------
+    def notify(self, v: int) -> None:
+        if not 0 <= v < self.table_size or not self.use_count[v]:
+            self.function.record_event("msi-dropped", vector=v, reason="vector not in use")
+            return
+        if self.is_masked(v):
+            if not self.pending(v):
+                self.function.record_event("msix-pending", vector=v)
+            self._set_pending(v, True)
+            return
+        self._send(v)
+
+    def _send(self, v: int) -> None:
+        address, data = self.message(v)
+        self.sent[v] += 1
+        self.function.send_msi(address, data, vector=v)
+
+    def _mask_update(self, v: int, was_masked: bool) -> None:
+        if self.is_masked(v) == was_masked:
+            return
+        if not self.is_masked(v) and self.pending(v):
+            self._set_pending(v, False)
+            self._send(v)
+
+    # -- MMIO handlers -----------------------------------------------------------------------
+    def _table_read(self, offset: int, size: int) -> int:
+        return int.from_bytes(self.table[offset : offset + size], "little")
+
+    def _table_write(self, offset: int, size: int, value: int) -> None:
+        v = offset // PCI_MSIX_ENTRY_SIZE
+        was_masked = self.is_masked(v)
+        self.table[offset : offset + size] = value.to_bytes(size, "little")
+        self._mask_update(v, was_masked)
+
+    def _pba_read(self, offset: int, size: int) -> int:
+        return int.from_bytes(self.pba[offset : offset + size], "little")
+
+    # -- capability writes and reset ---------------------------------------------------------
+    def control_written(self) -> None:
+        """Config space changed the message control: re-evaluate every vector's mask."""
+        was = self.function_masked
+        self.function_masked = self._compute_function_masked()
+        if not self.enabled:
+            return
+        # Enabling MSI-X takes the function off INTx (QEMU deasserts the pin here too).
+        self.function.set_irq_level(False)
+        if self.function_masked == was:
+            return
+        for v in range(self.table_size):
+            self._mask_update(v, self.is_masked(v, was))
+
+    def reset(self) -> None:
+        """Function-level reset: every entry zero and masked, nothing pending, nothing used."""
+        self.table[:] = bytes(len(self.table))
+        for v in range(self.table_size):
+            self.table[v * PCI_MSIX_ENTRY_SIZE + 12] = PCI_MSIX_ENTRY_CTRL_MASKBIT
+        self.pba[:] = bytes(self.pba_size)
+        self.use_count = [0] * self.table_size
+        self.function_masked = True

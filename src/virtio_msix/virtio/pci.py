@@ -1,0 +1,641 @@
+"""The virtio-pci transport (virtio 1.2 §4.1), laid out as QEMU 7.2's virtio-pci does.
+
+Modern interface: vendor capabilities for common / ISR / device / notify structures in a 64-bit
+prefetchable BAR (QEMU's virtio_pci_modern_regions_init places each in its own page), the
+PCI_CFG access window, MSI-X in its own BAR. Transitional devices also have the legacy register
+block in an I/O BAR0 (§4.1.4.10).
+
+Where QEMU and the spec differ, the device follows the spec and the comment says so:
+- queue_size accepts only a power of two no larger than the queue's maximum (§2.7: split queue
+  sizes are powers of two; §4.1.4.3: the reset value is the maximum). QEMU accepts any 1..1024.
+- Fields of a queue that does not exist (queue_size 0) ignore writes and read 0, and its
+  queue_msix_vector reads NO_VECTOR (§4.1.5.1.2.1: a mapping that cannot be made reads back
+  NO_VECTOR). QEMU stores vectors and addresses for any select below 1024.
+- DEVICE_NEEDS_RESET is followed by a configuration change notification when DRIVER_OK is set
+  (§2.1.2). QEMU marks the device broken first and then suppresses that notification.
+- No used-buffer notification and no buffer processing before DRIVER_OK (§2.1.2, §3.1.1); a kick
+  that arrives earlier is remembered and served once DRIVER_OK is set.
+- config_generation changes whenever device configuration changes (§4.1.4.3.1), also before
+  DRIVER_OK; QEMU bumps it only with a notification.
+- The PCI_CFG window dispatches to the BAR its ``bar`` field names (§4.1.4.9.1); QEMU 7.2
+  ignores ``bar`` and always uses the modern BAR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..pci.function import PciFunction
+from ..pci.region import Region
+from ..pci.regs import PCI_CAP_ID_VNDR, PCI_COMMAND_MASTER
+from ..pci.sink import InterruptSink
+from ..trace import Recorder
+from .device import (
+    DEVICE_NEEDS_RESET as NEEDS_RESET,
+)
+from .device import (
+    DRIVER_OK,
+    FEATURES_OK,
+    VIRTIO_F_VERSION_1,
+    VirtioDevice,
+)
+from .memory import GuestMemory, Memory
+from .queue import VirtQueue
+from .regs import (
+    CAP,
+    COMMON_BY_OFFSET,
+    LEGACY_BY_OFFSET,
+    LEGACY_CONFIG_OFFSET,
+    LEGACY_CONFIG_OFFSET_MSIX,
+    LEGACY_PFN_SHIFT,
+    LEGACY_VRING_ALIGN,
+    MODERN_LAYOUT,
+    MODERN_REGION_SIZE,
+    NOTIFY_OFF_MULTIPLIER,
+    PCI_CFG_DATA,
+    PCI_SUBDEVICE_ID_QEMU,
+    QUEUE_NOTIFY_MULTIPLIER,
+    TRANSITIONAL_DEVICE_IDS,
+    VIRTIO_MSI_NO_VECTOR,
+    VIRTIO_PCI_CAP_LEN,
+    VIRTIO_PCI_CAP_NOTIFY_CFG,
+    VIRTIO_PCI_CAP_PCI_CFG,
+    VIRTIO_PCI_CFG_CAP_LEN,
+    VIRTIO_PCI_DEVICE_ID_MODERN_BASE,
+    VIRTIO_PCI_ISR_CONFIG,
+    VIRTIO_PCI_ISR_QUEUE,
+    VIRTIO_PCI_NOTIFY_CAP_LEN,
+    VIRTIO_PCI_VENDOR_ID,
+    VIRTIO_QUEUE_MAX,
+)
+
+MODERN_BAR = 4
+MSIX_BAR = 1
+LEGACY_BAR = 0
+MSIX_BAR_SIZE = 0x1000
+MSIX_PBA_OFFSET = 0x800
+DEFAULT_ROM_SIZE = 256 * 1024
+
+PCI_CLASS_BY_DEVICE = {1: 0x020000, 2: 0x010000, 3: 0x078000, 4: 0x00FF00, 5: 0x00FF00}
+
+
+def _pow2ceil(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+class QueueStaging:
+    """Per-queue values the driver wrote that take effect on queue_enable (QEMU's proxy->vqs)."""
+
+    __slots__ = ("desc", "driver", "device")
+
+    def __init__(self) -> None:
+        self.desc = [0, 0]
+        self.driver = [0, 0]
+        self.device = [0, 0]
+
+
+class VirtioPciDevice(PciFunction):
+    """A virtio device behind the virtio-pci transport; also its TransportHooks."""
+
+    def __init__(
+        self,
+        device: VirtioDevice,
+        vectors: int = 0,
+        disable_legacy: bool = False,
+        rom_size: int = DEFAULT_ROM_SIZE,
+        memory: Memory | None = None,
+        sink: InterruptSink | None = None,
+        recorder: Recorder | None = None,
+    ) -> None:
+        vid = device.device_id
+        legacy = not disable_legacy
+        if legacy and vid not in TRANSITIONAL_DEVICE_IDS:
+            raise ValueError(f"virtio device id {vid} has no transitional PCI id")
+        super().__init__(
+            vendor_id=VIRTIO_PCI_VENDOR_ID,
+            device_id=TRANSITIONAL_DEVICE_IDS[vid]
+            if legacy
+            else VIRTIO_PCI_DEVICE_ID_MODERN_BASE + vid,
+            class_code=PCI_CLASS_BY_DEVICE.get(vid, 0xFF0000),
+            # §4.1.2.1: transitional devices have revision 0, modern-only ones 1 or more;
+            # transitional devices carry the virtio device id as subsystem id.
+            revision=0 if legacy else 1,
+            subsystem_vendor_id=VIRTIO_PCI_VENDOR_ID,
+            subsystem_id=vid if legacy else PCI_SUBDEVICE_ID_QEMU,
+            interrupt_pin=1,
+            recorder=recorder,
+            sink=sink,
+        )
+        self.device = device
+        self.memory: Memory = memory if memory is not None else GuestMemory(0)
+        self.legacy = legacy
+        self.nvectors = vectors
+        self.isr = 0
+        self.config_generation = 0
+        self.config_vector = VIRTIO_MSI_NO_VECTOR
+        self.device_feature_select = 0
+        self.driver_feature_select = 0
+        self.driver_feature_words = [0, 0]
+        self.queue_select = 0
+        self.broken = False
+        self.staging = [QueueStaging() for _ in device.queues]
+        self._deferred_kicks: set[int] = set()
+        self._common_handlers = self._handlers(COMMON_BY_OFFSET, "common")
+        self._legacy_handlers = self._handlers(LEGACY_BY_OFFSET, "legacy")
+
+        # BARs in QEMU's order: legacy I/O, MSI-X, modern.
+        if legacy:
+            legacy_size = _pow2ceil(
+                (LEGACY_CONFIG_OFFSET_MSIX if vectors else LEGACY_CONFIG_OFFSET) + device.config_len
+            )
+            bar0 = self.add_bar(LEGACY_BAR, max(legacy_size, 4), is_io=True)
+            bar0.regions.add(Region("legacy", 0, bar0.size, self._legacy_read, self._legacy_write))
+        if vectors:
+            self.add_bar(MSIX_BAR, MSIX_BAR_SIZE)
+        modern = self.add_bar(
+            MODERN_BAR,
+            _pow2ceil(MODERN_LAYOUT[-1][2] + MODERN_REGION_SIZE),
+            is_64=True,
+            prefetchable=True,
+        )
+        region_fns: dict[str, tuple[Callable[[int, int], int], Callable[[int, int, int], None]]] = {
+            "common": (self._common_read, self._common_write),
+            "isr": (self._isr_read, lambda o, s, v: None),
+            "device": (self._device_read, self._device_write),
+            "notify": (lambda o, s: 0, self._notify_write),
+        }
+        for name, cfg_type, offset in MODERN_LAYOUT:
+            read_fn, write_fn = region_fns[name]
+            modern.regions.add(Region(name, offset, MODERN_REGION_SIZE, read_fn, write_fn))
+            self._add_virtio_cap(cfg_type, MODERN_BAR, offset, MODERN_REGION_SIZE)
+        self.pci_cfg_cap = self._add_virtio_cap(VIRTIO_PCI_CAP_PCI_CFG, 0, 0, 0)
+        if vectors:
+            self.add_msix(vectors, MSIX_BAR, 0, MSIX_PBA_OFFSET)
+        if rom_size:
+            self.add_rom(rom_size)
+        self.on_config_write(0x04, 2, self._command_hook)
+        device.attach(self)
+        self.reset()
+
+    # -- capabilities ---------------------------------------------------------------------------
+    def _add_virtio_cap(self, cfg_type: int, bar: int, offset: int, length: int) -> int:
+        cap_len = {
+            VIRTIO_PCI_CAP_NOTIFY_CFG: VIRTIO_PCI_NOTIFY_CAP_LEN,
+            VIRTIO_PCI_CAP_PCI_CFG: VIRTIO_PCI_CFG_CAP_LEN,
+        }.get(cfg_type, VIRTIO_PCI_CAP_LEN)
+        pos = self.add_capability(PCI_CAP_ID_VNDR, cap_len)
+        for name, value in (
+            ("cap_len", cap_len),
+            ("cfg_type", cfg_type),
+            ("bar", bar),
+            ("offset", offset),
+            ("length", length),
+        ):
+            reg = CAP[name]
+            self.set_config(pos + reg.offset, reg.size, value)
+        if cfg_type == VIRTIO_PCI_CAP_NOTIFY_CFG:
+            self.set_config(pos + NOTIFY_OFF_MULTIPLIER.offset, 4, QUEUE_NOTIFY_MULTIPLIER)
+        if cfg_type == VIRTIO_PCI_CAP_PCI_CFG:
+            # bar, offset, length and pci_cfg_data are the driver's to write (§4.1.4.9).
+            for reg in (CAP["bar"], CAP["offset"], CAP["length"], PCI_CFG_DATA):
+                self._set_masks(pos + reg.offset, reg.size, (1 << (8 * reg.size)) - 1, 0)
+            data = pos + PCI_CFG_DATA.offset
+            self.on_config_write(data, 1, self._pci_cfg_write)
+            self.on_config_read(data, 1, self._pci_cfg_read)
+        return pos
+
+    def _pci_cfg_window(self) -> tuple[Region | None, int, int]:
+        pos = self.pci_cfg_cap
+        bar = self.config[pos + CAP["bar"].offset]
+        offset = self.config_long(pos + CAP["offset"].offset)
+        length = self.config_long(pos + CAP["length"].offset)
+        if length not in (1, 2, 4) or bar >= 6 or self.bars[bar] is None:
+            return None, 0, 0
+        b = self.bars[bar]
+        assert b is not None
+        region = b.regions.find(offset)
+        if region is None or offset + length > region.offset + region.size:
+            return None, 0, 0
+        return region, offset - region.offset, length
+
+    def _pci_cfg_write(self, _off: int, _size: int) -> None:
+        region, offset, length = self._pci_cfg_window()
+        if region is None:
+            return
+        data = self.config_long(self.pci_cfg_cap + PCI_CFG_DATA.offset) & ((1 << 8 * length) - 1)
+        self.recorder.access(region.name, "w", offset, length, data, via="pci_cfg")
+        region.dispatch_write(offset, length, data)
+
+    def _pci_cfg_read(self, _off: int, _size: int) -> None:
+        region, offset, length = self._pci_cfg_window()
+        if region is None:
+            return
+        value = region.dispatch_read(offset, length)
+        self.recorder.access(region.name, "r", offset, length, value, via="pci_cfg")
+        data = self.pci_cfg_cap + PCI_CFG_DATA.offset
+        self.config[data : data + length] = value.to_bytes(length, "little")
+
+    def _command_hook(self, _off: int, _size: int) -> None:
+        # Clearing Bus Master stops the device: QEMU clears DRIVER_OK so the driver must
+        # re-initialise it (virtio_write_config).
+        if not self.command & PCI_COMMAND_MASTER and self.device.status & DRIVER_OK:
+            self.device.set_status(self.device.status & ~DRIVER_OK)
+
+    # -- dispatch tables --------------------------------------------------------------------------
+    def _handlers(self, table: dict, prefix: str) -> dict[int, tuple[Callable, Callable | None]]:
+        out = {}
+        for offset, reg in table.items():
+            read = getattr(self, f"_{prefix}_r_{reg.name}", None)
+            write = getattr(self, f"_{prefix}_w_{reg.name}", None)
+            out[offset] = (read, write if reg.access == "rw" else None)
+        return out
+
+    # -- TransportHooks -------------------------------------------------------------------------
+    @property
+    def driver_ok(self) -> bool:
+        return bool(self.device.status & DRIVER_OK)
+
+    def notify_queue(self, index: int) -> None:
+        """A used-buffer notification for queue ``index`` (§4.1.5.3 / §4.1.5.4)."""
+        if not self.driver_ok:
+            self.record_event("notify-suppressed", queue=index, reason="before DRIVER_OK")
+            return
+        self.isr |= VIRTIO_PCI_ISR_QUEUE
+        self._notify_vector(self.device.queues[index].vector)
+
+    def notify_config(self) -> None:
+        """Device configuration changed (§4.1.5.3)."""
+        self.config_generation = (self.config_generation + 1) & 0xFF
+        if not self.driver_ok:
+            return
+        self.isr |= VIRTIO_PCI_ISR_QUEUE | VIRTIO_PCI_ISR_CONFIG
+        self._notify_vector(self.config_vector)
+
+    def device_error(self, reason: str) -> None:
+        """§2.1.2: set DEVICE_NEEDS_RESET and tell the driver; stop processing queues."""
+        self.record_event("device-error", reason=reason)
+        self.broken = True
+        self.device.status |= NEEDS_RESET
+        self.notify_config()
+
+    def _notify_vector(self, vector: int) -> None:
+        msix = self.msix
+        if msix is not None and msix.enabled:
+            # §4.1.5.3.1/§4.1.5.4.1: with MSI-X enabled, NO_VECTOR means no interrupt.
+            if vector != VIRTIO_MSI_NO_VECTOR:
+                msix.notify(vector)
+        else:
+            self.set_irq_level(bool(self.isr & VIRTIO_PCI_ISR_QUEUE))
+
+    # -- reset ------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Device reset (status 0, §2.4): unmap every event, disable queues, clear ISR."""
+        self.device.reset()
+        self.isr = 0
+        self.config_vector = VIRTIO_MSI_NO_VECTOR
+        self.queue_select = 0
+        self.broken = False
+        self._deferred_kicks.clear()
+        for q in self.device.queues:
+            q.vector = VIRTIO_MSI_NO_VECTOR
+        self.staging = [QueueStaging() for _ in self.device.queues]
+        if self.msix is not None:
+            self.msix.unuse_all()
+        self.set_irq_level(False)
+
+    # -- vectors ----------------------------------------------------------------------------------
+    def _map_vector(self, old: int, new: int) -> int:
+        """Release ``old`` and take ``new``; a vector the table lacks maps to NO_VECTOR."""
+        if self.msix is not None and old != VIRTIO_MSI_NO_VECTOR:
+            self.msix.vector_unuse(old)
+        if self.msix is None or not self.msix.vector_use(new):
+            return VIRTIO_MSI_NO_VECTOR
+        return new
+
+    # -- features and status ------------------------------------------------------------------------
+    def _set_driver_features(self, features: int) -> None:
+        # Features cannot change once FEATURES_OK is set (§3.1.1 step 5-6).
+        if self.device.status & FEATURES_OK:
+            return
+        self.device.set_driver_features(features)
+
+    def _set_status(self, value: int) -> None:
+        value &= 0xFF
+        dev = self.device
+        if value == 0:
+            self.reset()
+            return
+        if (
+            value & FEATURES_OK
+            and not dev.status & FEATURES_OK
+            and dev.has_feature(VIRTIO_F_VERSION_1)
+            and not dev.validate_features()
+        ):
+            return  # refused: FEATURES_OK stays clear (§2.2.2)
+        if self.broken:
+            value |= NEEDS_RESET
+        became_ok = value & DRIVER_OK and not dev.status & DRIVER_OK
+        dev.set_status(value)
+        if became_ok:
+            for index in sorted(self._deferred_kicks):
+                self._kick(index)
+            self._deferred_kicks.clear()
+
+    def _queue(self) -> VirtQueue | None:
+        sel = self.queue_select
+        queues = self.device.queues
+        if sel < len(queues) and queues[sel].max_size:
+            return queues[sel]
+        return None
+
+    # -- common configuration (§4.1.4.3) --------------------------------------------------------------
+    # QEMU dispatches on the exact offset a field starts at, whatever the access size; an offset
+    # inside a field or between fields reads 0 and ignores writes. The same here, driven by
+    # COMMON_CFG.
+    def _common_read(self, offset: int, size: int) -> int:
+        read, _ = self._common_handlers.get(offset, (None, None))
+        return read() if read else 0
+
+    def _common_write(self, offset: int, size: int, value: int) -> None:
+        _, write = self._common_handlers.get(offset, (None, None))
+        if write:
+            write(value)
+
+    def _common_r_device_feature_select(self) -> int:
+        return self.device_feature_select
+
+    def _common_w_device_feature_select(self, v: int) -> None:
+        self.device_feature_select = v
+
+    def _common_r_device_feature(self) -> int:
+        sel = self.device_feature_select
+        if sel > 1:
+            return 0  # §4.1.4.3.1: no features beyond the windows the device has
+        features = self.device.host_features & ~self.device.legacy_only_features
+        return features >> (32 * sel) & 0xFFFFFFFF
+
+    def _common_r_driver_feature_select(self) -> int:
+        return self.driver_feature_select
+
+    def _common_w_driver_feature_select(self, v: int) -> None:
+        self.driver_feature_select = v
+
+    def _common_r_driver_feature(self) -> int:
+        sel = self.driver_feature_select
+        return self.driver_feature_words[sel] if sel < 2 else 0
+
+    def _common_w_driver_feature(self, v: int) -> None:
+        sel = self.driver_feature_select
+        if sel >= 2 or self.device.status & FEATURES_OK:
+            return
+        self.driver_feature_words[sel] = v
+        lo, hi = self.driver_feature_words
+        self._set_driver_features(hi << 32 | lo)
+
+    def _common_r_msix_config(self) -> int:
+        return self.config_vector
+
+    def _common_w_msix_config(self, v: int) -> None:
+        self.config_vector = self._map_vector(self.config_vector, v)
+
+    def _common_r_num_queues(self) -> int:
+        n = 0
+        for i, q in enumerate(self.device.queues):
+            if q.max_size:
+                n = i + 1
+        return n
+
+    def _common_r_device_status(self) -> int:
+        return self.device.status
+
+    def _common_w_device_status(self, v: int) -> None:
+        self._set_status(v)
+
+    def _common_r_config_generation(self) -> int:
+        return self.config_generation
+
+    def _common_r_queue_select(self) -> int:
+        return self.queue_select
+
+    def _common_w_queue_select(self, v: int) -> None:
+        if v < VIRTIO_QUEUE_MAX:
+            self.queue_select = v
+
+    def _common_r_queue_size(self) -> int:
+        q = self._queue()
+        return q.size if q else 0
+
+    def _common_w_queue_size(self, v: int) -> None:
+        q = self._queue()
+        if q is None or q.enabled:
+            return
+        # §2.7: a split queue's size is a power of two; the reset value is the maximum.
+        if v and not v & (v - 1) and v <= q.max_size:
+            q.size = v
+
+    def _common_r_queue_msix_vector(self) -> int:
+        q = self._queue()
+        return q.vector if q else VIRTIO_MSI_NO_VECTOR
+
+    def _common_w_queue_msix_vector(self, v: int) -> None:
+        q = self._queue()
+        if q is not None:
+            q.vector = self._map_vector(q.vector, v)
+
+    def _common_r_queue_enable(self) -> int:
+        q = self._queue()
+        return int(q.enabled) if q else 0
+
+    def _common_w_queue_enable(self, v: int) -> None:
+        q = self._queue()
+        if q is None:
+            return
+        if v != 1:
+            # §4.1.4.3.2: the driver must not write 0 (QEMU: a device error).
+            self.device_error(f"queue_enable written with {v:#x} for queue {q.index}")
+            return
+        st = self.staging[q.index]
+        q.desc_addr = st.desc[1] << 32 | st.desc[0]
+        q.avail_addr = st.driver[1] << 32 | st.driver[0]
+        q.used_addr = st.device[1] << 32 | st.device[0]
+        q.enabled = True
+
+    def _common_r_queue_notify_off(self) -> int:
+        # QEMU gives each queue its own notify slot: queue_notify_off = queue index.
+        return self.queue_select
+
+    def _staged(self, field: str, half: int) -> int:
+        q = self._queue()
+        return getattr(self.staging[q.index], field)[half] if q else 0
+
+    def _stage(self, field: str, half: int, v: int) -> None:
+        q = self._queue()
+        if q is not None and not q.enabled:
+            getattr(self.staging[q.index], field)[half] = v
+
+    def _common_r_queue_desc_lo(self) -> int:
+        return self._staged("desc", 0)
+
+    def _common_w_queue_desc_lo(self, v: int) -> None:
+        self._stage("desc", 0, v)
+
+    def _common_r_queue_desc_hi(self) -> int:
+        return self._staged("desc", 1)
+
+    def _common_w_queue_desc_hi(self, v: int) -> None:
+        self._stage("desc", 1, v)
+
+    def _common_r_queue_driver_lo(self) -> int:
+        return self._staged("driver", 0)
+
+    def _common_w_queue_driver_lo(self, v: int) -> None:
+        self._stage("driver", 0, v)
+
+    def _common_r_queue_driver_hi(self) -> int:
+        return self._staged("driver", 1)
+
+    def _common_w_queue_driver_hi(self, v: int) -> None:
+        self._stage("driver", 1, v)
+
+    def _common_r_queue_device_lo(self) -> int:
+        return self._staged("device", 0)
+
+    def _common_w_queue_device_lo(self, v: int) -> None:
+        self._stage("device", 0, v)
+
+    def _common_r_queue_device_hi(self) -> int:
+        return self._staged("device", 1)
+
+    def _common_w_queue_device_hi(self, v: int) -> None:
+        self._stage("device", 1, v)
+
+    def _common_r_queue_notify_data(self) -> int:
+        return 0
+
+    def _common_r_queue_reset(self) -> int:
+        return 0  # the reset completes before the write returns (§4.1.4.3.2)
+
+    def _common_w_queue_reset(self, v: int) -> None:
+        q = self._queue()
+        if q is None or v != 1:
+            return
+        vector = q.vector
+        q.reset()
+        q.vector = vector  # the vector mapping survives a queue reset; the ring does not
+        self.staging[q.index] = QueueStaging()
+
+    # -- ISR, notify, device config ---------------------------------------------------------------------
+    def _isr_read(self, offset: int, size: int) -> int:
+        # §4.1.4.5: reading ISR returns and clears it, and de-asserts INTx.
+        value, self.isr = self.isr, 0
+        self.set_irq_level(False)
+        return value
+
+    def _notify_write(self, offset: int, size: int, value: int) -> None:
+        # The queue is found from the notify address (queue_notify_off * multiplier).
+        self._kick(offset // QUEUE_NOTIFY_MULTIPLIER)
+
+    def _kick(self, index: int) -> None:
+        queues = self.device.queues
+        if index >= len(queues) or not queues[index].enabled or self.broken:
+            return
+        if not self.driver_ok:
+            self._deferred_kicks.add(index)
+            return
+        self.device.queue_notify(index)
+
+    def _device_read(self, offset: int, size: int) -> int:
+        if offset + size > self.device.config_len:
+            return (1 << (8 * size)) - 1
+        return self.device.config_read(offset, size)
+
+    def _device_write(self, offset: int, size: int, value: int) -> None:
+        if offset + size <= self.device.config_len:
+            self.device.config_write(offset, size, value)
+
+    def poll(self) -> int:
+        """Let the device's backend deliver pending work (only once DRIVER_OK, §2.1.2)."""
+        if not self.driver_ok or self.broken:
+            return 0
+        return self.device.poll()
+
+    # -- legacy interface (§4.1.4.10) ------------------------------------------------------------------------
+    def _legacy_config_offset(self) -> int:
+        msix_on = self.msix is not None and self.msix.enabled
+        return LEGACY_CONFIG_OFFSET_MSIX if msix_on else LEGACY_CONFIG_OFFSET
+
+    def _legacy_read(self, offset: int, size: int) -> int:
+        cfg = self._legacy_config_offset()
+        if offset >= cfg:
+            return self._device_read(offset - cfg, size)
+        read, _ = self._legacy_handlers.get(offset, (None, None))
+        return read() if read else 0
+
+    def _legacy_write(self, offset: int, size: int, value: int) -> None:
+        cfg = self._legacy_config_offset()
+        if offset >= cfg:
+            self._device_write(offset - cfg, size, value)
+            return
+        _, write = self._legacy_handlers.get(offset, (None, None))
+        if write:
+            write(value)
+
+    def _legacy_r_host_features(self) -> int:
+        return (self.device.host_features | self.device.legacy_only_features) & 0xFFFFFFFF
+
+    def _legacy_r_guest_features(self) -> int:
+        return self.device.driver_features & 0xFFFFFFFF
+
+    def _legacy_w_guest_features(self, v: int) -> None:
+        self._set_driver_features(v)
+
+    def _legacy_r_queue_address(self) -> int:
+        q = self._queue()
+        return q.desc_addr >> LEGACY_PFN_SHIFT if q else 0
+
+    def _legacy_w_queue_address(self, v: int) -> None:
+        if v == 0:
+            self.reset()  # a zero PFN resets the device (legacy convention)
+            return
+        q = self._queue()
+        if q is None:
+            return
+        # Legacy rings are contiguous: avail after the descriptors, used on the next 4 KiB.
+        q.desc_addr = v << LEGACY_PFN_SHIFT
+        q.avail_addr = q.desc_addr + 16 * q.size
+        end = q.avail_addr + 4 + 2 * q.size
+        q.used_addr = (end + LEGACY_VRING_ALIGN - 1) & ~(LEGACY_VRING_ALIGN - 1)
+        q.enabled = True
+
+    def _legacy_r_queue_size(self) -> int:
+        return self._common_r_queue_size()
+
+    def _legacy_r_queue_select(self) -> int:
+        return self.queue_select
+
+    def _legacy_w_queue_select(self, v: int) -> None:
+        self._common_w_queue_select(v)
+
+    def _legacy_w_queue_notify(self, v: int) -> None:
+        self._kick(v)
+
+    def _legacy_r_device_status(self) -> int:
+        return self.device.status
+
+    def _legacy_w_device_status(self, v: int) -> None:
+        self._set_status(v)
+
+    def _legacy_r_isr_status(self) -> int:
+        return self._isr_read(0, 1)
+
+    def _legacy_r_config_msix_vector(self) -> int:
+        return self.config_vector
+
+    def _legacy_w_config_msix_vector(self, v: int) -> None:
+        self._common_w_msix_config(v)
+
+    def _legacy_r_queue_msix_vector(self) -> int:
+        return self._common_r_queue_msix_vector()
+
+    def _legacy_w_queue_msix_vector(self, v: int) -> None:
+        self._common_w_queue_msix_vector(v)
