@@ -60,3 +60,38 @@ class GuestMemory:
 
     def write_u64(self, addr: int, value: int) -> None:
         self.write(addr, (value & (2**64 - 1)).to_bytes(8, "little"))
+
+
+class SparseMemory:
+    """Memory of any size whose unwritten bytes read as zero (replaying a register trace, where
+    the guest's RAM contents are unknown: rings read empty, so the device finds no work)."""
+
+    PAGE = 4096
+
+    def __init__(self, size: int = 1 << 64) -> None:
+        self.size = size
+        self.pages: dict[int, bytearray] = {}
+
+    def read(self, addr: int, length: int) -> bytes:
+        if addr < 0 or length < 0 or addr + length > self.size:
+            raise GuestMemoryError(f"DMA [{addr:#x}, +{length:#x}) outside memory")
+        out = bytearray()
+        while length:
+            page, off = divmod(addr, self.PAGE)
+            n = min(length, self.PAGE - off)
+            data = self.pages.get(page)
+            out += data[off : off + n] if data is not None else bytes(n)
+            addr += n
+            length -= n
+        return bytes(out)
+
+    def write(self, addr: int, data: bytes) -> None:
+        if addr < 0 or addr + len(data) > self.size:
+            raise GuestMemoryError(f"DMA [{addr:#x}, +{len(data):#x}) outside memory")
+        pos = 0
+        while pos < len(data):
+            page, off = divmod(addr + pos, self.PAGE)
+            n = min(len(data) - pos, self.PAGE - off)
+            buf = self.pages.setdefault(page, bytearray(self.PAGE))
+            buf[off : off + n] = data[pos : pos + n]
+            pos += n
