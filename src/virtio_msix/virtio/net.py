@@ -1,0 +1,450 @@
+"""virtio-net (virtio 1.2 §5.1), with QEMU 7.2's defaults for ``-device virtio-net-pci``.
+
+Host features are what QEMU 7.2 offers with a ``-netdev user`` peer, read from the real QEMU
+(device_feature windows 0 and 1 of the modern interface): 0x0000010130bf8024 — MAC,
+CTRL_GUEST_OFFLOADS, MRG_RXBUF, STATUS, CTRL_VQ, CTRL_RX, CTRL_VLAN, CTRL_RX_EXTRA,
+GUEST_ANNOUNCE, CTRL_MAC_ADDR, INDIRECT_DESC, EVENT_IDX, VERSION_1, RING_RESET. The user-mode
+peer has no vnet header, so no checksum or segmentation offloads are offered. MQ is offered
+when there is more than one queue pair (QEMU's ``mq=on``).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .backends import NetBackend, NullBackend
+from .device import (
+    DRIVER_OK,
+    VIRTIO_F_ANY_LAYOUT,
+    VIRTIO_F_EVENT_IDX,
+    VIRTIO_F_INDIRECT_DESC,
+    VIRTIO_F_NOTIFY_ON_EMPTY,
+    VIRTIO_F_RING_RESET,
+    VIRTIO_F_VERSION_1,
+    VirtioDevice,
+)
+from .queue import Element, VirtqueueError
+
+# Feature bits (§5.1.3).
+VIRTIO_NET_F_CSUM = 0
+VIRTIO_NET_F_GUEST_CSUM = 1
+VIRTIO_NET_F_CTRL_GUEST_OFFLOADS = 2
+VIRTIO_NET_F_MTU = 3
+VIRTIO_NET_F_MAC = 5
+VIRTIO_NET_F_GSO = 6
+VIRTIO_NET_F_GUEST_TSO4 = 7
+VIRTIO_NET_F_GUEST_TSO6 = 8
+VIRTIO_NET_F_GUEST_ECN = 9
+VIRTIO_NET_F_GUEST_UFO = 10
+VIRTIO_NET_F_HOST_TSO4 = 11
+VIRTIO_NET_F_HOST_TSO6 = 12
+VIRTIO_NET_F_HOST_ECN = 13
+VIRTIO_NET_F_HOST_UFO = 14
+VIRTIO_NET_F_MRG_RXBUF = 15
+VIRTIO_NET_F_STATUS = 16
+VIRTIO_NET_F_CTRL_VQ = 17
+VIRTIO_NET_F_CTRL_RX = 18
+VIRTIO_NET_F_CTRL_VLAN = 19
+VIRTIO_NET_F_CTRL_RX_EXTRA = 20
+VIRTIO_NET_F_GUEST_ANNOUNCE = 21
+VIRTIO_NET_F_MQ = 22
+VIRTIO_NET_F_CTRL_MAC_ADDR = 23
+VIRTIO_NET_F_HASH_REPORT = 57
+VIRTIO_NET_F_RSS = 60
+VIRTIO_NET_F_RSC_EXT = 61
+VIRTIO_NET_F_STANDBY = 62
+VIRTIO_NET_F_SPEED_DUPLEX = 63
+
+FEATURE_NAMES = {
+    VIRTIO_NET_F_CSUM: "CSUM",
+    VIRTIO_NET_F_GUEST_CSUM: "GUEST_CSUM",
+    VIRTIO_NET_F_CTRL_GUEST_OFFLOADS: "CTRL_GUEST_OFFLOADS",
+    VIRTIO_NET_F_MTU: "MTU",
+    VIRTIO_NET_F_MAC: "MAC",
+    VIRTIO_NET_F_GSO: "GSO",
+    VIRTIO_NET_F_GUEST_TSO4: "GUEST_TSO4",
+    VIRTIO_NET_F_GUEST_TSO6: "GUEST_TSO6",
+    VIRTIO_NET_F_GUEST_ECN: "GUEST_ECN",
+    VIRTIO_NET_F_GUEST_UFO: "GUEST_UFO",
+    VIRTIO_NET_F_HOST_TSO4: "HOST_TSO4",
+    VIRTIO_NET_F_HOST_TSO6: "HOST_TSO6",
+    VIRTIO_NET_F_HOST_ECN: "HOST_ECN",
+    VIRTIO_NET_F_HOST_UFO: "HOST_UFO",
+    VIRTIO_NET_F_MRG_RXBUF: "MRG_RXBUF",
+    VIRTIO_NET_F_STATUS: "STATUS",
+    VIRTIO_NET_F_CTRL_VQ: "CTRL_VQ",
+    VIRTIO_NET_F_CTRL_RX: "CTRL_RX",
+    VIRTIO_NET_F_CTRL_VLAN: "CTRL_VLAN",
+    VIRTIO_NET_F_CTRL_RX_EXTRA: "CTRL_RX_EXTRA",
+    VIRTIO_NET_F_GUEST_ANNOUNCE: "GUEST_ANNOUNCE",
+    VIRTIO_NET_F_MQ: "MQ",
+    VIRTIO_NET_F_CTRL_MAC_ADDR: "CTRL_MAC_ADDR",
+    VIRTIO_NET_F_HASH_REPORT: "HASH_REPORT",
+    VIRTIO_NET_F_RSS: "RSS",
+    VIRTIO_NET_F_RSC_EXT: "RSC_EXT",
+    VIRTIO_NET_F_STANDBY: "STANDBY",
+    VIRTIO_NET_F_SPEED_DUPLEX: "SPEED_DUPLEX",
+    VIRTIO_F_NOTIFY_ON_EMPTY: "NOTIFY_ON_EMPTY",
+    VIRTIO_F_ANY_LAYOUT: "ANY_LAYOUT",
+    VIRTIO_F_INDIRECT_DESC: "RING_INDIRECT_DESC",
+    VIRTIO_F_EVENT_IDX: "RING_EVENT_IDX",
+    VIRTIO_F_VERSION_1: "VERSION_1",
+    33: "ACCESS_PLATFORM",
+    34: "RING_PACKED",
+    35: "IN_ORDER",
+    36: "ORDER_PLATFORM",
+    37: "SR_IOV",
+    38: "NOTIFICATION_DATA",
+    VIRTIO_F_RING_RESET: "RING_RESET",
+}
+
+
+def feature_names(features: int) -> list[str]:
+    return [FEATURE_NAMES.get(b, f"bit{b}") for b in range(64) if features >> b & 1]
+
+
+def _bits(*bits: int) -> int:
+    v = 0
+    for b in bits:
+        v |= 1 << b
+    return v
+
+
+QEMU_72_USER_NETDEV_FEATURES = _bits(
+    VIRTIO_NET_F_CTRL_GUEST_OFFLOADS,
+    VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_F_CTRL_VQ,
+    VIRTIO_NET_F_CTRL_RX,
+    VIRTIO_NET_F_CTRL_VLAN,
+    VIRTIO_NET_F_CTRL_RX_EXTRA,
+    VIRTIO_NET_F_GUEST_ANNOUNCE,
+    VIRTIO_NET_F_CTRL_MAC_ADDR,
+    VIRTIO_F_INDIRECT_DESC,
+    VIRTIO_F_EVENT_IDX,
+    VIRTIO_F_VERSION_1,
+    VIRTIO_F_RING_RESET,
+)
+assert QEMU_72_USER_NETDEV_FEATURES == 0x0000010130BF8024
+
+# Config layout (§5.1.4), and which feature makes each field exist (QEMU's feature_sizes).
+CONFIG_FIELDS = (
+    ("mac", 0, 6, VIRTIO_NET_F_MAC),
+    ("status", 6, 2, VIRTIO_NET_F_STATUS),
+    ("max_virtqueue_pairs", 8, 2, VIRTIO_NET_F_MQ),
+    ("mtu", 10, 2, VIRTIO_NET_F_MTU),
+    ("speed", 12, 4, VIRTIO_NET_F_SPEED_DUPLEX),
+    ("duplex", 16, 1, VIRTIO_NET_F_SPEED_DUPLEX),
+)
+VIRTIO_NET_S_LINK_UP = 1
+VIRTIO_NET_S_ANNOUNCE = 2
+
+# Control queue (§5.1.6.5).
+VIRTIO_NET_OK = 0
+VIRTIO_NET_ERR = 1
+CTRL_RX, CTRL_MAC, CTRL_VLAN, CTRL_ANNOUNCE, CTRL_MQ, CTRL_GUEST_OFFLOADS = 0, 1, 2, 3, 4, 5
+CTRL_CLASS_NAMES = {0: "RX", 1: "MAC", 2: "VLAN", 3: "ANNOUNCE", 4: "MQ", 5: "GUEST_OFFLOADS"}
+
+RX_QUEUE_SIZE = 256
+TX_QUEUE_SIZE = 256
+CTRL_QUEUE_SIZE = 64
+HDR_LEN = 12  # struct virtio_net_hdr_v1 (VERSION_1 or MRG_RXBUF)
+HDR_LEN_LEGACY = 10
+MAX_FRAME = 65535 + 14
+
+
+class VirtioNet(VirtioDevice):
+    device_id = 1
+    name = "virtio-net"
+    legacy_only_features = _bits(VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_ANY_LAYOUT)
+
+    def __init__(
+        self,
+        queue_pairs: int = 1,
+        mac: bytes = bytes.fromhex("525400123456"),
+        backend: NetBackend | None = None,
+        mtu: int | None = None,
+        host_features: int | None = None,
+    ) -> None:
+        if len(mac) != 6:
+            raise ValueError("a MAC address has 6 bytes")
+        if not 1 <= queue_pairs <= 0x8000:
+            raise ValueError("queue_pairs must be 1..32768")
+        features = QEMU_72_USER_NETDEV_FEATURES if host_features is None else host_features
+        if queue_pairs > 1:
+            features |= 1 << VIRTIO_NET_F_MQ
+        if mtu is not None:
+            features |= 1 << VIRTIO_NET_F_MTU
+        sizes = [RX_QUEUE_SIZE, TX_QUEUE_SIZE] * queue_pairs
+        if features >> VIRTIO_NET_F_CTRL_VQ & 1:
+            sizes.append(CTRL_QUEUE_SIZE)
+        # Config length: up to the last field whose feature is offered (never less than mac).
+        config_len = 6
+        for _name, off, size, bit in CONFIG_FIELDS:
+            if features >> bit & 1:
+                config_len = max(config_len, off + size)
+        super().__init__(sizes, features | self.legacy_only_features, config_len)
+        self.host_features = features
+        self.queue_pairs = queue_pairs
+        self.mac = bytearray(mac)
+        self.default_mac = bytes(mac)
+        self.mtu = mtu or 1500
+        self.backend: NetBackend = backend if backend is not None else NullBackend()
+        self.link_up = True
+        self.stats = {
+            "tx_frames": 0,
+            "rx_frames": 0,
+            "tx_bytes": 0,
+            "rx_bytes": 0,
+            "rx_no_buffer": 0,
+        }
+        self.ctrl_log: list[tuple[str, int, bytes, int]] = []
+        self._reset_net_state()
+
+    # -- state -------------------------------------------------------------------------------------
+    def _reset_net_state(self) -> None:
+        self.curr_queue_pairs = 1
+        self.promisc = True
+        self.allmulti = False
+        self.mac_table: list[bytes] = []
+        self.vlans: set[int] = set()
+        self.guest_offloads = 0
+        self._held: bytes | None = None  # a frame taken from the backend waiting for buffers
+
+    def reset(self) -> None:
+        super().reset()
+        self.mac[:] = self.default_mac
+        self._reset_net_state()
+
+    def set_driver_features(self, features: int) -> None:
+        super().set_driver_features(features)
+        for q in self.queues:
+            q.event_idx = bool(self.driver_features >> VIRTIO_F_EVENT_IDX & 1)
+
+    @property
+    def ctrl_index(self) -> int | None:
+        if self.host_features >> VIRTIO_NET_F_CTRL_VQ & 1:
+            return 2 * self.queue_pairs
+        return None
+
+    @property
+    def hdr_len(self) -> int:
+        if self.has_feature(VIRTIO_F_VERSION_1) or self.has_feature(VIRTIO_NET_F_MRG_RXBUF):
+            return HDR_LEN
+        return HDR_LEN_LEGACY
+
+    # -- config space ------------------------------------------------------------------------------
+    def _config_bytes(self) -> bytes:
+        status = VIRTIO_NET_S_LINK_UP if self.link_up else 0
+        raw = bytes(self.mac) + struct.pack(
+            "<HHHIB", status, self.queue_pairs, self.mtu, 0xFFFFFFFF, 0xFF
+        )
+        return raw[: self.config_len]
+
+    def config_read(self, offset: int, size: int) -> int:
+        raw = self._config_bytes()
+        if offset < 0 or offset + size > len(raw):
+            return (1 << (8 * size)) - 1
+        return int.from_bytes(raw[offset : offset + size], "little")
+
+    def config_write(self, offset: int, size: int, value: int) -> None:
+        # The MAC is writable through config space only for legacy drivers that did not
+        # negotiate CTRL_MAC_ADDR and not VERSION_1 (§5.1.4.2 / QEMU virtio_net_set_config).
+        if offset + size > 6 or self.has_feature(VIRTIO_F_VERSION_1):
+            return
+        if self.has_feature(VIRTIO_NET_F_CTRL_MAC_ADDR):
+            return
+        self.mac[offset : offset + size] = value.to_bytes(size, "little")
+
+    def set_link(self, up: bool) -> None:
+        """Change the link state; the driver learns it through a config change (§5.1.4)."""
+        if up == self.link_up:
+            return
+        self.link_up = up
+        if self.hooks is not None:
+            self.hooks.notify_config()
+
+    # -- queues ------------------------------------------------------------------------------------
+    def set_status(self, status: int) -> None:
+        became_ok = status & DRIVER_OK and not self.status & DRIVER_OK
+        super().set_status(status)
+        if became_ok:
+            self.poll()
+
+    def queue_notify(self, index: int) -> None:
+        if not self.status & DRIVER_OK:
+            return
+        try:
+            if index == self.ctrl_index:
+                self._handle_ctrl(index)
+            elif index % 2 == 1:
+                self._handle_tx(index)
+            else:
+                self._deliver_rx()
+        except VirtqueueError as e:
+            self._error(str(e))
+
+    def _error(self, reason: str) -> None:
+        if self.hooks is not None:
+            self.hooks.device_error(reason)
+
+    def _handle_tx(self, index: int) -> None:
+        q = self.queues[index]
+        mem = self.memory
+        done = 0
+        while (elem := q.pop(mem)) is not None:
+            data = elem.read(mem) if elem.readable_len <= MAX_FRAME + HDR_LEN else None
+            if data is None:
+                raise VirtqueueError(f"queue {index}: TX chain of {elem.readable_len} bytes")
+            frame = data[self.hdr_len :]
+            q.push(mem, elem, 0)
+            done += 1
+            if frame:
+                self.stats["tx_frames"] += 1
+                self.stats["tx_bytes"] += len(frame)
+                self.backend.send(frame)
+        if done and q.should_notify(mem) and self.hooks is not None:
+            self.hooks.notify_queue(index)
+        if done:
+            self._deliver_rx()  # a loopback backend may have frames now
+
+    def poll(self) -> int:
+        if not self.status & DRIVER_OK:
+            return 0
+        try:
+            return self._deliver_rx()
+        except VirtqueueError as e:
+            self._error(str(e))
+            return 0
+
+    def _deliver_rx(self) -> int:
+        """Move backend frames into posted receive buffers (queue 0 of the active pairs)."""
+        q = self.queues[0]
+        mem = self.memory
+        delivered = 0
+        mergeable = self.has_feature(VIRTIO_NET_F_MRG_RXBUF)
+        while True:
+            frame = self._held if self._held is not None else self.backend.take_frame()
+            self._held = None
+            if frame is None:
+                break
+            if not q.has_available(mem):
+                self._held = frame
+                self.stats["rx_no_buffer"] += 1
+                break
+            packet = bytearray(self.hdr_len) + frame
+            if mergeable:
+                self._rx_mergeable(q, mem, packet)
+            else:
+                elem = q.pop(mem)
+                assert elem is not None
+                written = elem.write(mem, bytes(packet))
+                q.push(mem, elem, written)
+            delivered += 1
+            self.stats["rx_frames"] += 1
+            self.stats["rx_bytes"] += len(frame)
+        if delivered and q.should_notify(mem) and self.hooks is not None:
+            self.hooks.notify_queue(0)
+        return delivered
+
+    def _rx_mergeable(self, q, mem, packet: bytearray) -> None:
+        # §5.1.6.4: spread the packet over as many buffers as needed; num_buffers in the header.
+        elems: list[tuple[Element, int]] = []
+        pos = 0
+        while pos < len(packet):
+            elem = q.pop(mem)
+            if elem is None:
+                break  # out of buffers: the rest is truncated, as a NIC would drop it
+            n = elem.write(mem, bytes(packet[pos:]))
+            if n == 0 and not elem.writable_len:
+                raise VirtqueueError(f"queue {q.index}: RX buffer with no writable space")
+            elems.append((elem, n))
+            pos += n
+        if not elems:
+            return
+        first, _ = elems[0]
+        a, _n = first.writable[0]
+        mem.write(a + 10, struct.pack("<H", len(elems)))
+        for elem, n in elems:
+            q.push(mem, elem, n)
+
+    # -- control queue (§5.1.6.5) ---------------------------------------------------------------------
+    def _handle_ctrl(self, index: int) -> None:
+        q = self.queues[index]
+        mem = self.memory
+        done = 0
+        while (elem := q.pop(mem)) is not None:
+            if elem.readable_len < 2 or elem.writable_len < 1 or elem.readable_len > 65536:
+                raise VirtqueueError(f"queue {index}: malformed control command")
+            data = elem.read(mem)
+            cls, cmd, payload = data[0], data[1], data[2:]
+            ack = self._ctrl_command(cls, cmd, payload)
+            self.ctrl_log.append((CTRL_CLASS_NAMES.get(cls, str(cls)), cmd, bytes(payload), ack))
+            elem.write(mem, bytes([ack]))
+            q.push(mem, elem, 1)
+            done += 1
+        if done and q.should_notify(mem) and self.hooks is not None:
+            self.hooks.notify_queue(index)
+
+    def _ctrl_command(self, cls: int, cmd: int, payload: bytes) -> int:
+        if cls == CTRL_RX and self.has_feature(VIRTIO_NET_F_CTRL_RX):
+            if len(payload) != 1 or cmd > 5:
+                return VIRTIO_NET_ERR
+            if cmd == 0:
+                self.promisc = bool(payload[0])
+            elif cmd == 1:
+                self.allmulti = bool(payload[0])
+            return VIRTIO_NET_OK
+        if cls == CTRL_MAC:
+            if cmd == 1 and len(payload) == 6:  # ADDR_SET
+                self.mac[:] = payload
+                return VIRTIO_NET_OK
+            if cmd == 0:  # TABLE_SET: two tables, unicast then multicast
+                macs: list[bytes] = []
+                pos = 0
+                for _ in range(2):
+                    if pos + 4 > len(payload):
+                        return VIRTIO_NET_ERR
+                    (n,) = struct.unpack_from("<I", payload, pos)
+                    pos += 4
+                    if pos + 6 * n > len(payload):
+                        return VIRTIO_NET_ERR
+                    macs += [payload[pos + 6 * i : pos + 6 * i + 6] for i in range(n)]
+                    pos += 6 * n
+                if pos != len(payload):
+                    return VIRTIO_NET_ERR
+                self.mac_table = macs
+                return VIRTIO_NET_OK
+            return VIRTIO_NET_ERR
+        if cls == CTRL_VLAN and self.has_feature(VIRTIO_NET_F_CTRL_VLAN):
+            if len(payload) != 2:
+                return VIRTIO_NET_ERR
+            vid = struct.unpack("<H", payload)[0]
+            if vid >= 4096:
+                return VIRTIO_NET_ERR
+            (self.vlans.add if cmd == 0 else self.vlans.discard)(vid)
+            return VIRTIO_NET_OK if cmd in (0, 1) else VIRTIO_NET_ERR
+        if cls == CTRL_ANNOUNCE and cmd == 0:
+            return VIRTIO_NET_OK
+        if cls == CTRL_MQ and cmd == 0 and self.has_feature(VIRTIO_NET_F_MQ):
+            if len(payload) != 2:
+                return VIRTIO_NET_ERR
+            pairs = struct.unpack("<H", payload)[0]
+            if not 1 <= pairs <= self.queue_pairs:
+                return VIRTIO_NET_ERR
+            self.curr_queue_pairs = pairs
+            return VIRTIO_NET_OK
+        if (
+            cls == CTRL_GUEST_OFFLOADS
+            and cmd == 0
+            and self.has_feature(VIRTIO_NET_F_CTRL_GUEST_OFFLOADS)
+        ):
+            if len(payload) != 8:
+                return VIRTIO_NET_ERR
+            offloads = struct.unpack("<Q", payload)[0]
+            if offloads & ~self.driver_features:
+                return VIRTIO_NET_ERR
+            self.guest_offloads = offloads
+            return VIRTIO_NET_OK
+        return VIRTIO_NET_ERR
