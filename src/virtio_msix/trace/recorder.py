@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 # The register spaces an access record may name (DESIGN.md "Access trace format").
-SPACES = ("cfg", "common", "isr", "device", "notify", "msix-table", "msix-pba")
+SPACES = ("cfg", "common", "isr", "device", "notify", "msix-table", "msix-pba", "legacy")
 
 Record = dict[str, Any]
 

@@ -1,0 +1,137 @@
+"""Kernel-style backtraces taken from the driver model's real Python call stack.
+
+Every modelled kernel function has the Linux name; a backtrace keeps the stack frames whose
+function names are in SOURCES (where that function lives in Linux 6.1) and prints them in the
+form of the seed: ``#0  pci_msi_domain_write_msg (...) at drivers/pci/msi/irqdomain.c:22``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+# Where each modelled function is defined in Debian's linux-source-6.1 (file:line of the
+# definition), so a reader can open the real code beside ours.
+SOURCES: dict[str, str] = {
+    "pci_msi_domain_write_msg": "drivers/pci/msi/irqdomain.c:22",
+    "__pci_write_msi_msg": "drivers/pci/msi/msi.c:186",
+    "irq_chip_write_msi_msg": "kernel/irq/msi.c:523",
+    "msi_domain_activate": "kernel/irq/msi.c:575",
+    "__irq_domain_activate_irq": "kernel/irq/irqdomain.c:1755",
+    "irq_domain_activate_irq": "kernel/irq/irqdomain.c:1795",
+    "__msi_domain_alloc_irqs": "kernel/irq/msi.c:890",
+    "msi_domain_alloc_irqs_descs_locked": "kernel/irq/msi.c:964",
+    "msi_domain_alloc_irqs": "kernel/irq/msi.c:996",
+    "pci_msi_setup_msi_irqs": "drivers/pci/msi/irqdomain.c:9",
+    "msix_capability_init": "drivers/pci/msi/msi.c:602",
+    "__pci_enable_msix": "drivers/pci/msi/msi.c:725",
+    "__pci_enable_msix_range": "drivers/pci/msi/msi.c:828",
+    "pci_alloc_irq_vectors_affinity": "drivers/pci/msi/msi.c:917",
+    "pci_alloc_irq_vectors": "include/linux/pci.h:1555",
+    "vp_request_msix_vectors": "drivers/virtio/virtio_pci_common.c:103",
+    "vp_find_vqs_msix": "drivers/virtio/virtio_pci_common.c:283",
+    "vp_find_vqs_intx": "drivers/virtio/virtio_pci_common.c:355",
+    "vp_find_vqs": "drivers/virtio/virtio_pci_common.c:389",
+    "vp_modern_find_vqs": "drivers/virtio/virtio_pci_modern.c:344",
+    "virtio_find_vqs_ctx": "include/linux/virtio_config.h:234",
+    "virtnet_find_vqs": "drivers/net/virtio_net.c:3553",
+    "init_vqs": "drivers/net/virtio_net.c:3689",
+    "virtnet_probe": "drivers/net/virtio_net.c:3832",
+    "virtio_dev_probe": "drivers/virtio/virtio.c:218",
+    "call_driver_probe": "drivers/base/dd.c:560",
+    "really_probe": "drivers/base/dd.c:577",
+    "__driver_probe_device": "drivers/base/dd.c:738",
+    "driver_probe_device": "drivers/base/dd.c:768",
+    "__device_attach_driver": "drivers/base/dd.c:896",
+    "bus_for_each_drv": "drivers/base/bus.c:459",
+    "__device_attach": "drivers/base/dd.c:960",
+    "device_initial_probe": "drivers/base/dd.c:1033",
+    "bus_probe_device": "drivers/base/bus.c:535",
+    "device_add": "drivers/base/core.c:3406",
+    "register_virtio_device": "drivers/virtio/virtio.c:430",
+    "virtio_pci_probe": "drivers/virtio/virtio_pci_common.c:543",
+    "local_pci_probe": "drivers/pci/pci-driver.c:314",
+    "pci_call_probe": "drivers/pci/pci-driver.c:364",
+    "__pci_device_probe": "drivers/pci/pci-driver.c:411",
+    "pci_device_probe": "drivers/pci/pci-driver.c:451",
+    "pci_msi_unmask_irq": "drivers/pci/msi/msi.c:291",
+    "pci_msi_mask_irq": "drivers/pci/msi/msi.c:285",
+    "unmask_irq": "kernel/irq/chip.c:438",
+    "mask_irq": "kernel/irq/chip.c:424",
+    "irq_enable": "kernel/irq/chip.c:336",
+    "__irq_startup": "kernel/irq/chip.c:242",
+    "irq_startup": "kernel/irq/chip.c:257",
+    "irq_activate": "kernel/irq/chip.c:303",
+    "irq_setup_affinity": "kernel/irq/manage.c:590",
+    "irq_do_set_affinity": "kernel/irq/manage.c:214",
+    "msi_domain_set_affinity": "kernel/irq/msi.c:544",
+    "__setup_irq": "kernel/irq/manage.c:1449",
+    "request_threaded_irq": "kernel/irq/manage.c:2128",
+    "request_irq": "include/linux/interrupt.h:165",
+    "free_irq": "kernel/irq/manage.c:1950",
+    "irq_move_masked_irq": "kernel/irq/migration.c:46",
+    "irq_move_irq": "kernel/irq/migration.c:109",
+    "handle_edge_irq": "kernel/irq/chip.c:785",
+    "vp_config_changed": "drivers/virtio/virtio_pci_common.c:58",
+    "vring_interrupt": "drivers/virtio/virtio_ring.c:2451",
+    "vp_vring_interrupt": "drivers/virtio/virtio_pci_common.c:66",
+    "vp_interrupt": "drivers/virtio/virtio_pci_common.c:84",
+    "setup_vq": "drivers/virtio/virtio_pci_modern.c:303",
+    "vp_setup_vq": "drivers/virtio/virtio_pci_common.c:185",
+    "vp_del_vqs": "drivers/virtio/virtio_pci_common.c:239",
+    "pci_free_irq_vectors": "drivers/pci/msi/msi.c:959",
+    "pci_disable_msix": "drivers/pci/msi/msi.c:785",
+    "virtnet_remove": "drivers/net/virtio_net.c:4137",
+    "virtnet_set_affinity": "drivers/net/virtio_net.c:2350",
+    "virtio_device_ready": "include/linux/virtio_config.h:262",
+}
+
+
+@dataclass
+class Frame:
+    function: str
+    where: str
+    args: str = ""
+
+
+@dataclass
+class Backtrace:
+    title: str
+    frames: list[Frame]
+
+    def format(self) -> str:
+        lines = [f"# {self.title}"]
+        for i, f in enumerate(self.frames):
+            lines.append(f"#{i:<2} {f.function} ({f.args}) at {f.where}")
+        return "\n".join(lines)
+
+
+def _args(frame) -> str:
+    """A short rendering of the interesting arguments of a modelled function."""
+    out = []
+    for name in frame.f_code.co_varnames[: frame.f_code.co_argcount]:
+        if name in ("k", "kernel"):
+            continue
+        value = frame.f_locals.get(name)
+        if isinstance(value, bool | int | str) or value is None:
+            text = (
+                f"{value:#x}"
+                if isinstance(value, int) and not isinstance(value, bool) and value > 9
+                else repr(value)
+            )
+        else:
+            text = getattr(value, "short", None) or type(value).__name__
+        out.append(f"{name}={text}")
+    return ", ".join(out)
+
+
+def capture(title: str, skip: int = 1) -> Backtrace:
+    """The modelled kernel frames of the current Python stack, innermost first."""
+    frames: list[Frame] = []
+    f = sys._getframe(skip)
+    while f is not None:
+        name = f.f_code.co_name
+        if name in SOURCES:
+            frames.append(Frame(name, SOURCES[name], _args(f)))
+        f = f.f_back
+    return Backtrace(title, frames)

@@ -1,0 +1,244 @@
+"""The modelled machine the Linux driver path runs on: CPU accessors to the PCI bus, guest RAM
+with a page allocator, the IRQ descriptor table, the interrupt controller of the chosen
+architecture, and a kernel log.
+
+The model reaches the device only through ``PciBus`` — config cycles and MMIO/port accesses by
+address — exactly as a CPU would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..irq.x86 import MANAGED_IRQ_SHUTDOWN_VECTOR, MsiMessage, X86Interrupts
+from ..pci.bus import PciBus
+from ..virtio.memory import GuestMemory
+from . import backtrace
+
+PAGE_SIZE = 4096
+UML_MSI_ADDRESS = 0xA0000  # arch/um/drivers/virt-pci.c: um_pci_compose_msi_msg
+
+
+class PageAllocator:
+    """Hands out physically contiguous page runs from guest RAM, lowest first after a base."""
+
+    def __init__(self, memory: GuestMemory, base: int) -> None:
+        self.memory = memory
+        self.next = base
+        self.allocated = 0
+
+    def alloc(self, size: int, align: int = PAGE_SIZE) -> int:
+        addr = (self.next + align - 1) & ~(align - 1)
+        if addr + size > self.memory.size:
+            raise MemoryError(f"guest RAM exhausted allocating {size} bytes")
+        self.next = addr + size
+        self.allocated += size
+        return addr
+
+
+@dataclass
+class IrqAction:
+    name: str
+    handler: Callable[[IrqDesc], bool]
+    dev_id: Any
+    shared: bool = False
+
+
+@dataclass
+class IrqDesc:
+    """One Linux interrupt (struct irq_desc + its irq_data), as /proc/interrupts shows it."""
+
+    irq: int
+    chip: str  # "PCI-MSIX" (shown as PCI-MSI), "IO-APIC", "UML-MSI"...
+    hwirq: int
+    trigger: str = "edge"
+    msi_index: int | None = None
+    msix_entry: Any = None  # the MSI-X entry this interrupt programs
+    cpu: int = 0
+    vector: int | None = None  # x86 vector once activated
+    activated: bool = False
+    started: bool = False
+    masked: bool = True
+    move_pending: bool = False
+    actions: list[IrqAction] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    message: MsiMessage | None = None
+
+    @property
+    def name(self) -> str:
+        return ", ".join(a.name for a in self.actions)
+
+    @property
+    def short(self) -> str:
+        return f"irq{self.irq}"
+
+
+class Kernel:
+    """State shared by every modelled kernel function (passed as ``k``)."""
+
+    def __init__(
+        self,
+        bus: PciBus,
+        memory: GuestMemory,
+        cpus: int = 1,
+        arch: str = "x86",
+        backtraces: bool = False,
+    ) -> None:
+        if arch not in ("x86", "um"):
+            raise ValueError("arch must be x86 or um")
+        if cpus < 1:
+            raise ValueError("at least one CPU")
+        self.bus = bus
+        self.memory = memory
+        self.cpus = cpus
+        self.arch = arch
+        self.pages = PageAllocator(
+            memory, base=0x0100_0000 if memory.size > 0x0200_0000 else PAGE_SIZE * 16
+        )
+        self.x86 = X86Interrupts(cpus) if arch == "x86" else None
+        self.irqs: dict[int, IrqDesc] = {}
+        # x86: 0-23 are the IO-APIC's GSIs; dynamically allocated interrupts start after them.
+        # UML: its fixed interrupts (timer, console, sigio...) come first.
+        self.next_irq = 24 if arch == "x86" else 30
+        self.log: list[str] = []
+        self.want_backtraces = backtraces
+        self.backtraces: list[tuple[backtrace.Backtrace, list[dict]]] = []
+        self.in_interrupt = 0
+        self.irqs_disabled = False
+        self.softirq: list[Callable[[], None]] = []
+        self.pending_msi: list[tuple[int, int]] = []
+        self.intx_level = False
+        self.intx_irq = 0
+
+    # -- log ----------------------------------------------------------------------------------
+    def printk(self, msg: str) -> None:
+        self.log.append(msg)
+
+    # -- port and memory accessors (the CPU's loads and stores) -------------------------------
+    # An interrupt the device raises during an access is taken once the access completes, as
+    # a CPU takes it at the next instruction boundary (never inside the device's own code).
+    def readb(self, addr: int) -> int:
+        v = self.bus.mmio_read(addr, 1)
+        self.take_interrupts()
+        return v
+
+    def readw(self, addr: int) -> int:
+        v = self.bus.mmio_read(addr, 2)
+        self.take_interrupts()
+        return v
+
+    def readl(self, addr: int) -> int:
+        v = self.bus.mmio_read(addr, 4)
+        self.take_interrupts()
+        return v
+
+    def writeb(self, value: int, addr: int) -> None:
+        self.bus.mmio_write(addr, 1, value)
+        self.take_interrupts()
+
+    def writew(self, value: int, addr: int) -> None:
+        self.bus.mmio_write(addr, 2, value)
+        self.take_interrupts()
+
+    def writel(self, value: int, addr: int) -> None:
+        self.bus.mmio_write(addr, 4, value)
+        self.take_interrupts()
+
+    # -- the device's interrupt sink ---------------------------------------------------------------
+    def msi(self, address: int, data: int) -> None:
+        self.pending_msi.append((address, data))
+
+    def set_intx(self, level: bool) -> None:
+        self.intx_level = level
+
+    def take_interrupts(self) -> None:
+        if self.in_interrupt or self.irqs_disabled:
+            return
+        for _ in range(10000):
+            if self.pending_msi:
+                address, data = self.pending_msi.pop(0)
+                self.deliver_msi(address, data)
+            elif (
+                self.intx_level and self.intx_irq in self.irqs and self.irqs[self.intx_irq].actions
+            ):
+                desc = self.irqs[self.intx_irq]
+                before = sum(desc.counts)
+                self.handle_irq(desc)
+                if self.intx_level and sum(desc.counts) > before + 1000:
+                    break
+                if self.intx_level:
+                    # Nobody cleared the line (no handler claimed it): a real kernel would
+                    # disable the IRQ as "nobody cared"; stop here.
+                    self.printk(f"irq {desc.irq}: nobody cared")
+                    break
+            else:
+                return
+
+    # -- interrupts -----------------------------------------------------------------------------
+    def irq_alloc_desc(self, chip: str, hwirq: int, trigger: str = "edge") -> IrqDesc:
+        desc = IrqDesc(self.next_irq, chip, hwirq, trigger, counts=[0] * self.cpus)
+        self.irqs[desc.irq] = desc
+        self.next_irq += 1
+        return desc
+
+    def irq_free_desc(self, desc: IrqDesc) -> None:
+        self.irqs.pop(desc.irq, None)
+
+    def legacy_irq(self, irq: int) -> IrqDesc:
+        desc = self.irqs.get(irq)
+        if desc is None:
+            desc = IrqDesc(irq, "IO-APIC", irq, "fasteoi", counts=[0] * self.cpus)
+            self.irqs[irq] = desc
+        return desc
+
+    def compose_msi_msg(self, desc: IrqDesc, reserve: bool = False) -> MsiMessage:
+        """irq_chip_compose_msi_msg for the architecture's MSI parent domain."""
+        if self.arch == "um":
+            return MsiMessage(UML_MSI_ADDRESS, desc.irq)
+        assert self.x86 is not None
+        if reserve:
+            # Reservation mode: no vector yet; park the entry on the shutdown vector of the
+            # first online CPU (arch/x86/kernel/apic/vector.c, x86_vector_activate).
+            return self.x86.compose(0, MANAGED_IRQ_SHUTDOWN_VECTOR)
+        assert desc.vector is not None
+        return self.x86.compose(desc.cpu, desc.vector)
+
+    def assign_vector(self, desc: IrqDesc) -> None:
+        if self.x86 is None or desc.vector is not None:
+            return
+        desc.cpu, desc.vector = self.x86.vectors.alloc()
+        self.x86.apics[desc.cpu].handlers[desc.vector] = lambda d=desc: self.handle_irq(d)
+
+    def release_vector(self, desc: IrqDesc) -> None:
+        if self.x86 is None or desc.vector is None:
+            return
+        self.x86.apics[desc.cpu].handlers.pop(desc.vector, None)
+        self.x86.vectors.free(desc.cpu, desc.vector)
+        desc.vector = None
+
+    def handle_irq(self, desc: IrqDesc) -> None:
+        """The generic flow handler: count, run the actions (handle_edge_irq/fasteoi)."""
+        from .irqcore import handle_edge_irq
+
+        handle_edge_irq(self, desc)
+
+    def deliver_msi(self, address: int, data: int) -> None:
+        """A message from the device: the APIC model on x86, the IRQ number itself on UML."""
+        if self.x86 is not None:
+            self.x86.msi(address, data)
+            return
+        desc = self.irqs.get(data) if address == UML_MSI_ADDRESS else None
+        if desc is None:
+            self.printk(f"spurious MSI address {address:#x} data {data:#x}")
+            return
+        self.handle_irq(desc)
+
+    def run_softirqs(self) -> None:
+        while self.softirq:
+            self.softirq.pop(0)()
+
+    def record_backtrace(self, title: str) -> None:
+        if self.want_backtraces:
+            self.backtraces.append((backtrace.capture(title, skip=2), []))

@@ -1,0 +1,276 @@
+"""One simulated machine: our device on a PCI bus, probed by the Linux 6.1 driver model.
+
+``run_sim`` boots (firmware BAR assignment, PCI scan), probes virtio-net through virtio_pci,
+brings the interface up, passes traffic through the loopback backend and tears down, and
+returns everything a user wants to look at.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..pci.bus import PciBus
+from ..pci.function import PciFunction
+from ..trace import Recorder
+from ..virtio import VirtioPciDevice, make_virtio_net_pci
+from ..virtio.backends import LoopbackBackend
+from ..virtio.memory import GuestMemory
+from ..virtio.regs import COMMON, VIRTIO_MSI_NO_VECTOR
+from .irqcore import mask_irq, unmask_irq
+from .kernel import Kernel
+from .pci import Firmware, PciDev, pci_clear_master
+from .virtio_net import (
+    VIRTIO_NET_DRIVER,
+    VirtnetInfo,
+    start_xmit,
+    virtnet_config_changed,
+    virtnet_open,
+)
+from .virtio_pci import VirtioBus, VirtioPciDev, irq_desc_of, pci_device_probe, virtio_pci_remove
+
+SLOT = 3  # the slot the QEMU captures use (-device ...,addr=0x3)
+INTX_IRQ = {"x86": 23, "um": 7}  # q35 routes slot 3 INTA to GSI 23 (captured); UML's PCI IRQ
+
+
+class VectorRefusal:
+    """Fault injection on the host side of the bus: the device behaves as one that cannot map
+    some vectors — a write of msix_config or queue_msix_vector with a refused vector stores
+    NO_VECTOR instead, so it reads back NO_VECTOR (§4.1.5.1.2.1) and the driver's ladder must
+    fall back."""
+
+    def __init__(self, device: VirtioPciDevice, from_vector: int | None, config: bool) -> None:
+        self._device = device
+        self.from_vector = from_vector
+        self.config = config
+        self.refused = 0
+        modern = next(
+            b
+            for b in device.bars
+            if b is not None and b.regions.find(0) and b.regions.find(0).name == "common"
+        )
+        self._modern = modern.index
+        self._offsets = {
+            COMMON["msix_config"].offset: "config",
+            COMMON["queue_msix_vector"].offset: "queue",
+        }
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._device, name)
+
+    def bar_write(self, bar: int, offset: int, size: int, value: int) -> None:
+        which = self._offsets.get(offset) if bar == self._modern and size == 2 else None
+        if which and value != VIRTIO_MSI_NO_VECTOR:
+            refuse = (which == "config" and self.config) or (
+                self.from_vector is not None and value >= self.from_vector
+            )
+            if refuse:
+                self.refused += 1
+                value = VIRTIO_MSI_NO_VECTOR
+        self._device.bar_write(bar, offset, size, value)
+
+
+@dataclass
+class SimOptions:
+    vectors: int | None = None
+    queue_pairs: int = 1
+    cpus: int = 1
+    arch: str = "x86"
+    packets: int = 8
+    disable_legacy: bool = False
+    backtraces: bool = False
+    refuse_vectors_from: int | None = None
+    refuse_config_vector: bool = False
+    mask_during_traffic: bool = False
+    teardown: bool = True
+    memory_mb: int = 64
+
+
+@dataclass
+class SimResult:
+    options: SimOptions
+    kernel: Kernel
+    device: VirtioPciDevice
+    recorder: Recorder
+    pci_dev: PciDev
+    vp: VirtioPciDev
+    net: VirtnetInfo | None
+    probe_rc: int
+    table_after_probe: list[dict[str, Any]] = field(default_factory=list)
+    event_vectors: list[tuple[str, int]] = field(default_factory=list)
+    interrupts_after_probe: list[dict[str, Any]] = field(default_factory=list)
+    interrupts: list[dict[str, Any]] = field(default_factory=list)
+    masked_demo: dict[str, Any] | None = None
+    table_after_teardown: list[dict[str, Any]] = field(default_factory=list)
+    msix_enabled_after_teardown: bool | None = None
+    capabilities: list[dict[str, Any]] = field(default_factory=list)
+
+    def probe_records(self) -> list[dict[str, Any]]:
+        """Accesses from the driver's first access to its DRIVER_OK write (inclusive)."""
+        return [r for r in self.recorder.records if r.get("phase") == "probe" and "op" in r]
+
+
+def _phase_tagger(recorder: Recorder) -> dict[str, str]:
+    state = {"phase": "enumeration"}
+    status = COMMON["device_status"].offset
+
+    def tag(rec: dict[str, Any]) -> None:
+        rec["phase"] = state["phase"]
+        if (
+            state["phase"] == "probe"
+            and rec.get("space") == "common"
+            and rec.get("op") == "w"
+            and rec.get("offset") == status
+            and rec.get("value", 0) & 0x4
+        ):
+            state["phase"] = "run"
+
+    recorder.subscribe(tag)
+    return state
+
+
+def table_view(k: Kernel, device: VirtioPciDevice) -> list[dict[str, Any]]:
+    rows = []
+    if device.msix is None:
+        return rows
+    for e in device.msix.entries:
+        row: dict[str, Any] = {
+            "entry": e.index,
+            "address": e.address,
+            "data": e.data,
+            "masked": e.effectively_masked,
+            "entry_masked": e.masked,
+            "pending": e.pending,
+            "sent": device.msix.sent[e.index],
+        }
+        if k.x86 is not None:
+            from ..irq.x86 import decode_msi
+
+            d = decode_msi(e.address, e.data)
+            row["decoded"] = (
+                f"{'logical' if d.logical else 'physical'} dest {d.dest:#x} vector {d.vector:#04x}"
+                if d.valid and e.address
+                else "-"
+            )
+        else:
+            row["decoded"] = f"UML irq {e.data}" if e.address == 0xA0000 else "-"
+        rows.append(row)
+    return rows
+
+
+def event_vector_map(device: VirtioPciDevice, names: list[str]) -> list[tuple[str, int]]:
+    out = [("config", device.config_vector)]
+    for q in device.device.queues:
+        name = names[q.index] if q.index < len(names) else f"queue{q.index}"
+        out.append((name, q.vector))
+    return out
+
+
+def interrupts_view(k: Kernel) -> list[dict[str, Any]]:
+    rows = []
+    for irq in sorted(k.irqs):
+        d = k.irqs[irq]
+        if not d.actions:
+            continue
+        chip = {"PCI-MSIX": "PCI-MSI", "IO-APIC": "IO-APIC", "UM-MSI": "UM-MSI"}[d.chip]
+        kind = f"{d.hwirq}-{d.trigger}"
+        rows.append({"irq": irq, "counts": list(d.counts), "chip": chip, "hwirq": kind, "name": d.name,
+                     "vector": d.vector, "cpu": d.cpu})  # fmt: skip
+    return rows
+
+
+def run_sim(opts: SimOptions) -> SimResult:
+    memory = GuestMemory(opts.memory_mb << 20)
+    recorder = Recorder()
+    phase = _phase_tagger(recorder)
+    backend = LoopbackBackend(swap_macs=False)
+    device = make_virtio_net_pci(
+        vectors=opts.vectors,
+        queue_pairs=opts.queue_pairs,
+        disable_legacy=opts.disable_legacy,
+        memory=memory,
+        recorder=recorder,
+        backend=backend,
+    )
+    bus = PciBus()
+    function: PciFunction = device
+    if opts.refuse_vectors_from is not None or opts.refuse_config_vector:
+        function = VectorRefusal(device, opts.refuse_vectors_from, opts.refuse_config_vector)  # type: ignore[assignment]
+    bus.attach(SLOT, function)
+    k = Kernel(bus, memory, cpus=opts.cpus, arch=opts.arch, backtraces=opts.backtraces)
+    device.sink = k
+    k.intx_irq = INTX_IRQ[opts.arch]
+
+    devs = Firmware().scan(k, intx_irq=k.intx_irq)
+    dev = next(d for d in devs if d.slot == SLOT)
+    vbus = VirtioBus()
+    vbus.drivers.append(VIRTIO_NET_DRIVER)
+    phase["phase"] = "probe"
+    probe_rc = pci_device_probe(k, vbus, dev)
+    vp = k.vp_devices[-1] if getattr(k, "vp_devices", None) else VirtioPciDev(dev, 0)
+    phase["phase"] = "run"
+    vi: VirtnetInfo | None = vp.priv if probe_rc == 0 else None
+    names = []
+    if vi is not None:
+        names = [n for i in range(vi.max_queue_pairs) for n in (f"input.{i}", f"output.{i}")] + (
+            ["control"] if vi.cvq is not None else []
+        )
+    res = SimResult(opts, k, device, recorder, dev, vp, vi, probe_rc)
+    from ..devcli import describe
+
+    res.capabilities = describe(device)["capabilities"]
+    res.table_after_probe = table_view(k, device)
+    res.event_vectors = event_vector_map(device, names)
+    res.interrupts_after_probe = interrupts_view(k)
+    if vi is None:
+        return res
+
+    # The config work after probe reads the link status; `ip link set up` posts RX buffers and
+    # sends the RX-mode commands.
+    virtnet_config_changed(k, vp)
+    virtnet_open(k, vi)
+
+    if opts.mask_during_traffic and vp.per_vq_vectors:
+        res.masked_demo = mask_demo(k, vi, device)
+
+    for n in range(opts.packets):
+        start_xmit(k, vi, make_frame(vi.mac, n))
+        k.take_interrupts()
+    res.interrupts = interrupts_view(k)
+
+    if opts.teardown:
+        virtio_pci_remove(k, vp)
+        pci_clear_master(k, dev)
+        res.table_after_teardown = table_view(k, device)
+        res.msix_enabled_after_teardown = device.msix.enabled if device.msix else None
+    return res
+
+
+def make_frame(mac: bytes, n: int) -> bytes:
+    """An Ethernet frame to our own MAC (so the loopback delivers it back to us)."""
+    payload = struct.pack(">I", n) + bytes(range(56))
+    return mac + mac + b"\x88\xb5" + payload
+
+
+def mask_demo(k: Kernel, vi: VirtnetInfo, device: VirtioPciDevice) -> dict[str, Any]:
+    """Mask input.0's entry, let a packet arrive, show the pending bit, unmask: delivered."""
+    desc = irq_desc_of(k, vi.vp, vi.rq[0].msix_vector)
+    assert desc is not None and device.msix is not None
+    entry = vi.rq[0].msix_vector
+    before = sum(desc.counts)
+    mask_irq(k, desc)
+    start_xmit(k, vi, make_frame(vi.mac, 0xFFFF))
+    pending = device.msix.pending(entry)
+    during = sum(desc.counts)
+    unmask_irq(k, desc)
+    k.take_interrupts()
+    after = sum(desc.counts)
+    return {
+        "entry": entry,
+        "irq": desc.irq,
+        "pending_while_masked": pending,
+        "interrupts_while_masked": during - before,
+        "interrupts_after_unmask": after - during,
+        "pending_after_unmask": device.msix.pending(entry),
+    }
