@@ -101,7 +101,7 @@ class Kernel:
         self.irqs: dict[int, IrqDesc] = {}
         # x86: 0-23 are the IO-APIC's GSIs; dynamically allocated interrupts start after them.
         # UML: its fixed interrupts (timer, console, sigio...) come first.
-        self.next_irq = 24 if arch == "x86" else 30
+        self.first_dynamic_irq = 24 if arch == "x86" else 30
         self.log: list[str] = []
         self.want_backtraces = backtraces
         self.backtraces: list[tuple[backtrace.Backtrace, list[dict]]] = []
@@ -178,9 +178,12 @@ class Kernel:
 
     # -- interrupts -----------------------------------------------------------------------------
     def irq_alloc_desc(self, chip: str, hwirq: int, trigger: str = "edge") -> IrqDesc:
-        desc = IrqDesc(self.next_irq, chip, hwirq, trigger, counts=[0] * self.cpus)
-        self.irqs[desc.irq] = desc
-        self.next_irq += 1
+        # The lowest free number from the first dynamic one, as irq_alloc_descs finds it.
+        irq = self.first_dynamic_irq
+        while irq in self.irqs:
+            irq += 1
+        desc = IrqDesc(irq, chip, hwirq, trigger, counts=[0] * self.cpus)
+        self.irqs[irq] = desc
         return desc
 
     def irq_free_desc(self, desc: IrqDesc) -> None:

@@ -105,7 +105,16 @@ def virtnet_probe(k: Kernel, vp: VirtioPciDev) -> int:
     from .virtio_pci import virtio_device_ready
 
     virtio_device_ready(k, vp)
+    vi.curr_queue_pairs = min(vi.max_queue_pairs, k.cpus)
+    _virtnet_set_queues(k, vi, vi.curr_queue_pairs)
     return 0
+
+
+def _virtnet_set_queues(k: Kernel, vi: VirtnetInfo, pairs: int) -> bool:
+    """VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, sent only when the device has MQ and a control queue."""
+    if vi.cvq is None or not vi.vp.has_feature(dev_net.VIRTIO_NET_F_MQ):
+        return True
+    return virtnet_send_command(k, vi, dev_net.CTRL_MQ, 0, struct.pack("<H", pairs))
 
 
 def init_vqs(k: Kernel, vi: VirtnetInfo) -> int:

@@ -1,0 +1,220 @@
+"""``virtio-msix sim``: the Linux 6.1 driver model probes the device model, passes traffic,
+and shows the result: capabilities, features, the MSI-X table, the event → vector map,
+/proc/interrupts, and (with --backtraces) the kernel-style backtrace of every table fill and
+unmask."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..trace import write_jsonl
+from ..virtio.net import feature_names
+from .sim import SimOptions, SimResult, run_sim
+
+
+class Style:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __call__(self, text: str, code: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.enabled else text
+
+    def head(self, text: str) -> str:
+        return self(text, "1;36")
+
+    def good(self, text: str) -> str:
+        return self(text, "32")
+
+    def bad(self, text: str) -> str:
+        return self(text, "31")
+
+    def dim(self, text: str) -> str:
+        return self(text, "2")
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
+    return "\n".join("  " + line for line in lines)
+
+
+def render(res: SimResult, s: Style) -> str:
+    o = res.options
+    out: list[str] = []
+    dev = res.pci_dev
+    out.append(s.head(f"== virtio-net on 0000:00:{dev.slot:02x}.0 [{dev.vendor:04x}:{dev.device:04x}]"
+                      f" probed by the Linux 6.1 model ({o.arch}, {o.cpus} CPU)"))  # fmt: skip
+    out.append("")
+    out.append(s.head("Capabilities (as the driver's walks find them)"))
+    rows = []
+    for c in res.capabilities:
+        if c["id"] == 0x11:
+            rows.append([f"{c['offset']:#04x}", "MSI-X", f"BAR{c['table_bir']}",
+                         f"table {c['table_offset']:#x}, PBA {c['pba_offset']:#x}", f"{c['table_size']} entries"])  # fmt: skip
+        else:
+            rows.append([f"{c['offset']:#04x}", c["kind"], f"BAR{c['bar']}",
+                         f"offset {c['bar_offset']:#x}", f"length {c['length']:#x}"])  # fmt: skip
+    out.append(table(rows, ["cap", "type", "bar", "where", "size"]))
+    out.append("")
+    vp = res.vp
+    out.append(s.head("Features"))
+    out.append(f"  device offers : {vp.device_features:#018x}")
+    out.append(f"  negotiated    : {vp.features:#018x}  " + " ".join(feature_names(vp.features)))
+    out.append("")
+    out.append(s.head("vp_find_vqs ladder"))
+    for step in vp.ladder:
+        out.append("  " + (s.good(step) if step.endswith("ok") else s.bad(step)))
+    if res.probe_rc:
+        out.append(s.bad(f"  probe failed: {res.probe_rc}"))
+    out.append("")
+    out.append(s.head("MSI-X table after probe"))
+    if res.table_after_probe:
+        rows = [[str(r["entry"]), f"{r['address']:#010x}", f"{r['data']:#06x}", r["decoded"],
+                 "yes" if r["masked"] else "no", "yes" if r["pending"] else "no"]
+                for r in res.table_after_probe]  # fmt: skip
+        out.append(table(rows, ["entry", "address", "data", "decoded", "masked", "pending"]))
+    else:
+        out.append(s.dim("  (no MSI-X capability: the device has vectors=0)"))
+    out.append("")
+    out.append(s.head("Event → vector (msix_config, queue_msix_vector)"))
+    out.append(table([[name, "NO_VECTOR" if v == 0xFFFF else str(v)] for name, v in res.event_vectors],
+                     ["event", "vector"]))  # fmt: skip
+    out.append("")
+    out.append(s.head(f"/proc/interrupts after {o.packets} packets each way"))
+    rows = [[f"{r['irq']}:", *[str(c) for c in r["counts"]], r["chip"], r["hwirq"], r["name"]]
+            for r in (res.interrupts or res.interrupts_after_probe)]  # fmt: skip
+    out.append(table(rows, ["IRQ", *[f"CPU{c}" for c in range(o.cpus)], "chip", "hwirq", "name"]))
+    if res.net is not None:
+        out.append(f"  traffic: {res.net.tx_packets} sent, {res.net.tx_completed} completed, "
+                   f"{res.net.rx_packets} received through the loopback backend")  # fmt: skip
+    if res.masked_demo:
+        m = res.masked_demo
+        out.append("")
+        out.append(s.head("Masked entry during traffic"))
+        out.append(f"  entry {m['entry']} (irq {m['irq']}) masked; a packet arrives: "
+                   f"pending bit {'set' if m['pending_while_masked'] else 'clear'}, "
+                   f"{m['interrupts_while_masked']} interrupts while masked")  # fmt: skip
+        out.append(f"  unmasked: {m['interrupts_after_unmask']} interrupt delivered, "
+                   f"pending bit {'set' if m['pending_after_unmask'] else 'clear'}")  # fmt: skip
+    if (
+        o.teardown
+        and res.table_after_teardown is not None
+        and res.msix_enabled_after_teardown is not None
+    ):
+        out.append("")
+        masked = all(r["entry_masked"] for r in res.table_after_teardown)
+        out.append(s.head("After virtnet_remove") + f": every entry masked: {masked}, "
+                   f"MSI-X enabled: {res.msix_enabled_after_teardown}")  # fmt: skip
+    if o.backtraces:
+        out.append("")
+        out.append(s.head("Backtraces (from the model's call stack)"))
+        for bt, _ in res.kernel.backtraces:
+            out.append(bt.format())
+            out.append("")
+    return "\n".join(out)
+
+
+def to_json(res: SimResult) -> dict[str, Any]:
+    return {
+        "options": vars(res.options),
+        "probe_rc": res.probe_rc,
+        "device_features": res.vp.device_features,
+        "features": res.vp.features,
+        "feature_names": feature_names(res.vp.features),
+        "ladder": res.vp.ladder,
+        "capabilities": res.capabilities,
+        "msix_table": res.table_after_probe,
+        "event_vectors": [{"event": e, "vector": v} for e, v in res.event_vectors],
+        "interrupts": res.interrupts or res.interrupts_after_probe,
+        "masked_demo": res.masked_demo,
+        "table_after_teardown": res.table_after_teardown,
+        "msix_enabled_after_teardown": res.msix_enabled_after_teardown,
+        "traffic": None
+        if res.net is None
+        else {
+            "tx": res.net.tx_packets,
+            "tx_completed": res.net.tx_completed,
+            "rx": res.net.rx_packets,
+        },
+        "backtraces": [bt.format() for bt, _ in res.kernel.backtraces],
+    }
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    if args.cpus < 1 or args.packets < 0 or args.queue_pairs < 1:
+        print(
+            "virtio-msix sim: --cpus and --queue-pairs must be ≥ 1, --packets ≥ 0", file=sys.stderr
+        )
+        return 2
+    opts = SimOptions(
+        vectors=args.vectors,
+        queue_pairs=args.queue_pairs,
+        cpus=args.cpus,
+        arch=args.arch,
+        packets=args.packets,
+        disable_legacy=args.disable_legacy,
+        backtraces=args.backtraces,
+        refuse_vectors_from=args.refuse_vectors_from,
+        refuse_config_vector=args.refuse_config_vector,
+        mask_during_traffic=args.mask_during_traffic,
+    )
+    try:
+        res = run_sim(opts)
+    except ValueError as e:
+        print(f"virtio-msix sim: {e}", file=sys.stderr)
+        return 2
+    if args.trace_json:
+        write_jsonl(res.recorder.records, args.trace_json)
+    if args.json:
+        print(json.dumps(to_json(res), indent=2, default=str))
+    else:
+        color = {"auto": sys.stdout.isatty(), "always": True, "never": False}[args.color]
+        print(render(res, Style(color)))
+    return 0 if res.probe_rc == 0 else 1
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sim", help="probe the device with the Linux 6.1 driver model (the main job)"
+    )
+    p.add_argument(
+        "--vectors",
+        type=int,
+        default=None,
+        help="device MSI-X table size (2: shared-vector rung, 0: INTx)",
+    )
+    p.add_argument("--queue-pairs", type=int, default=1)
+    p.add_argument("--cpus", type=int, default=1)
+    p.add_argument(
+        "--arch",
+        choices=("x86", "um"),
+        default="x86",
+        help="MSI flavour: x86 APIC or User-Mode Linux",
+    )
+    p.add_argument(
+        "--packets", type=int, default=8, help="packets each way through the loopback backend"
+    )
+    p.add_argument("--disable-legacy", action="store_true")
+    p.add_argument(
+        "--backtraces", action="store_true", help="a backtrace at each table fill and unmask"
+    )
+    p.add_argument("--trace-json", metavar="FILE", help="write every access (DESIGN.md format)")
+    p.add_argument("--json", action="store_true", help="print the final state as one JSON document")
+    p.add_argument("--refuse-vectors-from", type=int, metavar="N",
+                   help="fault: the device refuses to map vectors ≥ N (reads back NO_VECTOR)")  # fmt: skip
+    p.add_argument(
+        "--refuse-config-vector",
+        action="store_true",
+        help="fault: msix_config reads back NO_VECTOR",
+    )
+    p.add_argument(
+        "--mask-during-traffic", action="store_true", help="mask input.0 while a packet arrives"
+    )
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    p.set_defaults(func=cmd_sim)

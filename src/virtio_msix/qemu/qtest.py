@@ -1,0 +1,146 @@
+"""Real QEMU as a device under test: ``qemu-system-x86_64 -qtest`` runs no guest code and lets
+a test drive the machine's buses directly (config cycles through ports 0xCF8/0xCFC, MMIO)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+from .debian import require
+
+SLOT = 3
+MODERN_BAR_ADDR = 0xE000_0000  # inside q35's 32-bit PCI hole
+MSIX_BAR_ADDR = 0xE010_0000
+IO_BAR_ADDR = 0xC000
+
+
+class QtestError(RuntimeError):
+    pass
+
+
+class Qtest:
+    """A QEMU process under the qtest accelerator and its command channel."""
+
+    def __init__(
+        self, device_args: str = "", machine: str = "q35", extra: list[str] | None = None
+    ) -> None:
+        qemu = require("qemu-system-x86_64", "qemu-system-x86")
+        self.dir = tempfile.TemporaryDirectory(prefix="vmsix-qtest-")
+        path = str(Path(self.dir.name) / "qtest.sock")
+        srv = socket.socket(socket.AF_UNIX)
+        srv.bind(path)
+        srv.listen(1)
+        srv.settimeout(30)
+        device = f"virtio-net-pci,addr={SLOT:#x}" + (f",{device_args}" if device_args else "")
+        cmd = [qemu, "-M", machine, "-display", "none", "-nodefaults", "-qtest", f"unix:{path}",
+               "-netdev", "user,id=n0", "-device", device + ",netdev=n0", *(extra or [])]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            self.sock, _ = srv.accept()
+        except TimeoutError:
+            self.proc.kill()
+            err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+            raise QtestError(f"qemu did not connect to its qtest socket: {err[-400:]}") from None
+        finally:
+            srv.close()
+        self.file = self.sock.makefile("rw", buffering=1)
+
+    def cmd(self, line: str) -> str:
+        self.file.write(line + "\n")
+        self.file.flush()
+        while True:
+            reply = self.file.readline()
+            if not reply:
+                raise QtestError(f"qemu closed the qtest channel after {line!r}")
+            reply = reply.strip()
+            if reply.startswith("IRQ"):
+                continue  # asynchronous interrupt notice
+            if reply.startswith("OK"):
+                return reply[2:].strip()
+            raise QtestError(f"{line!r}: {reply}")
+
+    # -- port I/O and memory ------------------------------------------------------------------------
+    def out(self, port: int, size: int, value: int) -> None:
+        self.cmd(f"{ {1: 'outb', 2: 'outw', 4: 'outl'}[size] } {port:#x} {value:#x}")
+
+    def inp(self, port: int, size: int) -> int:
+        return int(self.cmd(f"{ {1: 'inb', 2: 'inw', 4: 'inl'}[size] } {port:#x}"), 16)
+
+    def read(self, addr: int, size: int) -> int:
+        return int(
+            self.cmd(f"{ {1: 'readb', 2: 'readw', 4: 'readl', 8: 'readq'}[size] } {addr:#x}"), 16
+        )
+
+    def write(self, addr: int, size: int, value: int) -> None:
+        self.cmd(
+            f"{ {1: 'writeb', 2: 'writew', 4: 'writel', 8: 'writeq'}[size] } {addr:#x} {value:#x}"
+        )
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        finally:
+            self.proc.kill()
+            self.proc.wait()
+            self.dir.cleanup()
+
+    def __enter__(self) -> Qtest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class QemuDevice:
+    """QEMU's virtio-net-pci with the same face as our device model: ``cfg_read/cfg_write`` by
+    config offset and ``bar_read/bar_write`` by BAR and offset, so one access sequence can be
+    applied to both."""
+
+    def __init__(self, qt: Qtest, slot: int = SLOT) -> None:
+        self.qt = qt
+        self.slot = slot
+        self.bar_base = {0: IO_BAR_ADDR, 1: MSIX_BAR_ADDR, 4: MODERN_BAR_ADDR}
+
+    def _cf8(self, offset: int) -> int:
+        return 0x80000000 | self.slot << 11 | (offset & 0xFC)
+
+    def cfg_read(self, offset: int, size: int) -> int:
+        self.qt.out(0xCF8, 4, self._cf8(offset))
+        return self.qt.inp(0xCFC + (offset & 3), size)
+
+    def cfg_write(self, offset: int, size: int, value: int) -> None:
+        self.qt.out(0xCF8, 4, self._cf8(offset))
+        self.qt.out(0xCFC + (offset & 3), size, value)
+
+    def map_bars(self) -> None:
+        """Program the BARs where bar_read/bar_write expect them and turn decode on."""
+        self.cfg_write(0x10, 4, IO_BAR_ADDR)
+        self.cfg_write(0x14, 4, MSIX_BAR_ADDR)
+        self.cfg_write(0x20, 4, MODERN_BAR_ADDR)
+        self.cfg_write(0x24, 4, 0)
+        self.cfg_write(0x04, 2, 0x7)
+
+    def bar_read(self, bar: int, offset: int, size: int) -> int:
+        if bar == 0:
+            return self.qt.inp(IO_BAR_ADDR + offset, size)
+        return self.qt.read(self.bar_base[bar] + offset, size)
+
+    def bar_write(self, bar: int, offset: int, size: int, value: int) -> None:
+        if bar == 0:
+            self.qt.out(IO_BAR_ADDR + offset, size, value)
+        else:
+            self.qt.write(self.bar_base[bar] + offset, size, value)
+
+
+def qemu_available() -> str | None:
+    """None when the real QEMU can run here, else the reason it cannot."""
+    try:
+        require("qemu-system-x86_64", "qemu-system-x86")
+    except RuntimeError as e:
+        return str(e)
+    if not os.access("/dev/null", os.W_OK):
+        return "no /dev/null"
+    return None
