@@ -41,6 +41,13 @@ def apply_record(
 ) -> int | None:
     """Apply one access record; returns the value read for a read, None for a write/skip."""
     space, op = rec.get("space"), rec.get("op")
+    if space == "event" and rec.get("kind") == "queue-notify":
+        # The recorded device signalled a used buffer (traffic the trace does not carry):
+        # re-apply that decision so ISR and interrupts follow the recording.
+        queue = rec.get("queue")
+        if isinstance(queue, int) and 0 <= queue < len(dev.device.queues):
+            dev.notify_queue(queue)
+        return None
     if space not in SPACES or op not in ("r", "w") or "via" in rec:
         return None
     offset, size = int(rec["offset"]), int(rec["size"])

@@ -56,9 +56,10 @@ _OPS = re.compile(
     r"memory_region_ops_(read|write) cpu -?\d+ mr 0x[0-9a-f]+ addr 0x([0-9a-f]+) "
     r"value 0x([0-9a-f]+) size (\d+) name '([^']*)'"
 )
-_NOTIFY = re.compile(
-    r"virtio_pci_notify virtio_pci_notify vector (\d+)|virtio_pci_notify vector (\d+)"
-)
+# virtio_queue_notify names the queue behind a vq pointer; virtio_notify (traced only once
+# QEMU decided the driver wants the notification) then says which queue the device signalled.
+_QUEUE_NOTIFY = re.compile(r"virtio_queue_notify vdev 0x[0-9a-f]+ n (\d+) vq (0x[0-9a-f]+)")
+_USED_NOTIFY = re.compile(r"virtio_notify vdev 0x[0-9a-f]+ vq (0x[0-9a-f]+)")
 
 REGION_SPACES = (
     ("virtio-pci-common", "common"),
@@ -74,12 +75,22 @@ def convert(lines: Iterable[str], slot: int = SLOT) -> Iterator[dict[str, Any]]:
     devfn = slot << 3
     cf8 = 0
     phase = "enumeration"
+    vq_index: dict[str, int] = {}
     for line in lines:
         m = _OPS.search(line)
         if m is None:
-            n = _NOTIFY.search(line)
-            if n is not None:
-                yield {"space": "msi", "vector": int(n.group(1) or n.group(2)), "phase": phase}
+            q = _QUEUE_NOTIFY.search(line)
+            if q is not None:
+                vq_index[q.group(2)] = int(q.group(1))
+                continue
+            u = _USED_NOTIFY.search(line)
+            if u is not None and u.group(1) in vq_index:
+                yield {
+                    "space": "event",
+                    "kind": "queue-notify",
+                    "queue": vq_index[u.group(1)],
+                    "phase": phase,
+                }
             continue
         op = "r" if m.group(1) == "read" else "w"
         addr, value, size, name = (
@@ -166,7 +177,9 @@ def qemu_command(
     if disable_legacy:
         device += ",disable-legacy=on"
     events = workdir / "events"
-    events.write_text("memory_region_ops_read\nmemory_region_ops_write\nvirtio_pci_notify\n")
+    events.write_text(
+        "memory_region_ops_read\nmemory_region_ops_write\nvirtio_queue_notify\nvirtio_notify\n"
+    )
     return [
         qemu,
         "-M", machine,

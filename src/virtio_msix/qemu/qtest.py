@@ -25,7 +25,11 @@ class Qtest:
     """A QEMU process under the qtest accelerator and its command channel."""
 
     def __init__(
-        self, device_args: str = "", machine: str = "q35", extra: list[str] | None = None
+        self,
+        device_args: str = "",
+        machine: str = "q35",
+        extra: list[str] | None = None,
+        reply_timeout: float = 20.0,
     ) -> None:
         qemu = require("qemu-system-x86_64", "qemu-system-x86")
         self.dir = tempfile.TemporaryDirectory(prefix="vmsix-qtest-")
@@ -35,7 +39,9 @@ class Qtest:
         srv.listen(1)
         srv.settimeout(30)
         device = f"virtio-net-pci,addr={SLOT:#x}" + (f",{device_args}" if device_args else "")
-        cmd = [qemu, "-M", machine, "-display", "none", "-nodefaults", "-qtest", f"unix:{path}",
+        # -S: no guest code runs (the BIOS would race our 0xCF8/0xCFC config cycles); Debian's
+        # build has no "-accel qtest", so the default TCG is kept stopped.
+        cmd = [qemu, "-M", machine, "-S", "-display", "none", "-nodefaults", "-qtest", f"unix:{path}",
                "-netdev", "user,id=n0", "-device", device + ",netdev=n0", *(extra or [])]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
@@ -46,13 +52,18 @@ class Qtest:
             raise QtestError(f"qemu did not connect to its qtest socket: {err[-400:]}") from None
         finally:
             srv.close()
+        # A QEMU that stops answering is a failure with a message, never a hang.
+        self.sock.settimeout(reply_timeout)
         self.file = self.sock.makefile("rw", buffering=1)
 
     def cmd(self, line: str) -> str:
         self.file.write(line + "\n")
         self.file.flush()
         while True:
-            reply = self.file.readline()
+            try:
+                reply = self.file.readline()
+            except TimeoutError:
+                raise QtestError(f"qemu did not answer {line!r} within the timeout") from None
             if not reply:
                 raise QtestError(f"qemu closed the qtest channel after {line!r}")
             reply = reply.strip()

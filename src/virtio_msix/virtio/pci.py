@@ -275,8 +275,11 @@ class VirtioPciDevice(PciFunction):
         """§2.1.2: set DEVICE_NEEDS_RESET and tell the driver; stop processing queues."""
         self.record_event("device-error", reason=reason)
         self.broken = True
-        self.device.status |= NEEDS_RESET
-        self.notify_config()
+        # DEVICE_NEEDS_RESET exists for drivers of the 1.x interface only; a driver that has not
+        # accepted VERSION_1 would not understand it (QEMU's virtio_error makes the same test).
+        if self.device.has_feature(VIRTIO_F_VERSION_1):
+            self.device.status |= NEEDS_RESET
+            self.notify_config()
 
     def _notify_vector(self, vector: int) -> None:
         msix = self.msix
@@ -469,8 +472,12 @@ class VirtioPciDevice(PciFunction):
         return getattr(self.staging[q.index], field)[half] if q else 0
 
     def _stage(self, field: str, half: int, v: int) -> None:
+        # The registers hold what was written even after queue_enable, as QEMU's do; the live
+        # ring keeps the addresses it was enabled with (§4.1.4.3.2 forbids the driver such
+        # writes and leaves the device's reaction open: reading back what was written is
+        # the least surprising one).
         q = self._queue()
-        if q is not None and not q.enabled:
+        if q is not None:
             getattr(self.staging[q.index], field)[half] = v
 
     def _common_r_queue_desc_lo(self) -> int:
