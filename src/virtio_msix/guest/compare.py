@@ -55,3 +55,20 @@ def format_key(k: tuple | None) -> str:
     space, op, offset, size, value = k
     v = "<ring address>" if value is None else f"{value:#x}"
     return f"{space:<10} {op} +{offset:#05x}/{size} {v}"
+
+
+def virtio_phase(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Accesses from the first common-config access to the first DRIVER_OK write, inclusive:
+    the part of a probe that is the virtio transport's (the PCI enumeration before it differs
+    between hosts — firmware, bus scan — and is compared separately where it is the same)."""
+    status = COMMON["device_status"].offset
+    out: list[dict[str, Any]] = []
+    for r in records:
+        if "op" not in r:
+            continue
+        if not out and r.get("space") != "common":
+            continue
+        out.append(r)
+        if r["space"] == "common" and r["op"] == "w" and r["offset"] == status and r["value"] & 0x4:
+            break
+    return out

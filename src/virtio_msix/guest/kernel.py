@@ -101,7 +101,9 @@ class Kernel:
         self.irqs: dict[int, IrqDesc] = {}
         # x86: 0-23 are the IO-APIC's GSIs; dynamically allocated interrupts start after them.
         # UML: its fixed interrupts (timer, console, sigio...) come first.
-        self.first_dynamic_irq = 24 if arch == "x86" else 30
+        # x86: the first irq after the legacy/IO-APIC range (captured: 24). UML: NR_IRQS is 128 and
+        # the first 64 are its signal irqs (UM_LAST_SIGNAL_IRQ); the real kernel's virt-pci got 64.
+        self.first_dynamic_irq = 24 if arch == "x86" else 64
         self.log: list[str] = []
         self.want_backtraces = backtraces
         self.backtraces: list[tuple[backtrace.Backtrace, list[dict]]] = []

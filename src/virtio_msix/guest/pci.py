@@ -127,9 +127,16 @@ class Firmware:
         mem32_base: int = 0xFE000000,
         mem64_base: int = 0x3800_0000_0000,
         io_base: int = 0xC000,
+        arch: str = "x86",
     ) -> None:
+        self.arch = arch
+        if arch == "um":
+            # UML has no firmware: Linux assigns from virt-pci's one window, memory
+            # 0xf0000000-0xffffffff (64-bit BARs too); there is no I/O port space, so I/O BARs
+            # stay unassigned and decode stays off until pci_enable_device.
+            mem32_base = mem64_base = 0xF0000000
         self.mem32 = mem32_base
-        self.mem64 = mem64_base
+        self.mem64 = mem64_base if arch == "x86" else mem32_base
         self.io = io_base
 
     def _take(self, which: str, size: int) -> int:
@@ -163,12 +170,16 @@ class Firmware:
                     k.bus.cfg_write(slot, 0, off, 4, orig)
                     index += 1
                     continue
+                if orig & 1 and self.arch == "um":
+                    k.bus.cfg_write(slot, 0, off, 4, orig)
+                    index += 1
+                    continue
                 if orig & 1:
                     size = (~(mask & ~0x3) & 0xFFFF) + 1
                     addr = self._take("io", size)
                 elif is64:
                     size = (~(mask & ~0xF) & (2**64 - 1)) + 1
-                    addr = self._take("mem64", size)
+                    addr = self._take("mem64" if self.arch == "x86" else "mem32", size)
                 else:
                     size = (~(mask & ~0xF) & 0xFFFFFFFF) + 1
                     addr = self._take("mem32", size)
@@ -177,15 +188,16 @@ class Firmware:
                     k.bus.cfg_write(slot, 0, off + 4, 4, addr >> 32)
                 dev.resources[index] = Resource(addr, size, bool(orig & 1))
                 index += 2 if is64 else 1
-            # SeaBIOS leaves I/O and memory decode and SERR# on (the captured guest read 0x103).
-            cmd = k.bus.cfg_read(slot, 0, PCI_COMMAND, 2)
-            k.bus.cfg_write(
-                slot,
-                0,
-                PCI_COMMAND,
-                2,
-                cmd | PCI_COMMAND_IO | PCI_COMMAND_MEMORY | PCI_COMMAND_SERR,
-            )
+            if self.arch == "x86":
+                # SeaBIOS leaves I/O and memory decode and SERR# on (the captured guest read 0x103).
+                cmd = k.bus.cfg_read(slot, 0, PCI_COMMAND, 2)
+                k.bus.cfg_write(
+                    slot,
+                    0,
+                    PCI_COMMAND,
+                    2,
+                    cmd | PCI_COMMAND_IO | PCI_COMMAND_MEMORY | PCI_COMMAND_SERR,
+                )
             dev.pin = k.bus.cfg_read(slot, 0, PCI_INTERRUPT_PIN, 1)
             if dev.pin:
                 dev.irq = intx_irq

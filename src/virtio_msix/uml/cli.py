@@ -1,0 +1,165 @@
+"""``virtio-msix boot``: command line and the views of a real kernel's run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..qemu.debian import PrerequisiteMissing
+from ..trace.recorder import write_jsonl
+from .boot import BootOptions, BootResult, run_boot
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join("  " + line for line in lines)
+
+
+def to_json(res: BootResult) -> dict[str, Any]:
+    return {
+        "error": res.error,
+        "times_s": res.times,
+        "msix_enabled": res.snapshot.get("msix_enabled"),
+        "msix_function_masked": res.snapshot.get("function_masked"),
+        "msix_table": res.snapshot.get("table", []),
+        "event_vectors": res.snapshot.get("event_vectors", []),
+        "msix_after_teardown": res.after_teardown,
+        "interrupts_before": res.interrupts("before"),
+        "interrupts_after": res.interrupts("after"),
+        "ping": res.ping(),
+        "virt_pci": res.host.summary() if res.host else None,
+    }
+
+
+def render(res: BootResult) -> str:
+    out: list[str] = []
+    dev = res.device
+    out.append(f"== virtio-net [{dev.config_word(0):04x}:{dev.config_word(2):04x}] driven by the real "
+               "Linux 6.1 kernel (User-Mode Linux, virt-pci)")  # fmt: skip
+    t = res.times
+    if "init" in t:
+        out.append(f"  kernel start → /init: {t['init']:.2f} s"
+                   + (f", script done at {t['done']:.2f} s" if "done" in t else ""))  # fmt: skip
+    out.append("")
+    snap = res.snapshot
+    out.append(
+        "MSI-X table as the kernel filled it (our device's table, when the guest script ended)"
+    )
+    rows = snap.get("table", [])
+    if rows:
+        out.append(f"  MSI-X {'enabled' if snap['msix_enabled'] else 'disabled'}, function mask "
+                   f"{'set' if snap['function_masked'] else 'clear'}")  # fmt: skip
+        out.append(table([[str(r["entry"]), f"{r['address']:#010x}", f"{r['data']:#06x}",
+                           r["decoded"], "yes" if r["masked"] else "no",
+                           "yes" if r["pending"] else "no", str(r["sent"])] for r in rows],
+                         ["entry", "address", "data", "decoded", "masked", "pending", "sent"]))  # fmt: skip
+    else:
+        out.append("  (no MSI-X capability: vectors=0, the device uses INTx)")
+    out.append("")
+    out.append("Event → vector (msix_config, queue_msix_vector)")
+    out.append(table([[n, "NO_VECTOR" if v == 0xFFFF else str(v)] for n, v in snap.get("event_vectors", [])],
+                     ["event", "vector"]))  # fmt: skip
+    for when in ("before", "after"):
+        rows_i = [
+            r
+            for r in res.interrupts(when)
+            if "virtio" in r["name"] and "virtio-uml" not in r["name"]
+        ]
+        if not rows_i:
+            continue
+        out.append("")
+        label = "before the ping" if when == "before" else "after the ping"
+        out.append(f"Guest /proc/interrupts {label} (virtio lines)")
+        out.append(table([[r["irq"] + ":", *map(str, r["counts"]), r["chip"], r["hwirq"], r["name"]]
+                          for r in rows_i],
+                         ["IRQ", *[f"CPU{i}" for i in range(len(rows_i[0]["counts"]))], "chip",
+                          "hwirq", "name"]))  # fmt: skip
+    p = res.ping()
+    if p["sent"]:
+        out.append("")
+        rtt = p.get("rtt_ms")
+        out.append(f"ping {p['received']}/{p['sent']} replies through our device"
+                   + (f", rtt avg {rtt['avg']:.3f} ms" if rtt else ""))  # fmt: skip
+    if res.host is not None:
+        s = res.host.stats
+        out.append("")
+        out.append(f"virt-pci messages: {s.cfg_reads} config reads, {s.cfg_writes} config writes, "
+                   f"{s.mmio_reads} BAR reads, {s.mmio_writes} BAR writes; sent {s.msi_sent} MSI, "
+                   f"{s.int_sent} INT")  # fmt: skip
+        for e in res.host.errors[-5:]:
+            out.append(f"  bad message: {e}")
+    if res.after_teardown:
+        t = res.after_teardown
+        out.append("")
+        out.append(f"After the guest unbound the device (virtnet_remove): every entry masked: "
+                   f"{t['all_masked']}, MSI-X enabled: {t['msix_enabled']}")  # fmt: skip
+        if t["msix_enabled"]:
+            out.append(
+                "  (Linux 6.1's virt-pci detaches a function's config space before removing it,"
+                " um_pci_virtio_remove;\n   so the kernel's MSI-X disable, a config write, never"
+                " reaches the device, while BAR writes such as the masks still do)"
+            )
+    if res.backtraces:
+        out.append("")
+        out.append("Backtraces from the real kernel (gdb)")
+        out.extend(res.backtraces)
+    if res.error:
+        out.append("")
+        out.append(f"error: {res.error}")
+    return "\n".join(out)
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    script = None
+    if args.cmd:
+        cmd = args.cmd[1:] if args.cmd[0] == "--" else args.cmd
+        script = " ".join(cmd) + "\n"
+    opts = BootOptions(
+        vectors=args.vectors,
+        queue_pairs=args.queue_pairs,
+        disable_legacy=args.disable_legacy,
+        net=args.net,
+        timeout=args.timeout,
+        backtraces=args.backtraces,
+        console=None if args.quiet else sys.stdout,
+    )
+    if script is not None:
+        opts.script = script
+    try:
+        res = run_boot(opts)
+    except PrerequisiteMissing as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.trace_json:
+        write_jsonl(res.recorder.records, args.trace_json)
+    if args.json:
+        print(json.dumps(to_json(res), indent=2))
+    else:
+        print()
+        print(render(res))
+    return 1 if res.error else 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("boot", help="the real Linux 6.1 kernel (UML) drives our virtio-net device",
+                       description=__doc__)  # fmt: skip
+    p.add_argument("--vectors", type=int, default=None,
+                   help="MSI-X table size (default 2*queue-pairs+2; 0 = no MSI-X, INTx)")  # fmt: skip
+    p.add_argument("--queue-pairs", type=int, default=1)
+    p.add_argument("--disable-legacy", action="store_true",
+                   help="modern-only device (0x1041) instead of QEMU's transitional default")  # fmt: skip
+    p.add_argument("--net", choices=("responder", "tap"), default="responder",
+                   help="where guest packets go: an ARP/ICMP responder at 10.0.2.2, or a TAP")  # fmt: skip
+    p.add_argument("--backtraces", action="store_true",
+                   help="run the kernel under gdb: backtraces at MSI-X entry fills and unmasks")  # fmt: skip
+    p.add_argument("--trace-json", metavar="FILE", help="write every register access (JSON lines)")
+    p.add_argument("--json", action="store_true", help="print the views as JSON")
+    p.add_argument("--quiet", action="store_true", help="do not show the kernel console")
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD: run CMD in the guest instead")
+    p.set_defaults(func=cmd_boot)
