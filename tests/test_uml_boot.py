@@ -186,3 +186,23 @@ def test_cli_reports_a_dead_peer_without_traceback(linux, tmp_path):
     assert out.returncode == 1
     assert "Traceback" not in out.stdout + out.stderr
     assert "error:" in out.stdout
+
+
+def test_backtraces_from_the_real_kernel(linux):
+    """Under gdb: the seed's two backtraces (entry fill through pci_msi_domain_write_msg from
+    virtnet_probe, unmask through pci_msi_unmask_irq from request_irq), each next to the table
+    write our device received."""
+    res = run_boot(BootOptions(backtraces=True, timeout=90))
+    assert res.error is None, res.error
+    fills = [b for b in res.backtraces if b.startswith("# msix table entry fill\n")]
+    unmasks = [b for b in res.backtraces if b.startswith("# msix unmask")]
+    assert len(fills) == 3 and len(unmasks) == 3
+    for i, bt in enumerate(fills):
+        assert "#0  pci_msi_domain_write_msg" in bt and "virtnet_probe" in bt
+        assert (
+            "vp_find_vqs_msix" in bt and "reserve=reserve@entry=false" in bt
+        )  # UML: no reservation
+        assert f"entry {i}: addr_lo 0x000a0000, addr_hi 0x0, data {0x41 + i:#x}" in bt
+    for i, bt in enumerate(unmasks):
+        assert "#0  pci_msi_unmask_irq" in bt and "request_threaded_irq" in bt
+        assert f"entry {i}: vector control <- 0x0 (unmasked)" in bt

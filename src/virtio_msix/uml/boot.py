@@ -40,21 +40,25 @@ from .vhost_user import VIRTIO_F_VERSION_1, VhostUserBackend, VhostUserError
 
 # CONFIG_UML_PCI_OVER_VIRTIO_DEVICE_ID in uml.config: the virtio device id virt-pci binds to.
 PCI_OVER_VIRTIO_DEVICE_ID = 1234
+# Addresses: with the responder the "host" is an address our backend answers for (QEMU's
+# user-network numbers); with a TAP it is the host's side of the TAP, on a subnet of its own.
 GUEST_IP = "10.0.2.15"
 HOST_IP = "10.0.2.2"
+TAP_GUEST_IP = "172.30.77.15"
+TAP_HOST_IP = "172.30.77.1"
 MARK = "@@vmsix"
 
 DEFAULT_SCRIPT = f"""\
 echo {MARK} interrupts-before; cat /proc/interrupts; echo {MARK} end
 ip link set eth0 up
-ip addr add {GUEST_IP}/24 dev eth0
-echo {MARK} ping; ping -c 3 -W 2 {HOST_IP}; echo {MARK} end
+ip addr add $GUEST_IP/24 dev eth0
+echo {MARK} ping; ping -c 3 -W 2 $HOST_IP; echo {MARK} end
 echo {MARK} interrupts-after; cat /proc/interrupts; echo {MARK} end
 """
 
 INIT_TEMPLATE = """\
 #!/bin/sh
-export PATH=/bin
+export PATH=/bin GUEST_IP={guest_ip} HOST_IP={host_ip}
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
@@ -183,6 +187,100 @@ def kernel_cmdline(sock: Path, root: Path, memory_mb: int) -> list[str]:
     ]
 
 
+GDB_SCRIPT = """\
+set pagination off
+set confirm off
+set width 0
+set startup-with-shell off
+handle SIGSEGV nostop noprint pass
+handle SIGUSR1 nostop noprint pass
+handle SIGIO nostop noprint pass
+handle SIGALRM nostop noprint pass
+handle SIGVTALRM nostop noprint pass
+handle SIGWINCH nostop noprint pass
+handle SIGCHLD nostop noprint pass
+handle SIGPIPE nostop noprint pass
+handle SIGTERM nostop noprint pass
+set logging file {log}
+set logging overwrite on
+set logging redirect on
+set logging enabled on
+break pci_msi_domain_write_msg
+commands
+silent
+printf "@@bt msix table entry fill\\n"
+bt
+continue
+end
+break pci_msi_unmask_irq
+commands
+silent
+printf "@@bt msix unmask\\n"
+bt
+continue
+end
+run
+quit
+"""
+BT_TITLES = {"msix table entry fill": "# msix table entry fill", "msix unmask": "# msix unmask"}
+
+
+def parse_gdb_log(text: str) -> list[tuple[str, str]]:
+    """(kind, backtrace) for each breakpoint hit gdb logged, in order."""
+    out = []
+    for block in text.split("@@bt ")[1:]:
+        kind, _, bt = block.partition("\n")
+        lines = [ln for ln in bt.splitlines() if ln.startswith(("#", "    "))]
+        out.append((kind.strip(), "\n".join(lines)))
+    return out
+
+
+def table_writes(records: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Our device's side of each fill (address/data writes to one entry) and each unmask (a
+    vector-control write clearing the mask bit), in order, as one line each."""
+    fills: list[str] = []
+    unmasks: list[str] = []
+    current: dict[str, Any] | None = None
+    for r in records:
+        if r.get("space") != "msix-table" or r.get("op") != "w":
+            continue
+        entry, field = divmod(r["offset"], 16)
+        if field == 12:
+            current = None
+            if not r["value"] & 1:
+                unmasks.append(f"entry {entry}: vector control <- {r['value']:#x} (unmasked)")
+            continue
+        if current is None or current["entry"] != entry or field in current["fields"]:
+            current = {"entry": entry, "fields": {}}
+            fills.append("")
+        current["fields"][field] = r["value"] if r["size"] == 4 else r["value"] & 0xFFFFFFFF
+        if r["size"] == 8:
+            current["fields"][field + 4] = r["value"] >> 32
+        f = current["fields"]
+        parts = [f"addr_lo {f[0]:#010x}" if 0 in f else "", f"addr_hi {f[4]:#x}" if 4 in f else "",
+                 f"data {f[8]:#x}" if 8 in f else ""]  # fmt: skip
+        fills[-1] = f"entry {entry}: " + ", ".join(p for p in parts if p)
+    return fills, unmasks
+
+
+def pair_backtraces(hits: list[tuple[str, str]], records: list[dict[str, Any]]) -> list[str]:
+    """The kernel's backtraces, each followed by what our device received for it (paired in
+    order: the n-th fill breakpoint with the n-th entry fill, the n-th unmask likewise)."""
+    fills, unmasks = table_writes(records)
+    seen = {"msix table entry fill": 0, "msix unmask": 0}
+    out = []
+    for kind, bt in hits:
+        n = seen.get(kind, 0)
+        seen[kind] = n + 1
+        side = fills if kind == "msix table entry fill" else unmasks
+        got = side[n] if n < len(side) else "(nothing reached the device)"
+        title = BT_TITLES.get(kind, "# " + kind)
+        if "msi_domain_deactivate" in bt:
+            title += " (free_irq → msi_domain_deactivate: the entry's message is cleared)"
+        out.append(f"{title}\n{bt}\n  → our device received: {got}\n")
+    return out
+
+
 def phase_tagger(recorder: Recorder) -> None:
     """Tag records: 'enumeration' before the first common-config access, 'probe' up to the
     DRIVER_OK write, 'run' after (the same phases as the simulator's trace)."""
@@ -208,9 +306,11 @@ class BootSession:
         self.recorder = Recorder()
         phase_tagger(self.recorder)
         if opts.net == "tap":
-            self.netdev: Any = TapBackend()
+            self.netdev: Any = _tap_with_host_address(TAP_HOST_IP)
+            self.guest_ip, self.host_ip = TAP_GUEST_IP, TAP_HOST_IP
         elif opts.net == "responder":
             self.netdev = ResponderBackend(host_ip=HOST_IP)
+            self.guest_ip, self.host_ip = GUEST_IP, HOST_IP
         else:
             raise ValueError(f"unknown --net {opts.net!r} (responder or tap)")
         self.vhost: VhostUserBackend | None = None
@@ -234,6 +334,7 @@ class BootSession:
         self.snapshot: dict[str, Any] = {}
         self._out_fd: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None
+        self.backtraces: list[str] = []
 
     # -- console -----------------------------------------------------------------------------
     def _console_data(self, data: bytes) -> None:
@@ -277,9 +378,18 @@ class BootSession:
             srv.bind(str(sock_path))
             srv.listen(1)
             root = uml_kernel.make_rootfs(
-                work / "root", INIT_TEMPLATE.format(mark=MARK, script=opts.script)
+                work / "root",
+                INIT_TEMPLATE.format(
+                    mark=MARK, script=opts.script, guest_ip=self.guest_ip, host_ip=self.host_ip
+                ),
             )
             cmd = [str(linux), *kernel_cmdline(sock_path, root, opts.memory_mb)]
+            gdb_log = work / "gdb.log"
+            if opts.backtraces:
+                gdb = uml_kernel.require("gdb", "gdb")
+                script = work / "breakpoints.gdb"
+                script.write_text(GDB_SCRIPT.format(log=gdb_log))
+                cmd = [gdb, "-nx", "-batch", "-x", str(script), "--args", *cmd]
             env = dict(os.environ, TMPDIR=str(work))
             self.times["start"] = time.monotonic()
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -299,6 +409,9 @@ class BootSession:
             close = getattr(self.netdev, "close", None)
             if close:
                 close()
+            if opts.backtraces and (work / "gdb.log").is_file():
+                hits = parse_gdb_log((work / "gdb.log").read_text(errors="replace"))
+                self.backtraces = pair_backtraces(hits, self.recorder.records)
             shutil.rmtree(work, ignore_errors=True)
         if self._partial:
             self._console_line(self._partial)
@@ -307,6 +420,7 @@ class BootSession:
         result.times = {k: v for k, v in self.times.items() if k != "start"}
         result.sections = self.sections
         result.snapshot = self.snapshot
+        result.backtraces = self.backtraces
         if "done" in self.times and self.device.msix is not None:
             result.after_teardown = {
                 "all_masked": all(e.masked for e in self.device.msix.entries),
@@ -436,6 +550,29 @@ class BootSession:
         if host.signal_irq:
             host.signal_irq = False
             vhost.signal(IRQ_QUEUE)
+
+
+def _tap_with_host_address(host_ip: str) -> TapBackend:
+    """A TAP whose host side has ``host_ip``/24 and is up, so guest traffic reaches host
+    sockets (needs /dev/net/tun and CAP_NET_ADMIN, and iproute2's ``ip``)."""
+    try:
+        tap = TapBackend()
+    except OSError as e:
+        raise BootError(f"--net tap: cannot create a TAP interface: {e}") from None
+    ip = uml_kernel.require("ip", "iproute2")
+    for args in (
+        ["addr", "add", f"{host_ip}/24", "dev", tap.name],
+        ["link", "set", tap.name, "up"],
+    ):
+        out = subprocess.run([ip, *args], capture_output=True, text=True)
+        if out.returncode:
+            tap.close()
+            raise BootError(f"--net tap: ip {' '.join(args)}: {out.stderr.strip()}")
+    return tap
+
+
+class BootError(RuntimeError):
+    """The run cannot start (a missing permission or tool); the message says which."""
 
 
 class _SinkProxy:

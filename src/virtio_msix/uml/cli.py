@@ -9,7 +9,7 @@ from typing import Any
 
 from ..qemu.debian import PrerequisiteMissing
 from ..trace.recorder import write_jsonl
-from .boot import BootOptions, BootResult, run_boot
+from .boot import BootError, BootOptions, BootResult, run_boot
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
@@ -132,7 +132,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
         opts.script = script
     try:
         res = run_boot(opts)
-    except PrerequisiteMissing as e:
+    except (PrerequisiteMissing, BootError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.trace_json:
@@ -154,7 +154,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--disable-legacy", action="store_true",
                    help="modern-only device (0x1041) instead of QEMU's transitional default")  # fmt: skip
     p.add_argument("--net", choices=("responder", "tap"), default="responder",
-                   help="where guest packets go: an ARP/ICMP responder at 10.0.2.2, or a TAP")  # fmt: skip
+                   help="where guest packets go: an ARP/ICMP responder at 10.0.2.2 (guest 10.0.2.15), "
+                        "or a TAP whose host side is 172.30.77.1 (guest 172.30.77.15)")  # fmt: skip
     p.add_argument("--backtraces", action="store_true",
                    help="run the kernel under gdb: backtraces at MSI-X entry fills and unmasks")  # fmt: skip
     p.add_argument("--trace-json", metavar="FILE", help="write every register access (JSON lines)")
