@@ -399,7 +399,16 @@ class BootSession:
             self.proc = proc
             result.error = self._loop(srv, proc)
         except VhostUserError as e:
-            result.error = f"vhost-user: {e}"
+            # A dying kernel can show first as a broken call pipe or ring, before the socket
+            # closes: if the process is gone, say so.
+            try:
+                gone = proc is not None and proc.wait(timeout=1) is not None
+            except subprocess.TimeoutExpired:
+                gone = False
+            if gone and proc is not None and "done" not in self.times:
+                result.error = self._death_reason(proc, e)
+            else:
+                result.error = f"vhost-user: {e}"
         finally:
             if proc is not None:
                 result.exit_code = self._stop(proc)
