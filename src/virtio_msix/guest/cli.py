@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from ..trace import write_jsonl
+from ..trace.text import table
 from ..virtio.net import feature_names
 from .sim import SimOptions, SimResult, run_sim
 
@@ -33,15 +34,6 @@ class Style:
 
     def dim(self, text: str) -> str:
         return self(text, "2")
-
-
-def table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    for r in rows:
-        lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
-    return "\n".join("  " + line for line in lines)
 
 
 def render(res: SimResult, s: Style) -> str:

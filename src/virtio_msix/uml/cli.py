@@ -9,15 +9,8 @@ from typing import Any
 
 from ..qemu.debian import PrerequisiteMissing
 from ..trace.recorder import write_jsonl
+from ..trace.text import table
 from .boot import BootError, BootOptions, BootResult, run_boot
-
-
-def table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join("  " + line for line in lines)
 
 
 def to_json(res: BootResult) -> dict[str, Any]:
