@@ -24,7 +24,7 @@ from pathlib import Path
 
 from virtio_msix.guest.sim import SimOptions, run_sim
 from virtio_msix.uml import kernel as uml_kernel
-from virtio_msix.uml.boot import TAP_HOST_IP, BootError, BootOptions, run_boot
+from virtio_msix.uml.boot import BootError, BootOptions, run_boot
 
 TCP_PORT = 5001
 TCP_BYTES = 16 * 1024 * 1024
@@ -72,31 +72,17 @@ def tcp_throughput() -> tuple[float, int]:
                 total += len(data)
         result["bytes"], result["seconds"] = total, time.monotonic() - (start or time.monotonic())
 
-    opts = BootOptions(net="tap", timeout=180, script=(
-        "ip link set eth0 up; ip addr add $GUEST_IP/24 dev eth0; sleep 1\n"
-        f"dd if=/dev/zero bs=65536 count={TCP_BYTES // 65536} 2>/dev/null | nc $HOST_IP {TCP_PORT}\n"))  # fmt: skip
-    # The TAP (and so the host address) exists only once the session starts: bind lazily.
-    from virtio_msix.uml import boot as boot_mod
-
-    orig = boot_mod._tap_with_host_address
-
-    def tap_then_listen(host_ip: str):
-        tap = orig(host_ip)
-        for _ in range(50):
-            try:
-                srv.bind((TAP_HOST_IP, TCP_PORT))
-                break
-            except OSError:
-                time.sleep(0.1)
-        srv.listen(1)
-        threading.Thread(target=sink, daemon=True).start()
-        return tap
-
-    boot_mod._tap_with_host_address = tap_then_listen
+    # Listening on every address: the TAP's host address only exists once the boot starts.
+    srv.bind(("0.0.0.0", TCP_PORT))
+    srv.listen(1)
+    receiver = threading.Thread(target=sink, daemon=True)
+    receiver.start()
     try:
-        res = run_boot(opts)
+        res = run_boot(BootOptions(net="tap", timeout=180, script=(
+            "ip link set eth0 up; ip addr add $GUEST_IP/24 dev eth0; sleep 1\n"
+            f"dd if=/dev/zero bs=65536 count={TCP_BYTES // 65536} 2>/dev/null | nc $HOST_IP {TCP_PORT}\n")))  # fmt: skip
+        receiver.join(timeout=30)  # the last bytes may still be in flight when the guest ends
     finally:
-        boot_mod._tap_with_host_address = orig
         srv.close()
     if res.error or "bytes" not in result:
         raise RuntimeError(res.error or "no TCP data arrived")

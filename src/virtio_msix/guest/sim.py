@@ -131,40 +131,23 @@ def _phase_tagger(recorder: Recorder) -> dict[str, str]:
 
 
 def table_view(k: Kernel, device: VirtioPciDevice) -> list[dict[str, Any]]:
-    rows = []
     if device.msix is None:
-        return rows
-    for e in device.msix.entries:
-        row: dict[str, Any] = {
-            "entry": e.index,
-            "address": e.address,
-            "data": e.data,
-            "masked": e.effectively_masked,
-            "entry_masked": e.masked,
-            "pending": e.pending,
-            "sent": device.msix.sent[e.index],
-        }
+        return []
+    rows = device.msix.table_rows()
+    for row in rows:
+        address, data = row["address"], row["data"]
         if k.x86 is not None:
             from ..irq.x86 import decode_msi
 
-            d = decode_msi(e.address, e.data)
+            d = decode_msi(address, data)
             row["decoded"] = (
                 f"{'logical' if d.logical else 'physical'} dest {d.dest:#x} vector {d.vector:#04x}"
-                if d.valid and e.address
+                if d.valid and address
                 else "-"
             )
         else:
-            row["decoded"] = f"UML irq {e.data}" if e.address == 0xA0000 else "-"
-        rows.append(row)
+            row["decoded"] = f"UML irq {data}" if address == 0xA0000 else "-"
     return rows
-
-
-def event_vector_map(device: VirtioPciDevice, names: list[str]) -> list[tuple[str, int]]:
-    out = [("config", device.config_vector)]
-    for q in device.device.queues:
-        name = names[q.index] if q.index < len(names) else f"queue{q.index}"
-        out.append((name, q.vector))
-    return out
 
 
 def interrupts_view(k: Kernel) -> list[dict[str, Any]]:
@@ -231,7 +214,7 @@ def run_sim(opts: SimOptions) -> SimResult:
 
     res.capabilities = describe(device)["capabilities"]
     res.table_after_probe = table_view(k, device)
-    res.event_vectors = event_vector_map(device, names)
+    res.event_vectors = device.event_vectors(names)
     res.interrupts_after_probe = interrupts_view(k)
     if vi is None:
         return res

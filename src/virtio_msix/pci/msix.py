@@ -16,7 +16,7 @@ Rules kept (the PCI spec, and QEMU's hw/pci/msix.c where the spec leaves room):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .region import Region
 from .regs import (
@@ -162,6 +162,16 @@ class Msix:
         return out
 
     # -- vector use (which events map to a vector; QEMU's msix_vector_use/unuse) --------------
+
+    def table_rows(self) -> list[dict[str, Any]]:
+        """One row per entry for views: message, effective and own mask, pending, messages sent."""
+        return [
+            {"entry": e.index, "address": e.address, "data": e.data,
+             "masked": e.effectively_masked, "entry_masked": e.masked, "pending": e.pending,
+             "sent": self.sent[e.index]}
+            for e in self.entries
+        ]  # fmt: skip
+
     def vector_use(self, v: int) -> bool:
         if not 0 <= v < self.table_size:
             return False

@@ -153,22 +153,14 @@ def queue_names(queue_pairs: int) -> list[str]:
 def device_views(device: VirtioPciDevice, queue_pairs: int) -> dict[str, Any]:
     """Our MSI-X table and the event → vector map, as the kernel has programmed them."""
     msix = device.msix
-    names = queue_names(queue_pairs)
-    table = []
-    if msix is not None:
-        for e in msix.entries:
-            table.append({"entry": e.index, "address": e.address, "data": e.data,
-                          "masked": e.effectively_masked, "entry_masked": e.masked,
-                          "pending": e.pending, "sent": msix.sent[e.index],
-                          "decoded": f"UML irq {e.data}" if e.address == UML_MSI_ADDRESS else "-"})  # fmt: skip
-    vectors = [("config", device.config_vector)]
-    for q in device.device.queues:
-        vectors.append((names[q.index] if q.index < len(names) else f"queue{q.index}", q.vector))
+    table = msix.table_rows() if msix is not None else []
+    for row in table:
+        row["decoded"] = f"UML irq {row['data']}" if row["address"] == UML_MSI_ADDRESS else "-"
     return {
         "msix_enabled": bool(msix and msix.enabled),
         "function_masked": bool(msix and msix.function_masked),
         "table": table,
-        "event_vectors": vectors,
+        "event_vectors": device.event_vectors(queue_names(queue_pairs)),
     }
 
 

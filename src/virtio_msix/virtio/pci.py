@@ -255,6 +255,14 @@ class VirtioPciDevice(PciFunction):
     def driver_ok(self) -> bool:
         return bool(self.device.status & DRIVER_OK)
 
+    def event_vectors(self, queue_names: list[str]) -> list[tuple[str, int]]:
+        """Which MSI-X vector each event uses (msix_config, then each queue_msix_vector)."""
+        out = [("config", self.config_vector)]
+        for q in self.device.queues:
+            name = queue_names[q.index] if q.index < len(queue_names) else f"queue{q.index}"
+            out.append((name, q.vector))
+        return out
+
     def notify_queue(self, index: int) -> None:
         """A used-buffer notification for queue ``index`` (§4.1.5.3 / §4.1.5.4)."""
         if not self.driver_ok:
