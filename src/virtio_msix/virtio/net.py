@@ -440,16 +440,6 @@ class VirtioNet(VirtioDevice):
             elem = q.pop(mem)
             if elem is None:
                 break
-            if not elem.writable:
-                raise VirtqueueError(
-                    f"queue {q.index}: RX chain {elem.head} has no writable buffer"
-                )
-            if not elems and elem.writable_len < self.hdr_len:
-                # §5.1.6.3.1: with MRG_RXBUF every buffer holds at least the header.
-                raise VirtqueueError(
-                    f"queue {q.index}: RX buffer of {elem.writable_len} bytes is smaller than "
-                    f"the {self.hdr_len}-byte virtio-net header"
-                )
             elems.append(elem)
             room += elem.writable_len
         if room < need:
@@ -458,6 +448,20 @@ class VirtioNet(VirtioDevice):
                 # The whole ring cannot hold it: waiting would stall reception for ever.
                 return "rx_ring_too_small"
             return "wait"
+        # Enough room: now the chains are used in order, and a malformed one is an error as
+        # QEMU finds it in virtio_net_receive_rcu.
+        for n, elem in enumerate(elems):
+            if not elem.writable:
+                raise VirtqueueError(
+                    f"queue {q.index}: RX chain {elem.head} has no writable buffer"
+                )
+            if n == 0 and elem.writable_len < self.hdr_len:
+                # §5.1.6.3.1: with MRG_RXBUF every buffer holds at least the header, and
+                # num_buffers lives in the first one.
+                raise VirtqueueError(
+                    f"queue {q.index}: RX buffer of {elem.writable_len} bytes is smaller than "
+                    f"the {self.hdr_len}-byte virtio-net header"
+                )
         packet = self._header(len(elems)) + frame
         pos = 0
         lens = []
