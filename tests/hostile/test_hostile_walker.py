@@ -268,6 +268,12 @@ def test_fuzz_queue_notify_writes_only_offered_buffers_with_bounded_work(case):
     h = rig.dev.health()
     assert set(h) == {"dropped", "errors", "needs_reset", "counters"}
     assert len(h["errors"]) <= 16
+    # No frame lost unseen: every frame for the guest (injected, or looped back from TX) was
+    # received, dropped with a reason, is held, or still waits in the backend.
+    c = h["counters"]
+    offered = nframes + rig.backend.sent - rig.backend.dropped
+    assert offered == c["rx_frames"] + c["rx_dropped"] + c["rx_held"] + len(rig.backend.queue)
+    assert c["tx_frames"] == rig.backend.sent
     event("needs reset" if h["needs_reset"] else "no error")
     c = h["counters"]
     event(f"rx {min(c['rx_frames'], 1)} tx {min(c['tx_frames'], 1)} dropped {bool(h['dropped'])}")

@@ -386,10 +386,16 @@ class VirtioNet(VirtioDevice):
                 self._held = frame
                 self.stats["rx_no_buffer"] += 1
                 break
-            if mergeable:
-                outcome = self._rx_mergeable(q, mem, frame)
-            else:
-                outcome = self._rx_single(q, mem, frame)
+            try:
+                if mergeable:
+                    outcome = self._rx_mergeable(q, mem, frame)
+                else:
+                    outcome = self._rx_single(q, mem, frame)
+            except (VirtqueueError, GuestMemoryError):
+                # The driver's ring is broken (NEEDS_RESET follows); the frame was not
+                # delivered, so it waits for the next driver rather than vanishing.
+                self._held = frame
+                raise
             if outcome == "wait":
                 self._held = frame
                 self.stats["rx_no_buffer"] += 1
