@@ -241,10 +241,11 @@ def test_fuzz_queue_notify_writes_only_offered_buffers_with_bounded_work(case):
     before = bytes(rig.mem.buf)
     allowed = [(r.used, 6 + 8 * size) for r in rig.rings]
     allowed += writable_oracle(rig.mem, [(r.desc, size) for r in rig.rings])
-    # One kick may walk each offered chain once, plus one walk per backend frame (a frame
-    # that does not fit gives its buffer back), each walk bounded by size + VIRTQUEUE_MAX_SIZE
-    # descriptors and as many segment reads; a few ring-index reads on top.
-    bound = (2 * size + nframes + 2) * 2 * (size + MAX_SEGMENTS + 4)
+    # One kick may walk each offered chain once, and RX about twice the queue size more
+    # (frames that do not fit give their chains back), each walk bounded by size +
+    # VIRTQUEUE_MAX_SIZE descriptors and as many segment reads; a few ring-index reads on top.
+    # Nothing here depends on the memory size or on an indirect table's claimed length.
+    bound = (4 * size + 2) * 2 * (size + MAX_SEGMENTS + 4)
     for what in order:
         rig.mem.reads = 0
         if what == "poll":
@@ -277,3 +278,27 @@ def test_fuzz_queue_notify_writes_only_offered_buffers_with_bounded_work(case):
     event("needs reset" if h["needs_reset"] else "no error")
     c = h["counters"]
     event(f"rx {min(c['rx_frames'], 1)} tx {min(c['tx_frames'], 1)} dropped {bool(h['dropped'])}")
+
+
+def test_element_read_with_a_limit_reads_only_that_much():
+    mem = CountingMemory(1 << 16)
+    mem.poke(0x8000, bytes(range(64)))
+    for i in range(4):
+        _put(mem, 0x1000, i, (0x8000 + 16 * i, 16, F_NEXT if i < 3 else 0, i + 1))
+    elem, _ = walk_chain(mem, 0x1000, 4, 0)
+    mem.reads = 0
+    assert elem.read(mem, limit=20) == bytes(range(20)) and mem.reads == 2
+    assert elem.read(mem) == bytes(range(64))
+    assert elem.read(mem, limit=0) == b""
+
+
+def test_rx_work_per_poll_is_bounded_by_the_queue_size_not_the_peer():
+    rig = Rig(mergeable=False, qsize=4)
+    rig.rx.set_desc(0, rig.buffer(20), 20, F_WRITE)  # too small for every frame
+    rig.rx.offer(0)
+    for n in range(100):
+        rig.inject(frame(60, tag=n))
+    rig.dev.poll()
+    h = rig.dev.health()
+    assert h["dropped"] == {"rx_buffer_too_small": 8}  # 2 × queue size walks per call
+    assert len(rig.backend.queue) == 92  # the rest wait, not lost

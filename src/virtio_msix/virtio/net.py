@@ -376,9 +376,13 @@ class VirtioNet(VirtioDevice):
         mem = self.memory
         delivered = 0
         mergeable = self.has_feature(VIRTIO_NET_F_MRG_RXBUF)
-        # Each frame pops at least one chain or ends the loop; a frame dropped for a too-small
-        # buffer gives the buffer back, so the loop is bounded by the backend's frames.
-        while (frame := self._take_frame()) is not None:
+        # Each delivered frame uses at least one chain, so at most q.size are delivered per
+        # call; but a frame that does not fit gives its chains back, and the next one walks
+        # them again. So one call walks at most about 2 × q.size chains (the frames left
+        # stay in the backend for the next call): the work is bounded by the queue size, not
+        # by how many frames the peer sends.
+        budget = q.walks + 2 * q.size
+        while q.walks < budget and (frame := self._take_frame()) is not None:
             if len(frame) > MAX_FRAME:
                 self._drop("rx_oversize")
                 continue

@@ -59,11 +59,20 @@ class Element:
     def writable_len(self) -> int:
         return sum(n for _, n in self.writable)
 
-    def read(self, mem: Memory) -> bytes:
+    def read(self, mem: Memory, limit: int | None = None) -> bytes:
+        """The device-readable bytes, or only the first ``limit`` of them (so that a header
+        can be looked at before a peer-chosen length is read whole)."""
+        out = []
+        left = self.readable_len if limit is None else limit
         try:
-            return b"".join(mem.read(a, n) for a, n in self.readable)
+            for a, n in self.readable:
+                if left <= 0:
+                    break
+                out.append(mem.read(a, min(n, left)))
+                left -= n
         except GuestMemoryError as e:
             raise VirtqueueError(str(e)) from None
+        return b"".join(out)
 
     def write(self, mem: Memory, data: bytes, offset: int = 0) -> int:
         """Scatter ``data`` into the writable segments starting ``offset`` bytes into them;
@@ -173,6 +182,7 @@ class VirtQueue:
         self.pops = 0
         self.pushes = 0
         self.desc_reads = 0  # descriptors read by walks (a measure of the work guests cause)
+        self.walks = 0  # chains walked (pops, including those given back by unpop)
 
     # -- raw ring access -------------------------------------------------------------------------
     def _u16(self, mem: Memory, addr: int) -> int:
@@ -229,6 +239,7 @@ class VirtQueue:
         return elem
 
     def _walk(self, mem: Memory, head: int) -> Element:
+        self.walks += 1
         elem, reads = walk_chain(mem, self.desc_addr, self.size, head, f"queue {self.index}")
         self.desc_reads += reads
         return elem
