@@ -61,3 +61,15 @@ def test_sim_shows_device_health_in_text_and_json():
                                     timeout=120).stdout)  # fmt: skip
     assert doc["health"]["counters"]["rx_frames"] == 3
     assert doc["health"]["needs_reset"] is None and doc["health"]["dropped"] == {}
+
+
+def test_device_entry_points_with_odd_arguments_raise_nothing():
+    rig = Rig()
+    net = rig.net
+    for index in (-1, 3, 99, 2**16):
+        net.queue_notify(index)
+        rig.dev.bar_write(4, 0x3000 + 4 * (index % 0x400), 2, index & 0xFFFF)
+    detached = type(net)()
+    detached.queue_notify(0)  # never attached to a transport: nothing to do
+    assert detached.poll() == 0
+    assert not rig.status() & NEEDS_RESET

@@ -294,6 +294,8 @@ class VirtioNet(VirtioDevice):
         return self.hooks is not None and self.hooks.dma_allowed()
 
     def queue_notify(self, index: int) -> None:
+        if not 0 <= index < len(self.queues) or not self.queues[index].max_size:
+            return  # no such queue: nothing to do (§4.1.5.2 leaves it to the transport)
         if not self.status & DRIVER_OK or not self._dma_allowed():
             return
         try:

@@ -19,6 +19,11 @@ Where QEMU and the spec differ, the device follows the spec and the comment says
   DRIVER_OK; QEMU bumps it only with a notification.
 - The PCI_CFG window dispatches to the BAR its ``bar`` field names (§4.1.4.9.1); QEMU 7.2
   ignores ``bar`` and always uses the modern BAR.
+- Without COMMAND.Bus Master the device does no DMA and sends no MSI (PCI 3.0 §6.2.2): kicks
+  are remembered and served once Bus Master (and DRIVER_OK) are back. QEMU reaches the same
+  end through its disabled bus-master address space, where a driver that sets DRIVER_OK
+  again would see its rings read as errors.
+- A PCI function reset also resets the virtio device (QEMU's virtio_pci_reset).
 """
 
 from __future__ import annotations
