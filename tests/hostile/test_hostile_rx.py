@@ -210,3 +210,14 @@ def test_oversize_backend_frame_is_dropped_counted():
     rig.kick(rig.rx)
     h = rig.dev.health()
     assert h["dropped"] == {"rx_oversize": 1} and h["counters"]["rx_frames"] == 1
+
+
+def test_a_flood_of_oversize_frames_is_drained_a_bounded_amount_per_call():
+    rig = Rig(qsize=4)
+    rig.rx.set_desc(0, rig.buffer(2048), 2048, F_WRITE)
+    rig.rx.offer(0)
+    for _ in range(50):
+        rig.inject(bytes(70000))
+    rig.dev.poll()
+    assert rig.dev.health()["dropped"] == {"rx_oversize": 8}
+    assert len(rig.backend.queue) == 42

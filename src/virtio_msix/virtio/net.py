@@ -201,7 +201,7 @@ class VirtioNet(VirtioDevice):
             "rx_frames": 0,
             "tx_bytes": 0,
             "rx_bytes": 0,
-            "rx_no_buffer": 0,  # times a frame had to wait for receive buffers
+            "rx_no_buffer": 0,  # frames that had to wait for receive buffers
         }
         # Recent control commands (class name, cmd, payload, ack); bounded: a guest may send
         # commands for ever.
@@ -380,17 +380,22 @@ class VirtioNet(VirtioDevice):
         mergeable = self.has_feature(VIRTIO_NET_F_MRG_RXBUF)
         # Each delivered frame uses at least one chain, so at most q.size are delivered per
         # call; but a frame that does not fit gives its chains back, and the next one walks
-        # them again. So one call walks at most about 2 × q.size chains (the frames left
-        # stay in the backend for the next call): the work is bounded by the queue size, not
-        # by how many frames the peer sends.
+        # them again. So one call takes at most 2 × q.size frames and walks about as many
+        # chains (the frames left stay in the backend for the next call): the work is bounded
+        # by the queue size, not by how many frames the peer sends.
         budget = q.walks + 2 * q.size
-        while q.walks < budget and (frame := self._take_frame()) is not None:
+        for _ in range(2 * q.size):
+            if q.walks >= budget:
+                break
+            waited = self._held is not None
+            if (frame := self._take_frame()) is None:
+                break
             if len(frame) > MAX_FRAME:
                 self._drop("rx_oversize")
                 continue
             if not q.has_available(mem):
                 self._held = frame
-                self.stats["rx_no_buffer"] += 1
+                self.stats["rx_no_buffer"] += not waited
                 break
             try:
                 if mergeable:
@@ -404,7 +409,7 @@ class VirtioNet(VirtioDevice):
                 raise
             if outcome == "wait":
                 self._held = frame
-                self.stats["rx_no_buffer"] += 1
+                self.stats["rx_no_buffer"] += not waited
                 break
             if outcome == "ok":
                 delivered += 1
