@@ -13,7 +13,9 @@ NO_VECTOR = 0xFFFF
 
 
 def make(vectors: int = 4) -> VirtioPciDevice:
-    return VirtioPciDevice(ToyDevice(), vectors=vectors, sink=NullSink())
+    dev = VirtioPciDevice(ToyDevice(), vectors=vectors, sink=NullSink())
+    dev.cfg_write(4, 2, 0x6)  # memory decode and Bus Master, as pci_enable_device + set_master
+    return dev
 
 
 def rd(dev, name):

@@ -36,6 +36,23 @@ class Style:
         return self(text, "2")
 
 
+def health_lines(health: dict[str, Any], s: Style | None = None) -> list[str]:
+    """The device's health() as a few lines, non-zero items only."""
+    s = s or Style(False)
+    out = []
+    counters = [f"{k} {v}" for k, v in health["counters"].items() if v]
+    if counters:
+        out.append("  counters : " + ", ".join(counters))
+    dropped = [f"{k} {v}" for k, v in health["dropped"].items() if v]
+    if dropped:
+        out.append(s.bad("  dropped  : " + ", ".join(dropped)))
+    if health["needs_reset"]:
+        out.append(s.bad(f"  DEVICE_NEEDS_RESET: {health['needs_reset']}"))
+    for e in health["errors"]:
+        out.append(s.bad(f"  error    : {e}"))
+    return out
+
+
 def render(res: SimResult, s: Style) -> str:
     o = res.options
     out: list[str] = []
@@ -85,6 +102,11 @@ def render(res: SimResult, s: Style) -> str:
     if res.net is not None:
         out.append(f"  traffic: {res.net.tx_packets} sent, {res.net.tx_completed} completed, "
                    f"{res.net.rx_packets} received through the loopback backend")  # fmt: skip
+    health = health_lines(res.device.health(), s)
+    if health:
+        out.append("")
+        out.append(s.head("Device health"))
+        out.extend(health)
     if res.masked_demo:
         m = res.masked_demo
         out.append("")
@@ -134,6 +156,7 @@ def to_json(res: SimResult) -> dict[str, Any]:
             "tx_completed": res.net.tx_completed,
             "rx": res.net.rx_packets,
         },
+        "health": res.device.health(),
         "backtraces": [bt.format() for bt, _ in res.kernel.backtraces],
     }
 

@@ -3,11 +3,38 @@
 Memory and I/O accesses are routed to the function whose BAR the driver programmed to cover
 the address, and only while that function's COMMAND.MEM / COMMAND.IO decode is on (PCI 3.0
 §6.2.2). An address nobody decodes reads all ones and drops writes (master abort).
+
+The bus is the CPU's side: it accepts only accesses a CPU can make (config cycles of 1, 2 or 4
+bytes inside the 4 KiB of a function's config space; memory accesses of 1, 2, 4 or 8 bytes
+inside the 64-bit address space; port accesses of 1, 2 or 4 bytes inside the 64 KiB I/O space;
+a value that fits the access). Anything else is a caller's bug and raises ``PciBusError`` with
+what was wrong, before any device sees it.
 """
 
 from __future__ import annotations
 
 from .function import PciFunction
+
+CONFIG_SPACE = 0x1000  # ECAM: 4 KiB per function
+CFG_SIZES = (1, 2, 4)
+MEM_SIZES = (1, 2, 4, 8)
+IO_SIZES = (1, 2, 4)
+MEM_SPACE = 1 << 64
+IO_SPACE = 1 << 16
+
+
+class PciBusError(ValueError):
+    """An access no CPU could make (bad size, offset, address or value)."""
+
+
+def _check(kind: str, addr: int, size: int, sizes: tuple[int, ...], space: int,
+           value: int | None = None) -> None:  # fmt: skip
+    if not isinstance(size, int) or size not in sizes:
+        raise PciBusError(f"{kind}: access size {size!r} is not one of {sizes}")
+    if not isinstance(addr, int) or addr < 0 or addr + size > space:
+        raise PciBusError(f"{kind}: address {addr!r} (+{size}) outside [0, {space:#x})")
+    if value is not None and (not isinstance(value, int) or not 0 <= value < 1 << (8 * size)):
+        raise PciBusError(f"{kind}: value {value!r} does not fit {size} bytes")
 
 
 class PciBus:
@@ -24,12 +51,14 @@ class PciBus:
 
     # -- config cycles ------------------------------------------------------------------------
     def cfg_read(self, slot: int, func: int, offset: int, size: int) -> int:
+        _check("cfg_read", offset, size, CFG_SIZES, CONFIG_SPACE)
         fn = self.functions.get((slot, func))
         if fn is None:
             return (1 << (8 * size)) - 1  # no device: master abort reads all ones
         return fn.cfg_read(offset, size)
 
     def cfg_write(self, slot: int, func: int, offset: int, size: int, value: int) -> None:
+        _check("cfg_write", offset, size, CFG_SIZES, CONFIG_SPACE, value)
         fn = self.functions.get((slot, func))
         if fn is not None:
             fn.cfg_write(offset, size, value)
@@ -48,6 +77,7 @@ class PciBus:
         return None
 
     def mmio_read(self, addr: int, size: int) -> int:
+        _check("mmio_read", addr, size, MEM_SIZES, MEM_SPACE)
         hit = self._decode(addr, size, io=False)
         if hit is None:
             return (1 << (8 * size)) - 1
@@ -55,12 +85,14 @@ class PciBus:
         return fn.bar_read(bar, off, size)
 
     def mmio_write(self, addr: int, size: int, value: int) -> None:
+        _check("mmio_write", addr, size, MEM_SIZES, MEM_SPACE, value)
         hit = self._decode(addr, size, io=False)
         if hit is not None:
             fn, bar, off = hit
             fn.bar_write(bar, off, size, value)
 
     def io_read(self, port: int, size: int) -> int:
+        _check("io_read", port, size, IO_SIZES, IO_SPACE)
         hit = self._decode(port, size, io=True)
         if hit is None:
             return (1 << (8 * size)) - 1
@@ -68,6 +100,7 @@ class PciBus:
         return fn.bar_read(bar, off, size)
 
     def io_write(self, port: int, size: int, value: int) -> None:
+        _check("io_write", port, size, IO_SIZES, IO_SPACE, value)
         hit = self._decode(port, size, io=True)
         if hit is not None:
             fn, bar, off = hit

@@ -91,6 +91,7 @@ class PciFunction:
         self.bars: list[Bar | None] = [None] * 7  # 0..5 and the ROM at index 6
         self.msix: Msix | None = None
         self.irq_level = False
+        self.msi_dropped = 0  # MSIs not sent because Bus Master was off
         self._caps: list[tuple[int, int, int]] = []  # (offset, id, length), list order
         self._write_hooks: list[tuple[int, int, ConfigHook]] = []
         self._read_hooks: list[tuple[int, int, ConfigHook]] = []
@@ -343,6 +344,7 @@ class PciFunction:
     def send_msi(self, address: int, data: int, vector: int | None = None) -> None:
         """An MSI is a DMA write: it goes out only while Bus Master is enabled."""
         if not self.bus_master:
+            self.msi_dropped += 1
             self.record_event("msi-dropped", vector=vector, reason="bus master disabled")
             return
         self.recorder.event("msi", vector=vector, address=address, data=data)

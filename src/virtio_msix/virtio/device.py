@@ -7,6 +7,7 @@ same device could sit behind another transport.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Protocol
 
 from .memory import Memory
@@ -49,6 +50,10 @@ class TransportHooks(Protocol):
     def device_error(self, reason: str) -> None:
         """Set DEVICE_NEEDS_RESET and notify the driver (§2.1.2)."""
 
+    def dma_allowed(self) -> bool:
+        """Whether the device may access guest memory now (on PCI: COMMAND.Bus Master set).
+        The device checks it at each entry point and does no DMA while it is False."""
+
 
 class VirtioDevice:
     """Base of every device: subclasses set the identity and implement config and queues."""
@@ -66,6 +71,8 @@ class VirtioDevice:
         self.config_len = config_len
         self.status = 0
         self.hooks: TransportHooks | None = None
+        # Work the device lost, by reason; survives resets (it is the device's history).
+        self.dropped: Counter[str] = Counter()
 
     # -- transport side -------------------------------------------------------------------
     def attach(self, hooks: TransportHooks) -> None:
@@ -102,6 +109,10 @@ class VirtioDevice:
     def poll(self) -> int:
         """Give the backend a chance to deliver work (RX frames); returns how many were done."""
         return 0
+
+    def counters(self) -> dict[str, int]:
+        """Device-specific activity counters (frames, bytes, ...), for health views."""
+        return {}
 
     # -- helpers for subclasses -------------------------------------------------------------
     def has_feature(self, bit: int) -> bool:

@@ -11,6 +11,7 @@ when there is more than one queue pair (QEMU's ``mq=on``).
 from __future__ import annotations
 
 import struct
+from collections import deque
 
 from .backends import NetBackend, NullBackend
 from .device import (
@@ -23,7 +24,8 @@ from .device import (
     VIRTIO_F_VERSION_1,
     VirtioDevice,
 )
-from .queue import Element, VirtqueueError
+from .memory import GuestMemoryError, Memory
+from .queue import Element, VirtQueue, VirtqueueError
 
 # Feature bits (§5.1.3).
 VIRTIO_NET_F_CSUM = 0
@@ -152,6 +154,8 @@ CTRL_QUEUE_SIZE = 64
 HDR_LEN = 12  # struct virtio_net_hdr_v1 (VERSION_1 or MRG_RXBUF)
 HDR_LEN_LEGACY = 10
 MAX_FRAME = 65535 + 14
+CTRL_LOG_MAX = 256
+CTRL_MAX_COMMAND = 65536  # longest control command read (QEMU has none; a guard for memory)
 
 
 class VirtioNet(VirtioDevice):
@@ -197,9 +201,14 @@ class VirtioNet(VirtioDevice):
             "rx_frames": 0,
             "tx_bytes": 0,
             "rx_bytes": 0,
-            "rx_no_buffer": 0,
+            "rx_no_buffer": 0,  # frames that had to wait for receive buffers
         }
-        self.ctrl_log: list[tuple[str, int, bytes, int]] = []
+        # Recent control commands (class name, cmd, payload, ack); bounded: a guest may send
+        # commands for ever.
+        self.ctrl_log: deque[tuple[str, int, bytes, int]] = deque(maxlen=CTRL_LOG_MAX)
+        # A frame taken from the backend that waits for receive buffers. It survives a device
+        # reset and is delivered to the next driver, as QEMU keeps a netdev's queued packets.
+        self._held: bytes | None = None
         self._reset_net_state()
 
     # -- state -------------------------------------------------------------------------------------
@@ -210,12 +219,21 @@ class VirtioNet(VirtioDevice):
         self.mac_table: list[bytes] = []
         self.vlans: set[int] = set()
         self.guest_offloads = 0
-        self._held: bytes | None = None  # a frame taken from the backend waiting for buffers
 
     def reset(self) -> None:
         super().reset()
         self.mac[:] = self.default_mac
         self._reset_net_state()
+
+    def counters(self) -> dict[str, int]:
+        rx_dropped = sum(n for r, n in self.dropped.items() if r.startswith("rx_"))
+        tx_dropped = sum(n for r, n in self.dropped.items() if r.startswith("tx_"))
+        return {
+            **self.stats,
+            "rx_dropped": rx_dropped,
+            "tx_dropped": tx_dropped,
+            "rx_held": int(self._held is not None),
+        }
 
     def set_driver_features(self, features: int) -> None:
         super().set_driver_features(features)
@@ -272,8 +290,13 @@ class VirtioNet(VirtioDevice):
         if became_ok:
             self.poll()
 
+    def _dma_allowed(self) -> bool:
+        return self.hooks is not None and self.hooks.dma_allowed()
+
     def queue_notify(self, index: int) -> None:
-        if not self.status & DRIVER_OK:
+        if not 0 <= index < len(self.queues) or not self.queues[index].max_size:
+            return  # no such queue: nothing to do (§4.1.5.2 leaves it to the transport)
+        if not self.status & DRIVER_OK or not self._dma_allowed():
             return
         try:
             if index == self.ctrl_index:
@@ -282,92 +305,190 @@ class VirtioNet(VirtioDevice):
                 self._handle_tx(index)
             else:
                 self._deliver_rx()
-        except VirtqueueError as e:
+        except (VirtqueueError, GuestMemoryError) as e:
             self._error(str(e))
 
     def _error(self, reason: str) -> None:
         if self.hooks is not None:
             self.hooks.device_error(reason)
 
+    def _drop(self, reason: str) -> None:
+        self.dropped[reason] += 1
+
     def _handle_tx(self, index: int) -> None:
         q = self.queues[index]
         mem = self.memory
         done = 0
         while (elem := q.pop(mem)) is not None:
-            data = elem.read(mem) if elem.readable_len <= MAX_FRAME + HDR_LEN else None
-            if data is None:
-                raise VirtqueueError(f"queue {index}: TX chain of {elem.readable_len} bytes")
-            frame = data[self.hdr_len :]
+            if elem.readable_len < self.hdr_len:
+                # QEMU virtio_net_flush_tx: "virtio-net header incorrect" is a device error.
+                raise VirtqueueError(
+                    f"queue {index}: TX chain of {elem.readable_len} bytes is shorter than "
+                    f"the {self.hdr_len}-byte virtio-net header"
+                )
+            if elem.readable_len > MAX_FRAME + self.hdr_len:
+                # Not read at all (it could be gigabytes); the buffer goes back, the frame
+                # is counted as dropped.
+                frame = None
+                self._drop("tx_oversize")
+            else:
+                frame = elem.read(mem)[self.hdr_len :]
             q.push(mem, elem, 0)
             done += 1
             if frame:
                 self.stats["tx_frames"] += 1
                 self.stats["tx_bytes"] += len(frame)
                 self.backend.send(frame)
+            elif frame is not None:
+                self._drop("tx_empty")
         if done and q.should_notify(mem) and self.hooks is not None:
             self.hooks.notify_queue(index)
         if done:
             self._deliver_rx()  # a loopback backend may have frames now
 
     def poll(self) -> int:
-        if not self.status & DRIVER_OK:
+        if not self.status & DRIVER_OK or not self._dma_allowed():
             return 0
         try:
             return self._deliver_rx()
-        except VirtqueueError as e:
+        except (VirtqueueError, GuestMemoryError) as e:
             self._error(str(e))
             return 0
 
+    def _take_frame(self) -> bytes | None:
+        if self._held is not None:
+            frame, self._held = self._held, None
+            return frame
+        try:
+            return self.backend.take_frame()
+        except OSError:
+            # A backend that fails a read loses whatever it was reading: count it.
+            self._drop("rx_backend_error")
+            return None
+
     def _deliver_rx(self) -> int:
-        """Move backend frames into posted receive buffers (queue 0 of the active pairs)."""
+        """Move backend frames into posted receive buffers (queue 0 of the active pairs).
+
+        A frame that finds too few buffers waits (held, at most one) for the driver to post
+        more, as QEMU's virtio_net_has_buffers makes the netdev queue it; it is never
+        delivered truncated. The only frames dropped are those no buffer the driver could
+        ever post would hold; each is counted by reason.
+        """
         q = self.queues[0]
         mem = self.memory
         delivered = 0
         mergeable = self.has_feature(VIRTIO_NET_F_MRG_RXBUF)
-        while True:
-            frame = self._held if self._held is not None else self.backend.take_frame()
-            self._held = None
-            if frame is None:
+        # Each delivered frame uses at least one chain, so at most q.size are delivered per
+        # call; but a frame that does not fit gives its chains back, and the next one walks
+        # them again. So one call takes at most 2 × q.size frames and walks about as many
+        # chains (the frames left stay in the backend for the next call): the work is bounded
+        # by the queue size, not by how many frames the peer sends.
+        budget = q.walks + 2 * q.size
+        for _ in range(2 * q.size):
+            if q.walks >= budget:
                 break
+            waited = self._held is not None
+            if (frame := self._take_frame()) is None:
+                break
+            if len(frame) > MAX_FRAME:
+                self._drop("rx_oversize")
+                continue
             if not q.has_available(mem):
                 self._held = frame
-                self.stats["rx_no_buffer"] += 1
+                self.stats["rx_no_buffer"] += not waited
                 break
-            packet = bytearray(self.hdr_len) + frame
-            if mergeable:
-                self._rx_mergeable(q, mem, packet)
+            try:
+                if mergeable:
+                    outcome = self._rx_mergeable(q, mem, frame)
+                else:
+                    outcome = self._rx_single(q, mem, frame)
+            except (VirtqueueError, GuestMemoryError):
+                # The driver's ring is broken (NEEDS_RESET follows); the frame was not
+                # delivered, so it waits for the next driver rather than vanishing.
+                self._held = frame
+                raise
+            if outcome == "wait":
+                self._held = frame
+                self.stats["rx_no_buffer"] += not waited
+                break
+            if outcome == "ok":
+                delivered += 1
+                self.stats["rx_frames"] += 1
+                self.stats["rx_bytes"] += len(frame)
             else:
-                elem = q.pop(mem)
-                assert elem is not None
-                written = elem.write(mem, bytes(packet))
-                q.push(mem, elem, written)
-            delivered += 1
-            self.stats["rx_frames"] += 1
-            self.stats["rx_bytes"] += len(frame)
+                self._drop(outcome)
         if delivered and q.should_notify(mem) and self.hooks is not None:
             self.hooks.notify_queue(0)
         return delivered
 
-    def _rx_mergeable(self, q, mem, packet: bytearray) -> None:
-        # §5.1.6.4: spread the packet over as many buffers as needed; num_buffers in the header.
-        elems: list[tuple[Element, int]] = []
-        pos = 0
-        while pos < len(packet):
+    def _header(self, num_buffers: int) -> bytes:
+        # flags 0, GSO_NONE (no offloads are offered). num_buffers exists in the 12-byte
+        # header; without MRG_RXBUF the device sets it to 1 (§5.1.6.4.1).
+        hdr = bytearray(self.hdr_len)
+        if self.hdr_len == HDR_LEN:
+            struct.pack_into("<H", hdr, 10, num_buffers)
+        return bytes(hdr)
+
+    def _rx_single(self, q: VirtQueue, mem: Memory, frame: bytes) -> str:
+        elem = q.pop(mem)
+        assert elem is not None  # has_available said so
+        if not elem.writable:
+            # QEMU: "virtio-net receive queue contains no in buffers" — a device error.
+            raise VirtqueueError(f"queue {q.index}: RX chain {elem.head} has no writable buffer")
+        packet = self._header(1) + frame
+        if elem.writable_len < len(packet):
+            # Without MRG_RXBUF a packet must fit one chain (§5.1.6.3.1). QEMU gives the
+            # buffer back (virtqueue_unpop) and drops the packet; so do we, and count it.
+            q.unpop()
+            return "rx_buffer_too_small"
+        written = elem.write(mem, packet)
+        q.push(mem, elem, written)
+        return "ok"
+
+    def _rx_mergeable(self, q: VirtQueue, mem: Memory, frame: bytes) -> str:
+        """§5.1.6.4: spread the packet over as many chains as it needs, num_buffers in the
+        header of the first. Chains are popped until the packet fits; if the driver has not
+        offered enough, they are given back and the frame waits (QEMU checks
+        virtqueue_avail_bytes first, to the same effect)."""
+        need = self.hdr_len + len(frame)
+        elems: list[Element] = []
+        room = 0
+        while room < need:
             elem = q.pop(mem)
             if elem is None:
-                break  # out of buffers: the rest is truncated, as a NIC would drop it
-            n = elem.write(mem, bytes(packet[pos:]))
-            if n == 0 and not elem.writable_len:
-                raise VirtqueueError(f"queue {q.index}: RX buffer with no writable space")
-            elems.append((elem, n))
+                break
+            elems.append(elem)
+            room += elem.writable_len
+        if room < need:
+            q.unpop(len(elems))
+            if len(elems) >= q.size:
+                # The whole ring cannot hold it: waiting would stall reception for ever.
+                return "rx_ring_too_small"
+            return "wait"
+        # Enough room: now the chains are used in order, and a malformed one is an error as
+        # QEMU finds it in virtio_net_receive_rcu.
+        for n, elem in enumerate(elems):
+            if not elem.writable:
+                raise VirtqueueError(
+                    f"queue {q.index}: RX chain {elem.head} has no writable buffer"
+                )
+            if n == 0 and elem.writable_len < self.hdr_len:
+                # §5.1.6.3.1: with MRG_RXBUF every buffer holds at least the header, and
+                # num_buffers lives in the first one.
+                raise VirtqueueError(
+                    f"queue {q.index}: RX buffer of {elem.writable_len} bytes is smaller than "
+                    f"the {self.hdr_len}-byte virtio-net header"
+                )
+        packet = self._header(len(elems)) + frame
+        pos = 0
+        lens = []
+        for elem in elems:
+            n = elem.write(mem, packet[pos:])
+            lens.append(n)
             pos += n
-        if not elems:
-            return
-        first, _ = elems[0]
-        a, _n = first.writable[0]
-        mem.write(a + 10, struct.pack("<H", len(elems)))
-        for elem, n in elems:
+        for elem, n in zip(elems, lens, strict=True):
             q.push(mem, elem, n)
+        return "ok"
 
     # -- control queue (§5.1.6.5) ---------------------------------------------------------------------
     def _handle_ctrl(self, index: int) -> None:
@@ -375,7 +496,11 @@ class VirtioNet(VirtioDevice):
         mem = self.memory
         done = 0
         while (elem := q.pop(mem)) is not None:
-            if elem.readable_len < 2 or elem.writable_len < 1 or elem.readable_len > 65536:
+            if (
+                elem.readable_len < 2
+                or elem.writable_len < 1
+                or elem.readable_len > CTRL_MAX_COMMAND
+            ):
                 raise VirtqueueError(f"queue {index}: malformed control command")
             data = elem.read(mem)
             cls, cmd, payload = data[0], data[1], data[2:]
@@ -421,10 +546,11 @@ class VirtioNet(VirtioDevice):
             if len(payload) != 2:
                 return VIRTIO_NET_ERR
             vid = struct.unpack("<H", payload)[0]
-            if vid >= 4096:
+            # A failed command changes nothing: check everything before acting.
+            if vid >= 4096 or cmd not in (0, 1):
                 return VIRTIO_NET_ERR
             (self.vlans.add if cmd == 0 else self.vlans.discard)(vid)
-            return VIRTIO_NET_OK if cmd in (0, 1) else VIRTIO_NET_ERR
+            return VIRTIO_NET_OK
         if cls == CTRL_ANNOUNCE and cmd == 0:
             return VIRTIO_NET_OK
         if cls == CTRL_MQ and cmd == 0 and self.has_feature(VIRTIO_NET_F_MQ):

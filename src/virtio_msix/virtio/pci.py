@@ -19,11 +19,18 @@ Where QEMU and the spec differ, the device follows the spec and the comment says
   DRIVER_OK; QEMU bumps it only with a notification.
 - The PCI_CFG window dispatches to the BAR its ``bar`` field names (§4.1.4.9.1); QEMU 7.2
   ignores ``bar`` and always uses the modern BAR.
+- Without COMMAND.Bus Master the device does no DMA and sends no MSI (PCI 3.0 §6.2.2): kicks
+  are remembered and served once Bus Master (and DRIVER_OK) are back. QEMU reaches the same
+  end through its disabled bus-master address space, where a driver that sets DRIVER_OK
+  again would see its rings read as errors.
+- A PCI function reset also resets the virtio device (QEMU's virtio_pci_reset).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from ..pci.function import PciFunction
 from ..pci.region import Region
@@ -75,6 +82,7 @@ LEGACY_BAR = 0
 MSIX_BAR_SIZE = 0x1000
 MSIX_PBA_OFFSET = 0x800
 DEFAULT_ROM_SIZE = 256 * 1024
+ERRORS_KEPT = 16
 
 PCI_CLASS_BY_DEVICE = {1: 0x020000, 2: 0x010000, 3: 0x078000, 4: 0x00FF00, 5: 0x00FF00}
 
@@ -138,6 +146,10 @@ class VirtioPciDevice(PciFunction):
         self.driver_feature_words = [0, 0]
         self.queue_select = 0
         self.broken = False
+        self.needs_reset_reason: str | None = None
+        # Every device error (guest-caused ring faults and the like), most recent last.
+        self.errors: deque[str] = deque(maxlen=ERRORS_KEPT)
+        self.ring_errors = 0
         self.staging = [QueueStaging() for _ in device.queues]
         self._deferred_kicks: set[int] = set()
         self._common_handlers = self._handlers(COMMON_BY_OFFSET, "common")
@@ -237,9 +249,16 @@ class VirtioPciDevice(PciFunction):
 
     def _command_hook(self, _off: int, _size: int) -> None:
         # Clearing Bus Master stops the device: QEMU clears DRIVER_OK so the driver must
-        # re-initialise it (virtio_write_config).
+        # re-initialise it (virtio_write_config). Without Bus Master the function may not
+        # master the bus at all (PCI 3.0 §6.2.2): no DMA (dma_allowed) and no MSI (send_msi).
         if not self.command & PCI_COMMAND_MASTER and self.device.status & DRIVER_OK:
             self.device.set_status(self.device.status & ~DRIVER_OK)
+        elif self.command & PCI_COMMAND_MASTER:
+            self._serve_deferred_kicks()
+
+    def dma_allowed(self) -> bool:
+        """TransportHooks: the device may touch guest memory only while Bus Master is on."""
+        return self.bus_master
 
     # -- dispatch tables --------------------------------------------------------------------------
     def _handlers(self, table: dict, prefix: str) -> dict[int, tuple[Callable, Callable | None]]:
@@ -282,6 +301,10 @@ class VirtioPciDevice(PciFunction):
     def device_error(self, reason: str) -> None:
         """§2.1.2: set DEVICE_NEEDS_RESET and tell the driver; stop processing queues."""
         self.record_event("device-error", reason=reason)
+        self.errors.append(reason)
+        self.ring_errors += 1
+        if not self.broken:
+            self.needs_reset_reason = reason
         self.broken = True
         # DEVICE_NEEDS_RESET exists for drivers of the 1.x interface only; a driver that has not
         # accepted VERSION_1 would not understand it (QEMU's virtio_error makes the same test).
@@ -306,6 +329,7 @@ class VirtioPciDevice(PciFunction):
         self.config_vector = VIRTIO_MSI_NO_VECTOR
         self.queue_select = 0
         self.broken = False
+        self.needs_reset_reason = None
         self._deferred_kicks.clear()
         for q in self.device.queues:
             q.vector = VIRTIO_MSI_NO_VECTOR
@@ -313,6 +337,27 @@ class VirtioPciDevice(PciFunction):
         if self.msix is not None:
             self.msix.unuse_all()
         self.set_irq_level(False)
+
+    def function_reset(self) -> None:
+        """A PCI function reset (FLR, bus reset) resets the virtio device with it (QEMU's
+        virtio_pci_reset runs on every PCI reset): status 0, queues off, vectors unmapped."""
+        self.reset()
+        super().function_reset()
+
+    # -- health -----------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """What went wrong, for a user: frames dropped by reason, device errors (most recent
+        last, bounded), the reason NEEDS_RESET is set (or None), and activity counters."""
+        counters = dict(self.device.counters())
+        counters["ring_errors"] = self.ring_errors
+        counters["msi_dropped_no_bus_master"] = self.msi_dropped
+        counters["kicks_deferred"] = len(self._deferred_kicks)
+        return {
+            "dropped": dict(self.device.dropped),
+            "errors": list(self.errors),
+            "needs_reset": self.needs_reset_reason,
+            "counters": counters,
+        }
 
     # -- vectors ----------------------------------------------------------------------------------
     def _map_vector(self, old: int, new: int) -> int:
@@ -348,9 +393,7 @@ class VirtioPciDevice(PciFunction):
         became_ok = value & DRIVER_OK and not dev.status & DRIVER_OK
         dev.set_status(value)
         if became_ok:
-            for index in sorted(self._deferred_kicks):
-                self._kick(index)
-            self._deferred_kicks.clear()
+            self._serve_deferred_kicks()
 
     def _queue(self) -> VirtQueue | None:
         sel = self.queue_select
@@ -554,10 +597,19 @@ class VirtioPciDevice(PciFunction):
         queues = self.device.queues
         if index >= len(queues) or not queues[index].enabled or self.broken:
             return
-        if not self.driver_ok:
+        if not self.driver_ok or not self.bus_master:
+            # Served once DRIVER_OK is set and Bus Master is on (no DMA without it).
             self._deferred_kicks.add(index)
             return
         self.device.queue_notify(index)
+
+    def _serve_deferred_kicks(self) -> None:
+        if not self.driver_ok or not self.bus_master:
+            return
+        kicks = sorted(self._deferred_kicks)
+        self._deferred_kicks.clear()
+        for index in kicks:
+            self._kick(index)
 
     def _device_read(self, offset: int, size: int) -> int:
         if offset + size > self.device.config_len:
@@ -569,8 +621,9 @@ class VirtioPciDevice(PciFunction):
             self.device.config_write(offset, size, value)
 
     def poll(self) -> int:
-        """Let the device's backend deliver pending work (only once DRIVER_OK, §2.1.2)."""
-        if not self.driver_ok or self.broken:
+        """Let the device's backend deliver pending work (only once DRIVER_OK, §2.1.2, and
+        while Bus Master is on)."""
+        if not self.driver_ok or self.broken or not self.bus_master:
             return 0
         return self.device.poll()
 

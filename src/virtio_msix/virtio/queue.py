@@ -26,6 +26,11 @@ DESC_SIZE = 16  # struct virtq_desc: le64 addr, le32 len, le16 flags, le16 next
 USED_ELEM_SIZE = 8  # struct virtq_used_elem: le32 id, le32 len
 _DESC = struct.Struct("<QIHH")
 
+# QEMU 7.2's VIRTQUEUE_MAX_SIZE: no chain maps more than 1024 segments, whatever an indirect
+# table's length claims (virtqueue_map_desc). A direct chain is further capped at the queue
+# size (§2.7.5.3: a chain cannot be longer than the ring it lives in without a loop).
+VIRTQUEUE_MAX_SIZE = 1024
+
 
 class VirtqueueError(Exception):
     """The driver broke a ring rule; the device must enter DEVICE_NEEDS_RESET."""
@@ -33,11 +38,18 @@ class VirtqueueError(Exception):
 
 @dataclass
 class Element:
-    """One available descriptor chain: where the device may read and where it may write."""
+    """One available descriptor chain as a scatter-gather list: device-readable segments first,
+    then device-writable ones (§2.7.4.2). The device reads only ``readable`` and writes only
+    ``writable``; every segment was checked to lie inside guest memory when it was walked."""
 
     head: int
     readable: list[tuple[int, int]] = field(default_factory=list)
     writable: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def segments(self) -> list[tuple[int, int, bool]]:
+        """(addr, len, writable) in chain order."""
+        return [(a, n, False) for a, n in self.readable] + [(a, n, True) for a, n in self.writable]
 
     @property
     def readable_len(self) -> int:
@@ -47,25 +59,106 @@ class Element:
     def writable_len(self) -> int:
         return sum(n for _, n in self.writable)
 
-    def read(self, mem: Memory) -> bytes:
+    def read(self, mem: Memory, limit: int | None = None) -> bytes:
+        """The device-readable bytes, or only the first ``limit`` of them (so that a header
+        can be looked at before a peer-chosen length is read whole)."""
+        out = []
+        left = self.readable_len if limit is None else limit
         try:
-            return b"".join(mem.read(a, n) for a, n in self.readable)
+            for a, n in self.readable:
+                if left <= 0:
+                    break
+                out.append(mem.read(a, min(n, left)))
+                left -= n
         except GuestMemoryError as e:
             raise VirtqueueError(str(e)) from None
+        return b"".join(out)
 
-    def write(self, mem: Memory, data: bytes) -> int:
-        """Scatter ``data`` into the writable buffers; returns how many bytes fitted."""
+    def write(self, mem: Memory, data: bytes, offset: int = 0) -> int:
+        """Scatter ``data`` into the writable segments starting ``offset`` bytes into them;
+        returns how many bytes fitted. Nothing is ever written past the last segment."""
         pos = 0
         try:
             for a, n in self.writable:
                 if pos >= len(data):
                     break
-                chunk = data[pos : pos + n]
-                mem.write(a, chunk)
+                if offset >= n:
+                    offset -= n
+                    continue
+                chunk = data[pos : pos + n - offset]
+                mem.write(a + offset, chunk)
+                offset = 0
                 pos += len(chunk)
         except GuestMemoryError as e:
             raise VirtqueueError(str(e)) from None
         return pos
+
+
+def walk_chain(
+    mem: Memory, table: int, table_size: int, head: int, where: str = "queue"
+) -> tuple[Element, int]:
+    """Walk the split-ring chain starting at ``head`` of the descriptor table at ``table``
+    (``table_size`` entries): the one walker every consumer uses. Returns the element and the
+    number of descriptors read. Bounded: at most ``table_size`` descriptors of the ring's table
+    and at most VIRTQUEUE_MAX_SIZE segments in all (an indirect table's own length does not
+    raise that bound). Every rule break is a VirtqueueError (§2.7.5, QEMU virtqueue_split_pop).
+    """
+    if head >= table_size:
+        raise VirtqueueError(f"{where}: head {head} ≥ queue size {table_size}")
+    elem = Element(head)
+    limit, i = table_size, head
+    indirect = False
+    visited = 0  # descriptors of the current table in this chain
+    reads = 0
+    segments = 0
+    while True:
+        visited += 1
+        if visited > limit:
+            raise VirtqueueError(f"{where}: descriptor chain loops or is too long")
+        try:
+            raw = mem.read(table + DESC_SIZE * i, DESC_SIZE)
+        except GuestMemoryError as e:
+            raise VirtqueueError(f"{where}: descriptor table: {e}") from None
+        reads += 1
+        addr, length, flags, nxt = _DESC.unpack(raw)
+        if flags & VRING_DESC_F_INDIRECT:
+            # §2.7.5.3.1: no indirect table inside an indirect table, no NEXT with INDIRECT.
+            if indirect:
+                raise VirtqueueError(f"{where}: indirect table inside an indirect table")
+            if flags & VRING_DESC_F_NEXT:
+                raise VirtqueueError(f"{where}: INDIRECT together with NEXT")
+            if length == 0 or length % DESC_SIZE:
+                raise VirtqueueError(f"{where}: indirect table length {length}")
+            if addr + length > mem.size:
+                raise VirtqueueError(f"{where}: indirect table outside memory")
+            # QEMU bounds the walk of a table by its entries and, through the segment array,
+            # by VIRTQUEUE_MAX_SIZE: whichever is smaller.
+            table, i, indirect, visited = addr, 0, True, 0
+            table_size = length // DESC_SIZE
+            limit = min(table_size, VIRTQUEUE_MAX_SIZE)
+            continue
+        if length == 0:
+            # QEMU 7.2 virtqueue_map_desc: "zero sized buffers are not allowed".
+            raise VirtqueueError(f"{where}: zero-length descriptor {i}")
+        if addr + length > mem.size:
+            raise VirtqueueError(
+                f"{where}: buffer [{addr:#x}, +{length:#x}) outside guest memory"
+            )
+        segments += 1
+        if segments > VIRTQUEUE_MAX_SIZE:
+            raise VirtqueueError(f"{where}: more than {VIRTQUEUE_MAX_SIZE} segments in a chain")
+        if flags & VRING_DESC_F_WRITE:
+            elem.writable.append((addr, length))
+        else:
+            if elem.writable:
+                # §2.7.4.2: device-readable descriptors come before device-writable ones.
+                raise VirtqueueError(f"{where}: readable descriptor after a writable one")
+            elem.readable.append((addr, length))
+        if not flags & VRING_DESC_F_NEXT:
+            return elem, reads
+        if nxt >= table_size:
+            raise VirtqueueError(f"{where}: next {nxt} ≥ table size {table_size}")
+        i = nxt
 
 
 class VirtQueue:
@@ -88,6 +181,8 @@ class VirtQueue:
         self.signalled_used_valid = False
         self.pops = 0
         self.pushes = 0
+        self.desc_reads = 0  # descriptors read by walks (a measure of the work guests cause)
+        self.walks = 0  # chains walked (pops, including those given back by unpop)
 
     # -- raw ring access -------------------------------------------------------------------------
     def _u16(self, mem: Memory, addr: int) -> int:
@@ -143,57 +238,17 @@ class VirtQueue:
             self._w16(mem, self.used_addr + 4 + USED_ELEM_SIZE * self.size, self.last_avail_idx)
         return elem
 
-    def _read_desc(self, mem: Memory, table: int, i: int) -> tuple[int, int, int, int]:
-        try:
-            raw = mem.read(table + DESC_SIZE * i, DESC_SIZE)
-        except GuestMemoryError as e:
-            raise VirtqueueError(f"queue {self.index}: descriptor table: {e}") from None
-        return _DESC.unpack(raw)
-
     def _walk(self, mem: Memory, head: int) -> Element:
-        if head >= self.size:
-            raise VirtqueueError(f"queue {self.index}: head {head} ≥ queue size {self.size}")
-        elem = Element(head)
-        table, count, i = self.desc_addr, self.size, head
-        indirect = False
-        seen = 0
-        while True:
-            seen += 1
-            if seen > count:
-                raise VirtqueueError(f"queue {self.index}: descriptor chain loops or is too long")
-            addr, length, flags, nxt = self._read_desc(mem, table, i)
-            if flags & VRING_DESC_F_INDIRECT:
-                # §2.7.5.3.1: no indirect table inside an indirect table, no NEXT with INDIRECT.
-                if indirect:
-                    raise VirtqueueError(
-                        f"queue {self.index}: indirect table inside an indirect table"
-                    )
-                if flags & VRING_DESC_F_NEXT:
-                    raise VirtqueueError(f"queue {self.index}: INDIRECT together with NEXT")
-                if length == 0 or length % DESC_SIZE:
-                    raise VirtqueueError(f"queue {self.index}: indirect table length {length}")
-                if addr + length > mem.size:
-                    raise VirtqueueError(f"queue {self.index}: indirect table outside memory")
-                table, count, i, indirect, seen = addr, length // DESC_SIZE, 0, True, 0
-                continue
-            if addr + length > mem.size or addr < 0:
-                raise VirtqueueError(
-                    f"queue {self.index}: buffer [{addr:#x}, +{length:#x}) outside guest memory"
-                )
-            if flags & VRING_DESC_F_WRITE:
-                elem.writable.append((addr, length))
-            else:
-                if elem.writable:
-                    # §2.7.4.2: device-readable descriptors come before device-writable ones.
-                    raise VirtqueueError(
-                        f"queue {self.index}: readable descriptor after a writable one"
-                    )
-                elem.readable.append((addr, length))
-            if not flags & VRING_DESC_F_NEXT:
-                return elem
-            if nxt >= count:
-                raise VirtqueueError(f"queue {self.index}: next {nxt} ≥ table size {count}")
-            i = nxt
+        self.walks += 1
+        elem, reads = walk_chain(mem, self.desc_addr, self.size, head, f"queue {self.index}")
+        self.desc_reads += reads
+        return elem
+
+    def unpop(self, count: int = 1) -> None:
+        """Give the last ``count`` popped chains back unused (QEMU's virtqueue_unpop): the
+        next pop returns them again. Only chains popped since the last push may be given back."""
+        self.last_avail_idx = (self.last_avail_idx - count) & 0xFFFF
+        self.pops -= count
 
     def push(self, mem: Memory, elem: Element, written: int) -> None:
         """Return a chain to the driver with ``written`` bytes filled (§2.7.8)."""
