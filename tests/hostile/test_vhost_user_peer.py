@@ -28,7 +28,14 @@ HANG = TIMEOUT + 30
 
 
 def open_fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
+    """This process's open descriptors (the listing's own is closed before readlink)."""
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out.add(f"{fd} {os.readlink(f'/proc/self/fd/{fd}')}")
+        except OSError:
+            pass
+    return out
 
 
 class Hung(Exception):
@@ -56,8 +63,7 @@ def run_peer(scenario: str, *args: object, timeout: float = TIMEOUT):
     with pytest.raises(ProcessLookupError):
         os.killpg(session.proc.pid, 0)  # nothing of the peer's process group is left
     leaked = open_fds() - before
-    assert not leaked, {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in leaked if
-                        os.path.exists(f"/proc/self/fd/{fd}")}  # fmt: skip
+    assert not leaked, leaked
     # The user's views of the run are whole.
     text = render(res)
     json.dumps(to_json(res))
