@@ -145,3 +145,25 @@ def test_pcidev_bad_bar_access_and_huge_request():
     h = to_json(res)["health"]["bad_messages"]
     assert h["count"] == 2 and any("BAR 3" in e for e in h["last"])
     assert "bad virt-pci messages: 2 (absent BAR 1, past BAR end 1)" in render(res)
+
+
+@pytest.mark.uml
+def test_a_well_behaved_kernel_sees_no_difference():
+    """The real Linux 6.1 kernel: no bad message, no interrupt dropped, no vhost-user problem,
+    every descriptor it sent kept or closed; and the counters are in both views."""
+    from virtio_msix.uml import kernel as uml_kernel
+    from virtio_msix.uml.boot import run_boot
+
+    uml_kernel.build(progress=True)
+    before = open_fds()
+    res = run_boot(BootOptions(timeout=90))
+    assert res.error is None, res.error
+    assert res.ping()["received"] == 3
+    h = to_json(res)["health"]
+    assert h["bad_messages"] == {"count": 0, "by_kind": {}, "last": []}
+    assert h["irq_messages"]["dropped"] == 0 and h["irq_messages"]["pending"] == 0
+    vu = h["vhost_user"]
+    assert vu["errors"] == 0 and vu["unused_fds_closed"] == 0 and vu["last_errors"] == []
+    assert vu["messages"] > 20
+    assert "bad virt-pci messages: 0" in render(res)
+    assert open_fds() == before

@@ -133,6 +133,11 @@ class Peer:
         MSG.pack_into(self.mem, REQ_AT, op, bar, 0, size, addr)
         self.mem[REPLY_AT : REPLY_AT + 8] = b"\0" * 8
         self.post(chain or [(REQ_AT, MSG.size, 0), (REPLY_AT, 8, F_WRITE)])
+        return self.answer()
+
+    def answer(self) -> bytes:
+        """Wait for the next used element; its reply bytes."""
+        assert self.mem is not None
         want = (self.used_seen + 1) & 0xFFFF
         while self.used_idx() != want:
             r, _, _ = select.select([self.call_r], [], [], 5)
@@ -191,9 +196,8 @@ def main(argv: list[str]) -> None:
         p.post([(REQ_AT, MSG.size, 0), (REPLY_AT, 8, F_WRITE)])
         p.sync()
         say("stopped-used", p.used_idx())
-        p.avail_idx -= 1  # offered again below, once the ring is started again
         p.restart_ring()
-        say("restarted", p.request(CFG_READ, 0, 2, 0).hex())
+        say("restarted", p.answer().hex())  # the request offered while it was stopped
         say("done")
         return
     elif scenario == "pcidev":

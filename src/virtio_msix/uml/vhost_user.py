@@ -51,6 +51,10 @@ class VhostUserError(Exception):
     """The peer broke the protocol or went away."""
 
 
+class PeerClosed(VhostUserError):
+    """The peer hung up between two messages (how a session normally ends)."""
+
+
 class Request(IntEnum):
     """Front-end requests (the vhost-user specification's numbering; those UML sends)."""
 
@@ -94,6 +98,7 @@ MAX_QUEUES = 64
 # A message, once its first byte is here, must be complete within this many seconds (the
 # front-end writes each one with a single sendmsg loop); a reply must be taken as fast.
 MESSAGE_TIMEOUT = 5.0
+CALL_FD_KINDS = ("eventfd", "pipe", "socket")
 MAX_ERRORS_KEPT = 8  # the last problems' texts kept for the summary
 
 # Payload layouts (packed, little endian): name -> struct.
@@ -162,11 +167,10 @@ def _recv_exact(conn: socket.socket, n: int, fds: list[int], deadline: float, li
             # The kernel dropped (and closed) what did not fit: the message is not whole.
             raise VhostUserError(f"{what}: more than {MAX_FDS} file descriptors attached")
         if not data:
+            if not buf and what == "header":
+                raise PeerClosed("peer closed the connection")
             raise VhostUserError(
-                "peer closed the connection"
-                if not buf and what == "header"
-                else f"{what}: peer closed the connection inside a message "
-                f"({len(buf)} of {n} bytes)"
+                f"{what}: peer closed the connection inside a message ({len(buf)} of {n} bytes)"
             )
         buf += data
     return buf
@@ -376,6 +380,8 @@ class VhostUserBackend:
         """Read and execute one message; returns its request number."""
         try:
             msg = read_message(self.conn, self.message_timeout, self.deadline)
+        except PeerClosed:
+            raise
         except VhostUserError as e:
             self.stats.errors += 1
             self._note(str(e))
@@ -542,16 +548,17 @@ class VhostUserBackend:
         self._update(vr)
 
     def _m_set_vring_call(self, payload: bytes, fds: list[int]) -> None:
-        # UML's virtio_uml passes the write end of a pipe (it turns the read end's SIGIO into
-        # the interrupt); the specification's eventfd works the same for us.
-        vr, fd = self._fd_message(payload, fds, "SET_VRING_CALL", ("eventfd", "pipe"))
+        # UML's virtio_uml passes one end of its os_pipe(), a UNIX socket pair (it turns the
+        # other end's SIGIO into the interrupt); the specification's eventfd, or a pipe, works
+        # the same for us: each is written 8 bytes at a time, never blocking.
+        vr, fd = self._fd_message(payload, fds, "SET_VRING_CALL", CALL_FD_KINDS)
         close_fds([vr.call_fd])
         vr.call_fd = fd
         if fd >= 0:
             os.set_blocking(fd, False)
 
     def _m_set_vring_err(self, payload: bytes, fds: list[int]) -> None:
-        _vr, fd = self._fd_message(payload, fds, "SET_VRING_ERR", ("eventfd", "pipe"))
+        _vr, fd = self._fd_message(payload, fds, "SET_VRING_ERR", CALL_FD_KINDS)
         close_fds([fd])  # we never report ring errors this way
 
     def _m_set_slave_req_fd(self, payload: bytes, fds: list[int]) -> None:
