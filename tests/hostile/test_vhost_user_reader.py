@@ -294,3 +294,20 @@ def test_pending_interrupts_reach_buffers_in_order():
     assert [int.from_bytes(mem.read(0x4000 + 0x100 * i + MSG.size, 4), "little")
             for i in range(2)] == [65, 66]  # fmt: skip
     assert not host.pending_irqs and host.stats.irq_coalesced == 1
+
+
+def test_a_broken_irq_ring_does_not_surface_inside_the_device():
+    """An irq used ring outside guest memory: raising the interrupt (inside the device's register
+    handling) does not raise; the owner's next flush does, as a ring error."""
+    from virtio_msix.virtio.queue import VirtqueueError
+
+    mem = GuestMemory(1 << 16)
+    irq = VirtQueue(1, 16)
+    irq.size, irq.desc_addr, irq.avail_addr, irq.used_addr = 16, 0x1000, 0x2000, 0xFFFC
+    irq.enabled = True
+    host = VirtPciHost(mem, VirtQueue(0, 16), irq)
+    mem.write(0x1000, struct.pack("<QIHH", 0x4000, 20, 2, 0))
+    mem.write(0x2002, struct.pack("<H", 1))
+    host.queue_irq(PcidevOp.MSI, 0xA0000, 65)
+    with pytest.raises(VirtqueueError):
+        host.flush_irqs()

@@ -113,6 +113,7 @@ class VirtPciHost:
         self.errors: list[str] = []
         self.signal_cmd = False
         self.signal_irq = False
+        self.irq_error: VirtqueueError | None = None
 
     def attach(self, function: PciFunction) -> None:
         self.function = function
@@ -284,12 +285,19 @@ class VirtPciHost:
             self._drop_irqs("no irq buffers (pending queue full)", 1)
         else:
             self.pending_irqs.append(msg)
-        # Not flushed here: this runs inside the device's register or queue handling, where a
-        # broken irq ring must not surface; the owner calls flush_irqs after each pass.
+        try:
+            self.flush_irqs()
+        except VirtqueueError as e:
+            # This runs inside the device's register or queue handling, which must not see a
+            # broken irq ring: the owner's next flush_irqs raises it.
+            self.irq_error = e
 
     def flush_irqs(self) -> None:
         """Put queued interrupt messages into the buffers virt-pci left on the irq queue; what
         does not fit waits for the next buffers (virt-pci recycles each one it has handled)."""
+        if self.irq_error is not None:
+            e, self.irq_error = self.irq_error, None
+            raise e
         while self.pending_irqs:
             try:
                 elem = self.irq.pop(self.memory)
