@@ -31,6 +31,7 @@ from ..pci.sink import NullSink
 from ..trace import Recorder
 from ..virtio import make_virtio_net_pci
 from ..virtio.backends import ResponderBackend, TapBackend
+from ..virtio.memory import GuestMemoryError
 from ..virtio.pci import VirtioPciDevice
 from ..virtio.queue import VirtqueueError
 from ..virtio.regs import COMMON
@@ -496,7 +497,11 @@ class BootSession:
             ready, _, _ = select.select(rl, [], [], 0.05)
             for r in ready:
                 if r is srv:
-                    conn, _ = srv.accept()
+                    srv.setblocking(False)  # a connection that went away must not block us
+                    try:
+                        conn, _ = srv.accept()
+                    except (BlockingIOError, ConnectionAbortedError):
+                        continue
                     self._connect(conn)
                 elif r is conn:
                     assert self.vhost is not None
@@ -559,6 +564,8 @@ class BootSession:
             host.flush_irqs()
         except VirtqueueError as e:
             raise VhostUserError(f"virt-pci ring: {e}") from None
+        except GuestMemoryError as e:  # the device's own rings report theirs (NEEDS_RESET)
+            raise VhostUserError(f"device DMA: {e}") from None
         if host.signal_cmd:
             host.signal_cmd = False
             vhost.signal(CMD_QUEUE)
