@@ -160,6 +160,19 @@ def main(argv: list[str]) -> None:
     elif scenario == "no-read":
         while True:  # requests whose replies we never read
             p.send(GET_FEATURES)
+    elif scenario == "chatter":
+        while True:  # well-formed requests, answered, for ever: only the deadline ends it
+            p.send(GET_FEATURES)
+            p.reply()
+    elif scenario == "orphan":
+        if os.fork() == 0:  # a child left in the process group while the peer itself exits
+            os.closerange(0, 1024)
+            import time
+
+            time.sleep(120)
+            os._exit(0)
+        p.sock.sendall(HDR.pack(GET_FEATURES, VERSION, 0)[:5])
+        return
     elif scenario == "mem-size-overflow":
         fd = os.memfd_create("m")
         os.ftruncate(fd, 1 << 20)

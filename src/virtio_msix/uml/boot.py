@@ -413,6 +413,7 @@ class BootSession:
             if proc is not None:
                 result.exit_code = self._stop(proc)
                 proc.stdout.close() if proc.stdout else None  # the console pipe's descriptor
+                _kill_group(proc.pid)  # what the kernel left in its group when it exited
             srv.close()
             if self.vhost is not None:
                 self.vhost.close()
@@ -572,6 +573,13 @@ class BootSession:
         if host.signal_irq:
             host.signal_irq = False
             vhost.signal(IRQ_QUEUE)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _tap_with_host_address(host_ip: str) -> TapBackend:
