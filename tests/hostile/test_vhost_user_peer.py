@@ -194,3 +194,25 @@ def test_a_well_behaved_kernel_sees_no_difference():
     assert vu["messages"] > 20
     assert "bad virt-pci messages: 0" in render(res)
     assert open_fds() == before
+
+
+def test_device_health_is_rendered_when_the_device_reports_it():
+    """The device half exposes ``health()`` (dropped, errors, needs_reset, counters): the
+    summary shows it; before it exists the section simply has no device line."""
+    from virtio_msix.uml.cli import render_health
+
+    h = {
+        "bad_messages": {"count": 1, "by_kind": {"absent BAR": 1}, "last": ["MMIO_READ on BAR 3"]},
+        "irq_messages": {"dropped": 2, "dropped_by_reason": {"irq buffer too small": 2},
+                         "coalesced": 5, "pending": 0},
+        "vhost_user": None,
+        "device": {"dropped": {"no rx buffers": 3}, "errors": ["queue 0: head 99 ≥ 64"],
+                   "needs_reset": "queue 0: head 99 ≥ 64", "counters": {"rx_frames": 7}},
+    }  # fmt: skip
+    text = "\n".join(render_health(h))
+    assert "bad virt-pci messages: 1 (absent BAR 1)" in text and "MMIO_READ on BAR 3" in text
+    assert "interrupt messages dropped: 2 (irq buffer too small: 2), coalesced: 5" in text
+    assert "needs reset: queue 0: head 99 ≥ 64; frames dropped: 3 (no rx buffers: 3)" in text
+    assert "rx_frames 7" in text
+    h["device"] = None
+    assert "device:" not in "\n".join(render_health(h))
