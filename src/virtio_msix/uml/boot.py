@@ -31,6 +31,7 @@ from ..pci.sink import NullSink
 from ..trace import Recorder
 from ..virtio import make_virtio_net_pci
 from ..virtio.backends import ResponderBackend, TapBackend
+from ..virtio.memory import GuestMemoryError
 from ..virtio.pci import VirtioPciDevice
 from ..virtio.queue import VirtqueueError
 from ..virtio.regs import COMMON
@@ -47,6 +48,7 @@ HOST_IP = "10.0.2.2"
 TAP_GUEST_IP = "172.30.77.15"
 TAP_HOST_IP = "172.30.77.1"
 MARK = "@@vmsix"
+CONSOLE_READS_PER_PASS = 16  # of 64 KiB each, per pass of the event loop
 
 DEFAULT_SCRIPT = f"""\
 echo {MARK} interrupts-before; cat /proc/interrupts; echo {MARK} end
@@ -94,6 +96,9 @@ class BootOptions:
     gdb_init: str = ""
     console: TextIO | None = None  # live console output (None: quiet)
     verbose: bool = False
+    # Run this instead of the UML kernel, with the socket path as its last argument: a stand-in
+    # peer for tests that speak vhost-user themselves (tests/hostile/). None: the real kernel.
+    kernel_command: list[str] | None = None
 
 
 @dataclass
@@ -105,6 +110,7 @@ class BootResult:
     error: str | None = None
     exit_code: int | None = None
     host: VirtPciHost | None = None
+    vhost: VhostUserBackend | None = None  # its counters (the session closed it)
     times: dict[str, float] = field(default_factory=dict)
     sections: dict[str, str] = field(default_factory=dict)
     backtraces: list[str] = field(default_factory=list)
@@ -343,6 +349,7 @@ class BootSession:
         self._out_fd: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.backtraces: list[str] = []
+        self._deadline: float | None = None
 
     # -- console -----------------------------------------------------------------------------
     def _console_data(self, data: bytes) -> None:
@@ -377,7 +384,7 @@ class BootSession:
     def run(self) -> BootResult:
         opts = self.opts
         result = BootResult(opts, self.device, self.recorder)
-        linux = uml_kernel.build(progress=True)
+        linux = uml_kernel.build(progress=True) if opts.kernel_command is None else None
         work = Path(tempfile.mkdtemp(prefix="virtio-msix-uml-"))
         proc: subprocess.Popen[bytes] | None = None
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -392,7 +399,8 @@ class BootSession:
                 ),
                 files=opts.files,
             )
-            cmd = [str(linux), *kernel_cmdline(sock_path, root, opts.memory_mb)]
+            cmd = ([str(linux), *kernel_cmdline(sock_path, root, opts.memory_mb)]
+                   if opts.kernel_command is None else [*opts.kernel_command, str(sock_path)])  # fmt: skip
             gdb_log = work / "gdb.log"
             if opts.backtraces or opts.gdb_init:
                 gdb = uml_kernel.require("gdb", "gdb")
@@ -421,6 +429,8 @@ class BootSession:
         finally:
             if proc is not None:
                 result.exit_code = self._stop(proc)
+                proc.stdout.close() if proc.stdout else None  # the console pipe's descriptor
+                _kill_group(proc.pid)  # what the kernel left in its group when it exited
             srv.close()
             if self.vhost is not None:
                 self.vhost.close()
@@ -435,6 +445,7 @@ class BootSession:
             self._console_line(self._partial)
         result.console = "\n".join(self.console)
         result.host = self.host
+        result.vhost = self.vhost
         result.times = {k: v for k, v in self.times.items() if k != "start"}
         result.sections = self.sections
         result.snapshot = self.snapshot
@@ -466,6 +477,7 @@ class BootSession:
         vhost = VhostUserBackend(conn, features=1 << VIRTIO_F_VERSION_1, num_queues=2)
         host = VirtPciHost(vhost.memory, vhost.vrings[CMD_QUEUE].queue,
                            vhost.vrings[IRQ_QUEUE].queue)  # fmt: skip
+        vhost.deadline = self._deadline  # no read or reply may block past --timeout
         self.device.memory = vhost.memory
         self.sink_proxy.target = UmlInterruptSink(host)
         host.attach(self.device)
@@ -477,6 +489,7 @@ class BootSession:
         self._out_fd = out_fd
         os.set_blocking(out_fd, False)
         deadline = time.monotonic() + self.opts.timeout
+        self._deadline = deadline
         conn: socket.socket | None = None
         tap_fd = self.netdev.fileno() if hasattr(self.netdev, "fileno") else None
         stdout_open = True
@@ -502,7 +515,11 @@ class BootSession:
             ready, _, _ = select.select(rl, [], [], 0.05)
             for r in ready:
                 if r is srv:
-                    conn, _ = srv.accept()
+                    srv.setblocking(False)  # a connection that went away must not block us
+                    try:
+                        conn, _ = srv.accept()
+                    except (BlockingIOError, ConnectionAbortedError):
+                        continue
                     self._connect(conn)
                 elif r is conn:
                     assert self.vhost is not None
@@ -536,7 +553,9 @@ class BootSession:
         return f"the kernel went away before the guest script finished ({how}; vhost-user: {e})"
 
     def _drain(self, fd: int) -> bool:
-        while True:
+        """Take what the console has (bounded: a guest printing without pause must not keep
+        the loop from its deadline); False once it is closed."""
+        for _ in range(CONSOLE_READS_PER_PASS):
             try:
                 data = os.read(fd, 65536)
             except BlockingIOError:
@@ -546,6 +565,7 @@ class BootSession:
             if not data:
                 return False
             self._console_data(data)
+        return True
 
     def _service(self) -> None:
         """Serve the cmd queue, let the device deliver, flush interrupts, signal the kernel."""
@@ -562,12 +582,21 @@ class BootSession:
             host.flush_irqs()
         except VirtqueueError as e:
             raise VhostUserError(f"virt-pci ring: {e}") from None
+        except GuestMemoryError as e:  # the device's own rings report theirs (NEEDS_RESET)
+            raise VhostUserError(f"device DMA: {e}") from None
         if host.signal_cmd:
             host.signal_cmd = False
             vhost.signal(CMD_QUEUE)
         if host.signal_irq:
             host.signal_irq = False
             vhost.signal(IRQ_QUEUE)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _tap_with_host_address(host_ip: str) -> TapBackend:

@@ -15,6 +15,59 @@ from ..trace.text import table
 from .boot import BootError, BootOptions, BootResult, run_boot
 
 
+def health(res: BootResult) -> dict[str, Any]:
+    """What went wrong without ending the run, and what ended it: bad virt-pci messages by
+    kind (with the last ones' text), interrupt messages dropped (by reason) or coalesced,
+    vhost-user problems, and the device's own health when it reports one."""
+    s = res.host.stats if res.host is not None else None
+    device_health = getattr(res.device, "health", None)
+    return {
+        "bad_messages": {
+            "count": s.bad_messages if s else 0,
+            "by_kind": dict(s.bad_by_kind) if s else {},
+            "last": list(res.host.errors) if res.host is not None else [],
+        },
+        "irq_messages": {
+            "dropped": s.irq_dropped if s else 0,
+            "dropped_by_reason": dict(s.irq_dropped_by_reason) if s else {},
+            "coalesced": s.irq_coalesced if s else 0,
+            "pending": len(res.host.pending_irqs) if res.host is not None else 0,
+        },
+        "vhost_user": res.vhost.summary() if res.vhost is not None else None,
+        "device": device_health() if callable(device_health) else None,
+    }
+
+
+def render_health(h: dict[str, Any]) -> list[str]:
+    out = ["Health"]
+    bad = h["bad_messages"]
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(bad["by_kind"].items()))
+    out.append(f"  bad virt-pci messages: {bad['count']}" + (f" ({kinds})" if kinds else ""))
+    out.extend(f"    {e}" for e in bad["last"])
+    irq = h["irq_messages"]
+    reasons = ", ".join(f"{k}: {n}" for k, n in sorted(irq["dropped_by_reason"].items()))
+    out.append(f"  interrupt messages dropped: {irq['dropped']}" + (f" ({reasons})" if reasons
+               else "") + f", coalesced: {irq['coalesced']}")  # fmt: skip
+    vu = h["vhost_user"]
+    if vu is not None:
+        out.append(f"  vhost-user: {vu['messages']} messages, {vu['errors']} errors, "
+                   f"{vu['unused_fds_closed']} unused descriptors closed, "
+                   f"{vu['calls_coalesced']} calls coalesced, "
+                   f"{vu['kicks_on_stopped_rings']} kicks on stopped rings")  # fmt: skip
+        out.extend(f"    {e}" for e in vu["last_errors"])
+    dev = h["device"]
+    if dev is not None:
+        dropped = ", ".join(f"{k}: {n}" for k, n in sorted(dev.get("dropped", {}).items()))
+        out.append(f"  device: needs reset: {dev.get('needs_reset') or 'no'}; frames dropped: "
+                   f"{sum(dev.get('dropped', {}).values())}" + (f" ({dropped})" if dropped
+                   else ""))  # fmt: skip
+        counters = ", ".join(f"{k} {n}" for k, n in sorted(dev.get("counters", {}).items()))
+        if counters:
+            out.append(f"    {counters}")
+        out.extend(f"    error: {e}" for e in dev.get("errors", [])[-5:])
+    return out
+
+
 def to_json(res: BootResult) -> dict[str, Any]:
     return {
         "error": res.error,
@@ -28,6 +81,7 @@ def to_json(res: BootResult) -> dict[str, Any]:
         "interrupts_after": res.interrupts("after"),
         "ping": res.ping(),
         "virt_pci": res.host.summary() if res.host else None,
+        "health": health(res),
     }
 
 
@@ -86,8 +140,8 @@ def render(res: BootResult) -> str:
         out.append(f"virt-pci messages: {s.cfg_reads} config reads, {s.cfg_writes} config writes, "
                    f"{s.mmio_reads} BAR reads, {s.mmio_writes} BAR writes; sent {s.msi_sent} MSI, "
                    f"{s.int_sent} INT")  # fmt: skip
-        for e in res.host.errors[-5:]:
-            out.append(f"  bad message: {e}")
+    out.append("")
+    out.extend(render_health(health(res)))
     if res.after_teardown:
         t = res.after_teardown
         out.append("")

@@ -9,19 +9,26 @@ and data our MSI-X table entry holds, and virt-pci raises the Linux IRQ whose nu
 (its MSI domain composes address 0xa0000, data = IRQ number).
 
 This module knows the protocol and a ``PciFunction``; it knows nothing of virtio-net.
+
+The kernel on the other side may be hostile: a request's header is read and checked before any
+data (only the bytes its size announces are read, at most ``MAX_MMIO_LEN``), one pass serves at
+most a queue's worth of requests, an access to an absent BAR or past a BAR's end is a counted bad
+message answered with all-ones (as the config path answers past its end), and interrupt messages
+waiting for irq buffers are coalesced (an identical one already waiting stands for both, as an
+MSI-X pending bit would) and bounded, every drop counted with its reason.
 """
 
 from __future__ import annotations
 
 import struct
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
 from ..pci.function import PciFunction
-from ..virtio.memory import Memory
-from ..virtio.queue import VirtQueue, VirtqueueError
+from ..virtio.memory import GuestMemoryError, Memory
+from ..virtio.queue import Element, VirtQueue, VirtqueueError
 
 CFG_SPACE_SIZE = 4096
 MAX_MMIO_LEN = 4096  # longest memcpy_fromio/toio we serve in one message
@@ -45,10 +52,19 @@ MSG = struct.Struct("<BBHIQ")
 CMD_QUEUE = 0
 IRQ_QUEUE = 1
 IRQ_MSG_MAX = MSG.size + 4  # virt-pci's MAX_IRQ_MSG_SIZE
+# Interrupt messages waiting for irq buffers (virt-pci keeps NUM_IRQ_MSGS = 10 posted and
+# recycles each): identical ones coalesce, so a real kernel needs one per vector at most.
+MAX_PENDING_IRQS = 256
+ERRORS_KEPT = 8  # the last bad messages' texts kept for the summary
 
 
 class PcidevError(Exception):
-    """The kernel sent something the protocol does not allow (reported, the message skipped)."""
+    """The kernel sent something the protocol does not allow (reported, the message skipped);
+    ``kind`` groups it in the counters."""
+
+    def __init__(self, kind: str, text: str) -> None:
+        super().__init__(text)
+        self.kind = kind
 
 
 @dataclass
@@ -60,7 +76,10 @@ class PcidevStats:
     msi_sent: int = 0
     int_sent: int = 0
     irq_dropped: int = 0
+    irq_coalesced: int = 0
     bad_messages: int = 0
+    bad_by_kind: dict[str, int] = field(default_factory=dict)
+    irq_dropped_by_reason: dict[str, int] = field(default_factory=dict)
 
 
 class UmlInterruptSink:
@@ -94,83 +113,107 @@ class VirtPciHost:
         self.errors: list[str] = []
         self.signal_cmd = False
         self.signal_irq = False
+        self.irq_error: VirtqueueError | None = None
 
     def attach(self, function: PciFunction) -> None:
         self.function = function
 
+    def bad(self, kind: str, text: str) -> None:
+        """Count a bad message (or another problem the kernel caused) and keep its text."""
+        self.stats.bad_messages += 1
+        self.stats.bad_by_kind[kind] = self.stats.bad_by_kind.get(kind, 0) + 1
+        self.errors.append(text)
+        del self.errors[:-ERRORS_KEPT]
+
     # -- cmd queue ---------------------------------------------------------------------------
     def process_cmds(self) -> int:
-        """Serve every available request; returns how many."""
+        """Serve the available requests, at most a queue's worth (the kernel may keep adding
+        while we serve); returns how many."""
         n = 0
-        while True:
+        while n < max(self.cmd.size, 1):
             elem = self.cmd.pop(self.memory)
             if elem is None:
                 return n
             n += 1
             try:
-                request = elem.read(self.memory)
-                reply = self._execute(request, elem.writable_len)
+                reply = self._execute(elem)
             except PcidevError as e:
-                self.stats.bad_messages += 1
-                self.errors.append(str(e))
+                self.bad(e.kind, str(e))
                 reply = b""
             written = elem.write(self.memory, reply) if reply else 0
             self.cmd.push(self.memory, elem, written)
             self.signal_cmd = True
+        return n
 
-    def _execute(self, request: bytes, out_len: int) -> bytes:
-        if len(request) < MSG.size:
-            raise PcidevError(f"short virtio_pcidev_msg: {len(request)} bytes")
-        op, bar, _res, size, addr = MSG.unpack_from(request)
-        data = request[MSG.size :]
+    def _read_prefix(self, elem: Element, length: int) -> bytes:
+        """The first ``length`` bytes of the chain's readable buffers (fewer if it is shorter),
+        without reading the rest: a request announces its size in its header."""
+        out = b""
+        try:
+            for a, n in elem.readable:
+                if len(out) >= length:
+                    break
+                out += self.memory.read(a, min(n, length - len(out)))
+        except GuestMemoryError as e:
+            raise VirtqueueError(f"virt-pci cmd queue: {e}") from None
+        return out
+
+    def _execute(self, elem: Element) -> bytes:
+        head = self._read_prefix(elem, MSG.size)
+        if len(head) < MSG.size:
+            raise PcidevError("short", f"short virtio_pcidev_msg: {len(head)} bytes")
+        op, bar, _res, size, addr = MSG.unpack(head)
+        out_len = elem.writable_len
         fn = self.function
         if fn is None:
-            raise PcidevError("no PCI function attached")
+            raise PcidevError("no function", "no PCI function attached")
         try:
             op = PcidevOp(op)
         except ValueError:
-            raise PcidevError(f"unknown virtio_pcidev op {op}") from None
+            raise PcidevError("unknown op", f"unknown virtio_pcidev op {op}") from None
         if op is PcidevOp.CFG_READ:
             self.stats.cfg_reads += 1
             if size not in (1, 2, 4, 8) or out_len < size:
-                raise PcidevError(f"CFG_READ of size {size} (answer room {out_len})")
+                raise PcidevError("bad size", f"CFG_READ of size {size} (answer room {out_len})")
             return self._cfg_read(fn, addr, size).to_bytes(size, "little")
-        if op is PcidevOp.CFG_WRITE:
-            self.stats.cfg_writes += 1
-            if size not in (1, 2, 4, 8) or len(data) < size:
-                raise PcidevError(f"CFG_WRITE of size {size} with {len(data)} data bytes")
-            self._cfg_write(fn, addr, size, int.from_bytes(data[:size], "little"))
-            return b""
         if op is PcidevOp.MMIO_READ:
             self.stats.mmio_reads += 1
             if not 0 < size <= MAX_MMIO_LEN or out_len < size:
-                raise PcidevError(f"MMIO_READ of {size} bytes (answer room {out_len})")
+                raise PcidevError("bad size", f"MMIO_READ of {size} bytes (answer room {out_len})")
             return self._mmio_read(fn, bar, addr, size)
-        if op is PcidevOp.MMIO_WRITE:
+        if op not in (PcidevOp.CFG_WRITE, PcidevOp.MMIO_WRITE, PcidevOp.MMIO_MEMSET):
+            raise PcidevError(
+                "wrong direction", f"{op.name} is a device-to-driver message, not a request"
+            )
+        # A write: check the size before reading the data it announces.
+        want = 1 if op is PcidevOp.MMIO_MEMSET else size
+        if op is PcidevOp.CFG_WRITE:
+            self.stats.cfg_writes += 1
+            ok = size in (1, 2, 4, 8)
+        else:
             self.stats.mmio_writes += 1
-            if not 0 < size <= MAX_MMIO_LEN or len(data) < size:
-                raise PcidevError(f"MMIO_WRITE of {size} bytes with {len(data)} data bytes")
-            self._mmio_write(fn, bar, addr, data[:size])
-            return b""
-        if op is PcidevOp.MMIO_MEMSET:
-            self.stats.mmio_writes += 1
-            if not 0 < size <= MAX_MMIO_LEN or len(data) < 1:
-                raise PcidevError(f"MMIO_MEMSET of {size} bytes")
-            self._mmio_write(fn, bar, addr, data[:1] * size)
-            return b""
-        raise PcidevError(f"{op.name} is a device-to-driver message, not a request")
+            ok = 0 < size <= MAX_MMIO_LEN
+        data = self._read_prefix(elem, MSG.size + want)[MSG.size :] if ok else b""
+        if not ok or len(data) < want:
+            raise PcidevError("bad size", f"{op.name} of size {size} with {len(data)} data bytes")
+        if op is PcidevOp.CFG_WRITE:
+            self._cfg_write(fn, addr, size, int.from_bytes(data, "little"))
+        else:
+            self._mmio_write(fn, bar, addr, data * size if op is PcidevOp.MMIO_MEMSET else data)
+        return b""
 
-    @staticmethod
-    def _cfg_read(fn: PciFunction, addr: int, size: int) -> int:
+    def _cfg_read(self, fn: PciFunction, addr: int, size: int) -> int:
         if addr + size > CFG_SPACE_SIZE:
+            self.bad("config past end", f"CFG_READ [{addr:#x}, +{size}) past 4 KiB of config space")
             return (1 << (8 * size)) - 1
         if size == 8:  # two dword cycles, as a PCI host bridge would split it
             return fn.cfg_read(addr, 4) | fn.cfg_read(addr + 4, 4) << 32
         return fn.cfg_read(addr, size)
 
-    @staticmethod
-    def _cfg_write(fn: PciFunction, addr: int, size: int, value: int) -> None:
+    def _cfg_write(self, fn: PciFunction, addr: int, size: int, value: int) -> None:
         if addr + size > CFG_SPACE_SIZE:
+            self.bad("config past end", f"CFG_WRITE [{addr:#x}, +{size}) past 4 KiB of config "
+                     "space (dropped)")  # fmt: skip
             return
         if size == 8:
             fn.cfg_write(addr, 4, value & 0xFFFFFFFF)
@@ -191,7 +234,21 @@ class VirtPciHost:
                     break
         return out
 
+    def _bar_ok(self, fn: PciFunction, op: str, bar: int, addr: int, size: int) -> bool:
+        """Whether [addr, +size) lies inside BAR ``bar``; if not, a counted bad message."""
+        b = fn.bars[bar] if 0 <= bar < len(fn.bars) else None
+        if b is None:
+            self.bad("absent BAR", f"{op} on BAR {bar}, which the function does not have")
+            return False
+        if addr + size > b.size:
+            self.bad("past BAR end", f"{op} [{addr:#x}, +{size:#x}) past the end of BAR {bar} "
+                     f"({b.size:#x} bytes)")  # fmt: skip
+            return False
+        return True
+
     def _mmio_read(self, fn: PciFunction, bar: int, addr: int, size: int) -> bytes:
+        if not self._bar_ok(fn, "MMIO_READ", bar, addr, size):
+            return b"\xff" * size  # what a read nobody claims returns on PCI
         if size in (1, 2, 4, 8):
             return fn.bar_read(bar, addr, size).to_bytes(size, "little")
         return b"".join(fn.bar_read(bar, a, n).to_bytes(n, "little")
@@ -199,6 +256,8 @@ class VirtPciHost:
 
     def _mmio_write(self, fn: PciFunction, bar: int, addr: int, data: bytes) -> None:
         size = len(data)
+        if not self._bar_ok(fn, "MMIO_WRITE", bar, addr, size):
+            return
         if size in (1, 2, 4, 8):
             fn.bar_write(bar, addr, size, int.from_bytes(data, "little"))
             return
@@ -206,37 +265,57 @@ class VirtPciHost:
             fn.bar_write(bar, a, n, int.from_bytes(data[a - addr : a - addr + n], "little"))
 
     # -- irq queue ---------------------------------------------------------------------------
+    def _drop_irqs(self, reason: str, n: int) -> None:
+        self.stats.irq_dropped += n
+        by = self.stats.irq_dropped_by_reason
+        by[reason] = by.get(reason, 0) + n
+
     def queue_irq(self, op: PcidevOp, addr: int, data: int | None) -> None:
         if op is PcidevOp.MSI:
             self.stats.msi_sent += 1
-            msg = MSG.pack(op, 0, 0, 4, addr) + (data or 0).to_bytes(4, "little")
+            msg = MSG.pack(op, 0, 0, 4, addr) + ((data or 0) & 0xFFFFFFFF).to_bytes(4, "little")
         else:
             self.stats.int_sent += 1
             msg = MSG.pack(op, 0, 0, 0, addr)
-        self.pending_irqs.append(msg)
-        self.flush_irqs()
+        if msg in self.pending_irqs:
+            # The same message is already waiting for a buffer: like an MSI-X pending bit, one
+            # delivery stands for both (the handler serves every used buffer it finds).
+            self.stats.irq_coalesced += 1
+        elif len(self.pending_irqs) >= MAX_PENDING_IRQS:
+            self._drop_irqs("no irq buffers (pending queue full)", 1)
+        else:
+            self.pending_irqs.append(msg)
+        try:
+            self.flush_irqs()
+        except VirtqueueError as e:
+            # This runs inside the device's register or queue handling, which must not see a
+            # broken irq ring: the owner's next flush_irqs raises it.
+            self.irq_error = e
 
     def flush_irqs(self) -> None:
         """Put queued interrupt messages into the buffers virt-pci left on the irq queue; what
         does not fit waits for the next buffers (virt-pci recycles each one it has handled)."""
+        if self.irq_error is not None:
+            e, self.irq_error = self.irq_error, None
+            raise e
         while self.pending_irqs:
             try:
                 elem = self.irq.pop(self.memory)
             except VirtqueueError as e:
-                self.errors.append(f"irq queue: {e}")
-                self.stats.irq_dropped += len(self.pending_irqs)
+                self.bad("irq queue", f"irq queue: {e}")
+                self._drop_irqs("irq queue broken", len(self.pending_irqs))
                 self.pending_irqs.clear()
                 return
             if elem is None:
                 return
             msg = self.pending_irqs.popleft()
             if elem.writable_len < len(msg):
-                self.errors.append(f"irq buffer of {elem.writable_len} bytes < {len(msg)}")
-                self.stats.irq_dropped += 1
+                self.bad("irq buffer", f"irq buffer of {elem.writable_len} bytes < {len(msg)}")
+                self._drop_irqs("irq buffer too small", 1)
                 self.irq.push(self.memory, elem, 0)
             else:
                 self.irq.push(self.memory, elem, elem.write(self.memory, msg))
             self.signal_irq = True
 
     def summary(self) -> dict[str, Any]:
-        return dict(vars(self.stats), pending_irqs=len(self.pending_irqs), errors=self.errors[-5:])
+        return dict(vars(self.stats), pending_irqs=len(self.pending_irqs), errors=list(self.errors))

@@ -19,17 +19,28 @@ What we offer, and why (kept minimal so each message has one meaning):
   no CONFIG (virt-pci's device has no config space of its own).
 
 Every message from the peer is checked (size, index, file descriptors); anything malformed
-raises ``VhostUserError`` naming the message, and the caller ends the session cleanly.
+raises ``VhostUserError`` naming the message, and the caller ends the session cleanly. One
+reader (``read_message``) takes every message: the header is checked before any payload is read,
+the payload and the descriptors attached are bounded, and the whole message must arrive before a
+deadline; replies are sent under a deadline too. Every descriptor a message brings is either kept
+by its handler or closed.
+
+The peer's memory is read and written with ``pread``/``pwrite`` on its file, never through a
+mapping: a peer that truncates its file after SET_MEM_TABLE would turn a mapped read into SIGBUS
+(fatal to a Python process), while a read past the new end simply comes back short and becomes a
+``GuestMemoryError``. The page cache is shared with the peer's own mapping, so both see the same
+bytes.
 """
 
 from __future__ import annotations
 
 import array
-import mmap
 import os
 import socket
+import stat
 import struct
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from enum import IntEnum
 
 from ..virtio.memory import GuestMemoryError
@@ -38,6 +49,10 @@ from ..virtio.queue import VirtQueue
 
 class VhostUserError(Exception):
     """The peer broke the protocol or went away."""
+
+
+class PeerClosed(VhostUserError):
+    """The peer hung up between two messages (how a session normally ends)."""
 
 
 class Request(IntEnum):
@@ -78,8 +93,13 @@ PROTOCOL_F_REPLY_ACK = 3
 PROTOCOL_F_SLAVE_REQ = 5
 
 MAX_PAYLOAD = 4096
-MAX_FDS = 8
+MAX_FDS = 8  # VHOST_MEMORY_BASELINE_NREGIONS: the most any message carries
 MAX_QUEUES = 64
+# A message, once its first byte is here, must be complete within this many seconds (the
+# front-end writes each one with a single sendmsg loop); a reply must be taken as fast.
+MESSAGE_TIMEOUT = 5.0
+CALL_FD_KINDS = ("eventfd", "pipe", "socket")
+MAX_ERRORS_KEPT = 8  # the last problems' texts kept for the summary
 
 # Payload layouts (packed, little endian): name -> struct.
 U64 = struct.Struct("<Q")
@@ -90,59 +110,218 @@ MEM_REGION = struct.Struct("<QQQQ")  # guest_addr, size, user_addr, mmap_offset
 
 
 @dataclass
+class Message:
+    request: int
+    flags: int
+    payload: bytes
+    fds: list[int]
+
+    @property
+    def name(self) -> str:
+        try:
+            return Request(self.request).name
+        except ValueError:
+            return f"request {self.request}"
+
+
+def close_fds(fds: list[int]) -> int:
+    """Close every descriptor in ``fds`` not already taken (-1); returns how many."""
+    n = 0
+    for i, fd in enumerate(fds):
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+            fds[i] = -1
+            n += 1
+    return n
+
+
+def _recv_exact(conn: socket.socket, n: int, fds: list[int], deadline: float, limit: float,
+                what: str) -> bytes:  # fmt: skip
+    """Exactly ``n`` bytes before ``deadline`` (monotonic; ``limit`` s after the message began),
+    collecting any descriptors."""
+    buf = b""
+    while len(buf) < n:
+        remaining = deadline - time.monotonic()
+        try:
+            conn.settimeout(max(remaining, 0.0))
+            data, anc, flags, _addr = conn.recvmsg(
+                n - len(buf), socket.CMSG_SPACE(MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC
+            )
+        except InterruptedError:
+            continue
+        except (TimeoutError, BlockingIOError):
+            raise VhostUserError(
+                f"{what}: the peer sent {len(buf)} of {n} bytes, then nothing within {limit:.1f} s"
+            ) from None
+        except OSError as e:
+            raise VhostUserError(f"{what}: socket: {e}") from None
+        for level, typ, cdata in anc:
+            if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                a = array.array("i")
+                a.frombytes(cdata[: len(cdata) - len(cdata) % a.itemsize])
+                fds.extend(a)
+        if flags & socket.MSG_CTRUNC or len(fds) > MAX_FDS:
+            # The kernel dropped (and closed) what did not fit: the message is not whole.
+            raise VhostUserError(f"{what}: more than {MAX_FDS} file descriptors attached")
+        if not data:
+            if not buf and what == "header":
+                raise PeerClosed("peer closed the connection")
+            raise VhostUserError(
+                f"{what}: peer closed the connection inside a message ({len(buf)} of {n} bytes)"
+            )
+        buf += data
+    return buf
+
+
+def read_message(conn: socket.socket, timeout: float = MESSAGE_TIMEOUT,
+                 deadline: float | None = None) -> Message:  # fmt: skip
+    """Read one message: header, checked, then its payload (at most ``MAX_PAYLOAD`` bytes), all
+    within ``timeout`` s and before ``deadline``. On error every descriptor received is closed."""
+    start = time.monotonic()
+    end = start + timeout if deadline is None else min(start + timeout, deadline)
+    limit = max(end - start, 0.0)
+    fds: list[int] = []
+    try:
+        request, flags, size = HEADER.unpack(
+            _recv_exact(conn, HEADER.size, fds, end, limit, "header")
+        )
+        try:
+            name = Request(request).name
+        except ValueError:
+            raise VhostUserError(f"unknown vhost-user request {request}") from None
+        if flags & 0x3 != FLAG_VERSION:
+            raise VhostUserError(f"{name}: protocol version {flags & 3}, expected 1")
+        if flags & FLAG_REPLY:
+            raise VhostUserError(f"{name}: a reply where a request was expected")
+        if size > MAX_PAYLOAD:
+            raise VhostUserError(
+                f"{name}: payload of {size} bytes is too large (at most {MAX_PAYLOAD})"
+            )
+        payload = _recv_exact(conn, size, fds, end, limit, f"{name} payload") if size else b""
+    except VhostUserError:
+        close_fds(fds)
+        raise
+    return Message(request, flags, payload, fds)
+
+
+def send_message(conn: socket.socket, data: bytes, what: str, timeout: float = MESSAGE_TIMEOUT,
+                 deadline: float | None = None) -> None:  # fmt: skip
+    """Send ``data`` whole within ``timeout`` s and before ``deadline`` (a peer that never reads
+    its replies must not hold the loop)."""
+    end = time.monotonic() + timeout
+    if deadline is not None:
+        end = min(end, deadline)
+    try:
+        conn.settimeout(max(end - time.monotonic(), 0.0))
+        conn.sendall(data)  # since 3.5 the timeout bounds the whole call
+    except (TimeoutError, BlockingIOError):
+        raise VhostUserError(f"{what}: the peer does not read its replies") from None
+    except OSError as e:
+        raise VhostUserError(f"{what}: sending the reply: {e}") from None
+
+
+def describe_fd(fd: int) -> str:
+    """What a descriptor is, for messages: 'eventfd', 'pipe', 'regular file', 'socket', ..."""
+    try:
+        link = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        link = ""
+    if link == "anon_inode:[eventfd]":
+        return "eventfd"
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as e:
+        return f"unusable descriptor ({e.strerror})"
+    for test, name in ((stat.S_ISFIFO, "pipe"), (stat.S_ISREG, "regular file"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "directory")):  # fmt: skip
+        if test(mode):
+            return name
+    return link or "unknown descriptor"
+
+
+@dataclass
 class MemRegion:
     guest_addr: int
     size: int
     user_addr: int
-    mmap_offset: int
-    map: mmap.mmap
+    file_offset: int
+    fd: int
 
 
 class SharedMemory:
-    """The peer's memory, mapped from its file descriptors; addressed by guest-physical address
-    (UML gives guest_addr == user_addr). Same interface as ``virtio.memory.GuestMemory``."""
+    """The peer's memory, read and written through its file descriptors; addressed by
+    guest-physical address (UML gives guest_addr == user_addr). Same interface as
+    ``virtio.memory.GuestMemory``. Owns the descriptors of its regions."""
 
     def __init__(self) -> None:
         self.regions: list[MemRegion] = []
         self.size = 0
 
     def add(self, guest_addr: int, size: int, user_addr: int, mmap_offset: int, fd: int) -> None:
-        page = mmap.ALLOCATIONGRANULARITY
-        base = mmap_offset - mmap_offset % page
-        m = mmap.mmap(
-            fd,
-            size + (mmap_offset - base),
-            mmap.MAP_SHARED,
-            mmap.PROT_READ | mmap.PROT_WRITE,
-            offset=base,
-        )
-        self.regions.append(MemRegion(guest_addr, size, user_addr, mmap_offset - base, m))
+        """Take ``fd`` for a region; ValueError (and ``fd`` not taken) if the region is not
+        wholly inside the file as it is now."""
+        what = describe_fd(fd)
+        if what != "regular file":  # memfd and tmpfs files are regular files too
+            raise ValueError(f"its descriptor is a {what}, not a memory file")
+        if size == 0 or guest_addr + size > 1 << 64 or user_addr + size > 1 << 64:
+            raise ValueError(f"region [{guest_addr:#x}, +{size:#x}) is empty or wraps")
+        file_size = os.fstat(fd).st_size
+        if mmap_offset + size > file_size:
+            raise ValueError(
+                f"[{mmap_offset:#x}, +{size:#x}) extends past the end of its file "
+                f"({file_size:#x} bytes)"
+            )
+        self.regions.append(MemRegion(guest_addr, size, user_addr, mmap_offset, fd))
         self.size = max(self.size, guest_addr + size)
 
     def close(self) -> None:
-        for r in self.regions:
-            try:
-                r.map.close()
-            except (BufferError, ValueError):
-                pass
+        close_fds([r.fd for r in self.regions])
         self.regions.clear()
         self.size = 0
 
-    def _find(self, addr: int, length: int) -> tuple[mmap.mmap, int]:
+    def _find(self, addr: int, length: int) -> tuple[int, int]:
+        if addr < 0 or length < 0:
+            raise GuestMemoryError(f"DMA [{addr:#x}, +{length:#x}) is negative")
         for r in self.regions:
             if r.guest_addr <= addr and addr + length <= r.guest_addr + r.size:
-                return r.map, r.mmap_offset + addr - r.guest_addr
+                return r.fd, r.file_offset + addr - r.guest_addr
         raise GuestMemoryError(f"DMA [{addr:#x}, +{length:#x}) outside the peer's shared memory")
 
     def read(self, addr: int, length: int) -> bytes:
-        if length < 0:
-            raise GuestMemoryError(f"negative DMA length {length}")
-        m, off = self._find(addr, length)
-        return m[off : off + length]
+        fd, off = self._find(addr, length)
+        out = b""
+        while len(out) < length:
+            try:
+                data = os.pread(fd, length - len(out), off + len(out))
+            except InterruptedError:
+                continue
+            except OSError as e:
+                raise GuestMemoryError(f"DMA read [{addr:#x}, +{length:#x}): {e}") from None
+            if not data:
+                raise GuestMemoryError(
+                    f"DMA read [{addr:#x}, +{length:#x}): the peer's memory file ends at "
+                    f"{off + len(out):#x} (truncated after SET_MEM_TABLE)"
+                )
+            out += data
+        return out
 
     def write(self, addr: int, data: bytes) -> None:
-        m, off = self._find(addr, len(data))
-        m[off : off + len(data)] = data
+        fd, off = self._find(addr, len(data))
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.pwrite(fd, view, off)
+            except InterruptedError:
+                continue
+            except OSError as e:
+                raise GuestMemoryError(f"DMA write [{addr:#x}, +{len(data):#x}): {e}") from None
+            view, off = view[n:], off + n
+        # A write past the end of a file the peer truncated extends it again (sparse): harmless
+        # to us, and the peer's own mapping of what it cut away is gone anyway.
 
 
 @dataclass
@@ -154,12 +333,21 @@ class Vring:
     call_fd: int = -1
     started: bool = False
     enabled: bool = False
-    pending_calls: int = field(default=0)
+
+
+@dataclass
+class VhostUserStats:
+    messages: int = 0
+    unused_fds_closed: int = 0  # descriptors attached to a message that takes none (or fewer)
+    calls_coalesced: int = 0  # call pipe full: the peer has not read the earlier ones yet
+    kicks_on_stopped_rings: int = 0
+    errors: int = 0  # VhostUserError raised (the first ends the session)
 
 
 class VhostUserBackend:
-    """Answers one front-end on a connected socket. ``on_started(index)`` tells the owner a ring
-    became usable; the owner polls ``kick_fds`` and calls ``signal(index)`` for used buffers."""
+    """Answers one front-end on a connected socket. The owner selects on ``conn`` and on each
+    vring's ``kick_fd``, calls ``handle_one`` / ``drain_kick``, and ``signal(index)`` for used
+    buffers. ``deadline`` (monotonic, or None) bounds every blocking read and write."""
 
     def __init__(
         self, conn: socket.socket, features: int, num_queues: int, max_queue_size: int = 1024
@@ -174,86 +362,76 @@ class VhostUserBackend:
         self.max_queue_size = max_queue_size
         self.vrings = [Vring(VirtQueue(i, max_queue_size)) for i in range(num_queues)]
         self.owner = False
-        self.messages = 0
-        self.log: list[str] = []  # one line per message, for --verbose and errors
+        self.deadline: float | None = None
+        self.message_timeout = MESSAGE_TIMEOUT
+        self.stats = VhostUserStats()
+        self.errors: list[str] = []  # the last few problems, newest last
+        self.log: list[str] = []  # the last messages' names, for errors
 
-    # -- socket I/O --------------------------------------------------------------------------
-    def _recv_exact(self, n: int, fds: list[int]) -> bytes:
-        buf = b""
-        while len(buf) < n:
-            try:
-                data, anc, _flags, _addr = self.conn.recvmsg(
-                    n - len(buf), socket.CMSG_LEN(MAX_FDS * 4)
-                )
-            except InterruptedError:
-                continue
-            except OSError as e:
-                raise VhostUserError(f"socket: {e}") from None
-            for level, typ, payload in anc:
-                if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
-                    a = array.array("i")
-                    a.frombytes(payload[: len(payload) - len(payload) % a.itemsize])
-                    fds.extend(a)
-            if not data:
-                raise VhostUserError(
-                    "peer closed the connection"
-                    if not buf
-                    else f"peer closed the connection inside a message ({len(buf)} of {n} bytes)"
-                )
-            buf += data
-        return buf
+    @property
+    def messages(self) -> int:
+        return self.stats.messages
 
-    def _reply(self, request: int, payload: bytes) -> None:
-        hdr = HEADER.pack(request, FLAG_VERSION | FLAG_REPLY, len(payload))
-        try:
-            self.conn.sendall(hdr + payload)
-        except OSError as e:
-            raise VhostUserError(f"sending reply to {request}: {e}") from None
+    def _note(self, text: str) -> None:
+        self.errors.append(text)
+        del self.errors[:-MAX_ERRORS_KEPT]
 
     def handle_one(self) -> int:
         """Read and execute one message; returns its request number."""
-        fds: list[int] = []
-        request, flags, size = HEADER.unpack(self._recv_exact(HEADER.size, fds))
-        if flags & 0x3 != FLAG_VERSION:
-            self._close_fds(fds)
-            raise VhostUserError(f"message {request}: protocol version {flags & 3}, expected 1")
-        if size > MAX_PAYLOAD:
-            self._close_fds(fds)
-            raise VhostUserError(f"message {request}: payload of {size} bytes is too large")
-        payload = self._recv_exact(size, fds) if size else b""
-        self.messages += 1
         try:
-            name = Request(request).name
-        except ValueError:
-            self._close_fds(fds)
-            raise VhostUserError(f"unknown vhost-user request {request}") from None
+            msg = read_message(self.conn, self.message_timeout, self.deadline)
+        except PeerClosed:
+            raise
+        except VhostUserError as e:
+            self.stats.errors += 1
+            self._note(str(e))
+            raise
+        self.stats.messages += 1
+        name = msg.name
         handler = getattr(self, f"_m_{name.lower()}", None)
-        if handler is None:
-            self._close_fds(fds)
-            raise VhostUserError(f"vhost-user request {name} is not supported")
         try:
-            reply = handler(payload, fds)
-        except (struct.error, IndexError) as e:
-            self._close_fds(fds)
-            raise VhostUserError(f"{name}: malformed payload of {size} bytes: {e}") from None
-        self.log.append(name)
-        if reply is not None:
-            self._reply(request, reply)
-        elif flags & FLAG_NEED_REPLY and self.acked_protocol_features & (1 << PROTOCOL_F_REPLY_ACK):
-            self._reply(request, U64.pack(0))
-        return request
+            if handler is None:
+                raise VhostUserError(f"vhost-user request {name} is not supported")
+            try:
+                reply = handler(msg.payload, msg.fds)
+            except (struct.error, IndexError) as e:
+                raise VhostUserError(
+                    f"{name}: malformed payload of {len(msg.payload)} bytes: {e}"
+                ) from None
+            self.log.append(name)
+            del self.log[:-MAX_ERRORS_KEPT]
+            if reply is not None:
+                self._reply(msg.request, name, reply)
+            elif msg.flags & FLAG_NEED_REPLY and self.acked_protocol_features & (
+                1 << PROTOCOL_F_REPLY_ACK
+            ):
+                self._reply(msg.request, name, U64.pack(0))
+        except VhostUserError as e:
+            self.stats.errors += 1
+            self._note(str(e))
+            close_fds(msg.fds)  # the message is refused with whatever it brought
+            raise
+        finally:
+            unused = close_fds(msg.fds)  # whatever the handler did not take
+            if unused:
+                self.stats.unused_fds_closed += unused
+                self._note(f"{name}: {unused} file descriptor(s) attached that it does not use "
+                           "(closed)")  # fmt: skip
+        return msg.request
+
+    def _reply(self, request: int, name: str, payload: bytes) -> None:
+        hdr = HEADER.pack(request, FLAG_VERSION | FLAG_REPLY, len(payload))
+        send_message(self.conn, hdr + payload, name, self.message_timeout, self.deadline)
 
     @staticmethod
-    def _close_fds(fds: list[int]) -> None:
-        for fd in fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    def _take(fds: list[int], i: int) -> int:
+        """Keep descriptor ``i`` of a message (handle_one closes the others)."""
+        fd, fds[i] = fds[i], -1
+        return fd
 
-    def _vring(self, index: int) -> Vring:
+    def _vring(self, index: int, name: str) -> Vring:
         if index >= len(self.vrings):
-            raise VhostUserError(f"vring index {index} ≥ {len(self.vrings)} queues")
+            raise VhostUserError(f"{name}: vring index {index} ≥ {len(self.vrings)} queues")
         return self.vrings[index]
 
     @staticmethod
@@ -293,23 +471,24 @@ class VhostUserBackend:
     def _m_set_mem_table(self, payload: bytes, fds: list[int]) -> None:
         num, _pad = self._need(payload, MEM_REGIONS_HDR, "SET_MEM_TABLE")
         if not 1 <= num <= MAX_FDS or len(fds) != num:
-            self._close_fds(fds)
             raise VhostUserError(f"SET_MEM_TABLE: {num} regions with {len(fds)} descriptors")
+        if len(payload) < MEM_REGIONS_HDR.size + num * MEM_REGION.size:
+            raise VhostUserError(f"SET_MEM_TABLE: {num} regions in {len(payload)} bytes")
         self.memory.close()
-        try:
-            for i in range(num):
-                ga, size, ua, off = MEM_REGION.unpack_from(
-                    payload, MEM_REGIONS_HDR.size + i * MEM_REGION.size
-                )
+        for i in range(num):
+            ga, size, ua, off = MEM_REGION.unpack_from(
+                payload, MEM_REGIONS_HDR.size + i * MEM_REGION.size
+            )
+            try:
                 self.memory.add(ga, size, ua, off, fds[i])
-        except (OSError, ValueError) as e:
-            raise VhostUserError(f"SET_MEM_TABLE: cannot map region: {e}") from None
-        finally:
-            self._close_fds(fds)  # the mappings stay valid after close
+            except (OSError, ValueError) as e:
+                self.memory.close()
+                raise VhostUserError(f"SET_MEM_TABLE: region {i}: {e}") from None
+            self._take(fds, i)
 
     def _m_set_vring_num(self, payload: bytes, fds: list[int]) -> None:
         index, num = self._need(payload, VRING_STATE, "SET_VRING_NUM")
-        q = self._vring(index).queue
+        q = self._vring(index, "SET_VRING_NUM").queue
         if num == 0 or num > self.max_queue_size or num & (num - 1):
             raise VhostUserError(
                 f"SET_VRING_NUM {index}: size {num} is not a power of 2 ≤ {self.max_queue_size}"
@@ -318,36 +497,47 @@ class VhostUserBackend:
 
     def _m_set_vring_base(self, payload: bytes, fds: list[int]) -> None:
         index, num = self._need(payload, VRING_STATE, "SET_VRING_BASE")
-        q = self._vring(index).queue
+        q = self._vring(index, "SET_VRING_BASE").queue
         q.last_avail_idx = num & 0xFFFF
         q.used_idx = num & 0xFFFF
 
     def _m_get_vring_base(self, payload: bytes, fds: list[int]) -> bytes:
+        # vhost-user spec ("Starting and stopping rings"): GET_VRING_BASE stops the ring. As
+        # libvhost-user does, the ring's kick and call descriptors go with it: it is served
+        # again only after a new SET_VRING_KICK starts it.
         index, _ = self._need(payload, VRING_STATE, "GET_VRING_BASE")
-        vr = self._vring(index)
+        vr = self._vring(index, "GET_VRING_BASE")
         vr.started = False
+        self._update(vr)
+        close_fds([vr.kick_fd, vr.call_fd])
+        vr.kick_fd = vr.call_fd = -1
         return VRING_STATE.pack(index, vr.queue.last_avail_idx)
 
     def _m_set_vring_addr(self, payload: bytes, fds: list[int]) -> None:
         index, _flags, desc, used, avail, _log = self._need(payload, VRING_ADDR, "SET_VRING_ADDR")
-        q = self._vring(index).queue
+        q = self._vring(index, "SET_VRING_ADDR").queue
         q.desc_addr, q.used_addr, q.avail_addr = desc, used, avail
 
-    def _fd_message(self, payload: bytes, fds: list[int], name: str) -> tuple[Vring, int]:
+    def _fd_message(self, payload: bytes, fds: list[int], name: str,
+                    kinds: tuple[str, ...]) -> tuple[Vring, int]:  # fmt: skip
+        """The vring and the descriptor of a SET_VRING_KICK/CALL/ERR (-1 with the NOFD flag);
+        the descriptor must be one of ``kinds``."""
         (value,) = self._need(payload, U64, name)
-        vr = self._vring(value & VRING_INDEX_MASK)
+        vr = self._vring(value & VRING_INDEX_MASK, name)
         if value & VRING_NOFD_MASK:
-            self._close_fds(fds)
             return vr, -1
         if len(fds) != 1:
-            self._close_fds(fds)
             raise VhostUserError(f"{name}: expected one file descriptor, got {len(fds)}")
-        return vr, fds[0]
+        what = describe_fd(fds[0])
+        if what not in kinds:
+            raise VhostUserError(f"{name}: expected {' or '.join(kinds)}, got a {what}")
+        return vr, self._take(fds, 0)
 
     def _m_set_vring_kick(self, payload: bytes, fds: list[int]) -> None:
-        vr, fd = self._fd_message(payload, fds, "SET_VRING_KICK")
-        if vr.kick_fd >= 0:
-            os.close(vr.kick_fd)
+        # A kick is read as one 8-byte counter: only an eventfd guarantees that (a pipe could
+        # give a few bytes, or end-of-file for ever).
+        vr, fd = self._fd_message(payload, fds, "SET_VRING_KICK", ("eventfd",))
+        close_fds([vr.kick_fd])
         vr.kick_fd = fd
         if fd >= 0:
             os.set_blocking(fd, False)
@@ -358,29 +548,28 @@ class VhostUserBackend:
         self._update(vr)
 
     def _m_set_vring_call(self, payload: bytes, fds: list[int]) -> None:
-        vr, fd = self._fd_message(payload, fds, "SET_VRING_CALL")
-        if vr.call_fd >= 0:
-            os.close(vr.call_fd)
+        # UML's virtio_uml passes one end of its os_pipe(), a UNIX socket pair (it turns the
+        # other end's SIGIO into the interrupt); the specification's eventfd, or a pipe, works
+        # the same for us: each is written 8 bytes at a time, never blocking.
+        vr, fd = self._fd_message(payload, fds, "SET_VRING_CALL", CALL_FD_KINDS)
+        close_fds([vr.call_fd])
         vr.call_fd = fd
         if fd >= 0:
             os.set_blocking(fd, False)
 
     def _m_set_vring_err(self, payload: bytes, fds: list[int]) -> None:
-        _vr, fd = self._fd_message(payload, fds, "SET_VRING_ERR")
-        if fd >= 0:
-            os.close(fd)
+        _vr, fd = self._fd_message(payload, fds, "SET_VRING_ERR", CALL_FD_KINDS)
+        close_fds([fd])  # we never report ring errors this way
 
     def _m_set_slave_req_fd(self, payload: bytes, fds: list[int]) -> None:
         if len(fds) != 1:
-            self._close_fds(fds)
             raise VhostUserError(f"SET_SLAVE_REQ_FD with {len(fds)} descriptors")
-        if self.slave_req_fd >= 0:
-            os.close(self.slave_req_fd)
-        self.slave_req_fd = fds[0]
+        close_fds([self.slave_req_fd])
+        self.slave_req_fd = self._take(fds, 0)
 
     def _m_set_vring_enable(self, payload: bytes, fds: list[int]) -> None:
         index, num = self._need(payload, VRING_STATE, "SET_VRING_ENABLE")
-        vr = self._vring(index)
+        vr = self._vring(index, "SET_VRING_ENABLE")
         vr.enabled = bool(num)
         self._update(vr)
 
@@ -391,37 +580,43 @@ class VhostUserBackend:
     def signal(self, index: int) -> None:
         """Tell the front-end about used buffers on ``index`` (write to its call descriptor)."""
         vr = self.vrings[index]
-        if vr.call_fd < 0:
+        if vr.call_fd < 0 or not vr.started:
             return
         try:
             os.write(vr.call_fd, U64.pack(1))
         except BlockingIOError:
-            pass  # the pipe is full of unread calls: one more changes nothing
+            # The pipe is full of unread calls: one more changes nothing (an eventfd adds up).
+            self.stats.calls_coalesced += 1
         except OSError as e:
             raise VhostUserError(f"call descriptor of vring {index}: {e}") from None
 
     def drain_kick(self, index: int) -> int:
         """Consume a kick; returns how many were pending (0 if none)."""
-        fd = self.vrings[index].kick_fd
-        if fd < 0:
+        vr = self.vrings[index]
+        if vr.kick_fd < 0:
             return 0
         try:
-            return U64.unpack(os.read(fd, 8))[0]
+            data = os.read(vr.kick_fd, 8)
         except BlockingIOError:
             return 0
         except OSError as e:
             raise VhostUserError(f"kick descriptor of vring {index}: {e}") from None
+        if len(data) != 8:  # cannot happen with the eventfd SET_VRING_KICK checked
+            raise VhostUserError(
+                f"kick descriptor of vring {index}: read {len(data)} bytes, not an eventfd count"
+            )
+        if not vr.started:
+            self.stats.kicks_on_stopped_rings += 1
+        return U64.unpack(data)[0]
+
+    def summary(self) -> dict[str, object]:
+        return dict(vars(self.stats), last_errors=list(self.errors))
 
     def close(self) -> None:
         for vr in self.vrings:
-            for fd in (vr.kick_fd, vr.call_fd):
-                if fd >= 0:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
+            close_fds([vr.kick_fd, vr.call_fd])
             vr.kick_fd = vr.call_fd = -1
-        if self.slave_req_fd >= 0:
-            os.close(self.slave_req_fd)
-            self.slave_req_fd = -1
+        close_fds([self.slave_req_fd])
+        self.slave_req_fd = -1
         self.memory.close()
+        self.conn.close()
