@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from . import __version__
+
 # Modules that provide ``add_parsers(subparsers)``; each subcommand sets ``func`` on its parser
 # and returns an exit status from it.
 COMMAND_MODULES = (
@@ -20,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="virtio-msix",
         description="virtio-over-PCI with MSI-X: device model, Linux driver model, real kernel.",
+        epilog="With no command, runs `sim`. The architecture: docs/DESIGN.md.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -37,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        # No subcommand: the main job (DESIGN.md "What a user sees").
+        # No subcommand: the main job (docs/DESIGN.md "What a user sees").
         args = parser.parse_args(["sim", *(argv or [])]) if "sim" in _choices(parser) else None
         if args is None:
             parser.print_help()

@@ -24,7 +24,7 @@ from ..pci.regs import (
     PCI_STATUS_CAP_LIST,
     bar_offset,
 )
-from .irqcore import EINVAL, ENOSPC
+from .errnos import EINVAL, ENOMEM, ENOSPC, ERANGE
 from .kernel import IrqDesc, Kernel
 
 PCI_STATUS = HEADER["status"].offset
@@ -329,7 +329,7 @@ def __pci_enable_msix_range(
     k: Kernel, dev: PciDev, entries: object, minvec: int, maxvec: int, affd: object, flags: int
 ) -> int:
     if maxvec < minvec:
-        return -34  # -ERANGE
+        return -ERANGE
     if dev.msix_enabled:
         return -EINVAL
     nvec = maxvec
@@ -365,7 +365,7 @@ def msix_capability_init(k: Kernel, dev: PciDev, entries: object, nvec: int, aff
     if base is None:
         dev.msix_enabled = False
         pci_msix_clear_and_set_ctrl(k, dev, PCI_MSIX_FLAGS_MASKALL | PCI_MSIX_FLAGS_ENABLE, 0)
-        return -12
+        return -ENOMEM
     dev.msix_base = base
     ret = msix_setup_interrupts(k, dev, base, nvec)
     if ret:
@@ -447,7 +447,9 @@ def irq_domain_activate_irq(k: Kernel, desc: IrqDesc, reserve: bool) -> int:
 def __irq_domain_activate_irq(k: Kernel, desc: IrqDesc, reserve: bool) -> int:
     # Parent first: the x86 vector domain picks the vector (none while reserving).
     if not reserve:
-        k.assign_vector(desc)
+        ret = k.assign_vector(desc)
+        if ret:
+            return ret  # the parent failed: the entry's message is not written
     if desc.msix_entry is not None:
         msi_domain_activate(k, desc, reserve)
     return 0

@@ -87,13 +87,15 @@ class VectorAllocator:
     def free_count(self, cpu: int) -> int:
         return FIRST_SYSTEM_VECTOR - FIRST_EXTERNAL_VECTOR - len(self.used[cpu])
 
-    def alloc(self) -> tuple[int, int]:
+    def alloc(self) -> tuple[int, int] | None:
+        """A (cpu, vector), or None when every CPU is full: Linux's irq_matrix_alloc then
+        returns -ENOSPC, request_irq fails with it, and a driver may fall back."""
         cpu = max(range(self.cpus), key=lambda c: (self.free_count(c), -c))
         for v in range(FIRST_EXTERNAL_VECTOR, FIRST_SYSTEM_VECTOR):
             if v not in self.used[cpu]:
                 self.used[cpu].add(v)
                 return cpu, v
-        raise RuntimeError("no free interrupt vector")
+        return None
 
     def free(self, cpu: int, vector: int) -> None:
         self.used[cpu].discard(vector)

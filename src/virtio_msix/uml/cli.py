@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from .. import cliargs
 from ..qemu.debian import PrerequisiteMissing
 from ..trace.recorder import write_jsonl
 from ..trace.text import table
@@ -139,11 +140,21 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("boot", help="the real Linux 6.1 kernel (UML) drives our virtio-net device",
-                       description=__doc__)  # fmt: skip
-    p.add_argument("--vectors", type=int, default=None,
-                   help="MSI-X table size (default 2*queue-pairs+2; 0 = no MSI-X, INTx)")  # fmt: skip
-    p.add_argument("--queue-pairs", type=int, default=1)
+    p = sub.add_parser(
+        "boot",
+        help="the real Linux 6.1 kernel (UML) drives our virtio-net device",
+        description="Boot the real Linux 6.1 kernel as User-Mode Linux; its virt-pci driver "
+        "sends every config and BAR access of its PCI bus to our Python device over vhost-user, "
+        "and our device's interrupts go back as MSI (or INTx) messages. Shows the kernel "
+        "console, runs a guest script (or CMD), powers off, and prints the MSI-X table as the "
+        "kernel filled it, the event → vector map and the guest's interrupt counts. "
+        "Architecture: docs/DESIGN.md.",
+    )
+    p.add_argument("--vectors", type=cliargs.vectors, default=None, metavar="N",
+                   help="MSI-X table size, 0..2048 (default 2*queue-pairs+2; 0 = no MSI-X, "
+                        "INTx)")  # fmt: skip
+    p.add_argument("--queue-pairs", type=cliargs.queue_pairs, default=1, metavar="N",
+                   help="virtio-net queue pairs the device offers, 1..511 (default 1)")  # fmt: skip
     p.add_argument("--disable-legacy", action="store_true",
                    help="modern-only device (0x1041) instead of QEMU's transitional default")  # fmt: skip
     p.add_argument("--net", choices=("responder", "tap"), default="responder",
@@ -151,9 +162,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "or a TAP whose host side is 172.30.77.1 (guest 172.30.77.15)")  # fmt: skip
     p.add_argument("--backtraces", action="store_true",
                    help="run the kernel under gdb: backtraces at MSI-X entry fills and unmasks")  # fmt: skip
-    p.add_argument("--trace-json", metavar="FILE", help="write every register access (JSON lines)")
+    p.add_argument("--trace-json", metavar="FILE", type=cliargs.output_file,
+                   help="write every register access (JSON lines, docs/DESIGN.md format)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the views as JSON")
     p.add_argument("--quiet", action="store_true", help="do not show the kernel console")
-    p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--timeout", type=cliargs.seconds, default=120.0, metavar="SECONDS",
+                   help="stop the kernel if the guest has not finished after this many "
+                        "seconds (default 120)")  # fmt: skip
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD: run CMD in the guest instead")
     p.set_defaults(func=cmd_boot)
