@@ -20,6 +20,7 @@ from .errnos import ENOSPC
 
 PAGE_SIZE = 4096
 UML_MSI_ADDRESS = 0xA0000  # arch/um/drivers/virt-pci.c: um_pci_compose_msi_msg
+UM_MAX_MSI_VECTORS = 32  # arch/um/drivers/virt-pci.c: MAX_MSI_VECTORS, for the whole bus
 
 
 class PageAllocator:
@@ -139,6 +140,7 @@ class Kernel:
         self.intx_irq = 0
         # Called after each handler run with (desc, start, end), monotonic ns: timelines.
         self.irq_hook: Callable[[IrqDesc, int, int], None] | None = None
+        self.um_msi_used: dict[int, int] = {}  # irq → bit of virt-pci's MSI bitmap (UML)
 
     # -- log ----------------------------------------------------------------------------------
     def printk(self, msg: str) -> None:
@@ -216,6 +218,15 @@ class Kernel:
 
     def irq_free_desc(self, desc: IrqDesc) -> None:
         self.irqs.pop(desc.irq, None)
+        self.um_msi_used.pop(desc.irq, None)
+
+    def um_msi_alloc(self, desc: IrqDesc) -> bool:
+        """A bit of virt-pci's MSI bitmap for ``desc`` (the lowest free), or False if full."""
+        free = set(range(UM_MAX_MSI_VECTORS)) - set(self.um_msi_used.values())
+        if not free:
+            return False
+        self.um_msi_used[desc.irq] = min(free)
+        return True
 
     def legacy_irq(self, irq: int) -> IrqDesc:
         desc = self.irqs.get(irq)

@@ -421,11 +421,19 @@ def __msi_domain_alloc_irqs(k: Kernel, dev: PciDev, nvec: int) -> int:
     # with a placeholder message and activated for real at request_irq. UML activates early
     # with its final message.
     reserve = k.arch == "x86"
+    allocated = 0
     for desc in dev.msi_descs:
         if desc.irq is not None:
             continue
         chip = "PCI-MSIX" if k.arch == "x86" else "UM-MSI"
         irq = k.irq_alloc_desc(chip, (dev.devfn << 11) | desc.msi_index)
+        if k.arch == "um" and not k.um_msi_alloc(irq):
+            # um_pci_inner_domain_alloc: virt-pci's bitmap of MAX_MSI_VECTORS for the whole
+            # bus is full (-ENOSPC); msi_handle_pci_fail reports how many did succeed, and
+            # __pci_enable_msix_range turns fewer than the minimum into -ENOSPC.
+            k.irq_free_desc(irq)
+            return allocated or -ENOSPC
+        allocated += 1
         irq.msi_index = desc.msi_index
         irq.msix_entry = (dev, desc)
         desc.irq = irq
