@@ -20,6 +20,7 @@ from .errnos import ENOSPC
 
 PAGE_SIZE = 4096
 UML_MSI_ADDRESS = 0xA0000  # arch/um/drivers/virt-pci.c: um_pci_compose_msi_msg
+LOG_LINES = 4096
 UM_MAX_MSI_VECTORS = 32  # arch/um/drivers/virt-pci.c: MAX_MSI_VECTORS, for the whole bus
 
 
@@ -130,6 +131,7 @@ class Kernel:
         # the first 64 are its signal irqs (UM_LAST_SIGNAL_IRQ); the real kernel's virt-pci got 64.
         self.first_dynamic_irq = 24 if arch == "x86" else 64
         self.log: list[str] = []
+        self.log_dropped = 0
         self.want_backtraces = backtraces
         self.backtraces: list[tuple[backtrace.Backtrace, list[dict]]] = []
         self.in_interrupt = 0
@@ -144,6 +146,11 @@ class Kernel:
 
     # -- log ----------------------------------------------------------------------------------
     def printk(self, msg: str) -> None:
+        # Bounded like the kernel's ring buffer: a guest that makes the model complain on every
+        # packet must not grow it without end.
+        if len(self.log) >= LOG_LINES:
+            del self.log[: LOG_LINES // 2]
+            self.log_dropped += LOG_LINES // 2
         self.log.append(msg)
 
     # -- port and memory accessors (the CPU's loads and stores) -------------------------------

@@ -11,6 +11,7 @@ no redirection hint, and the destination mode of the APIC driver in use: flat lo
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -130,7 +131,9 @@ class X86Interrupts:
         self.logical = cpus <= 8  # flat logical mode up to 8 CPUs, else physical flat
         self.apics = [LocalApic(c) for c in range(cpus)]
         self.vectors = VectorAllocator(cpus)
-        self.log: list[tuple[int, int, DecodedMsi]] = []
+        # The last messages received (a debugging aid; older ones go, so long runs stay flat).
+        self.log: deque[tuple[int, int, DecodedMsi]] = deque(maxlen=256)
+        self.received = 0
         self.dropped = 0
 
     def dest_id(self, cpu: int) -> int:
@@ -147,6 +150,7 @@ class X86Interrupts:
     def msi(self, address: int, data: int) -> None:
         decoded = decode_msi(address, data)
         self.log.append((address, data, decoded))
+        self.received += 1
         if not decoded.valid:
             self.dropped += 1
             return
