@@ -61,7 +61,7 @@ def test_guest_memory_stays_flat_for_any_packet_count():
     assert large.kernel.pages.peak == small.kernel.pages.peak
     assert large.kernel.pages.next == small.kernel.pages.next  # nothing new carved from RAM
     assert len(large.net.received) <= 64
-    assert large.kernel.x86.received > 10000 and len(large.kernel.x86.log) <= 256
+    assert large.kernel.x86.received >= 10000 and len(large.kernel.x86.log) <= 256
 
 
 def test_teardown_frees_every_buffer():
