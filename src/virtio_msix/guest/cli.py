@@ -91,6 +91,9 @@ def render(res: SimResult, s: Style) -> str:
     if res.net is not None:
         out.append(f"  traffic: {res.net.tx_packets} sent, {res.net.tx_completed} completed, "
                    f"{res.net.rx_packets} received through the loopback backend")  # fmt: skip
+        if res.net.rx_oom or res.net.tx_dropped:
+            out.append(s.bad(f"  guest RAM ran out: {res.net.rx_oom} RX refills cut short, "
+                             f"{res.net.tx_dropped} frames dropped before TX"))  # fmt: skip
     if res.masked_demo:
         m = res.masked_demo
         out.append("")
@@ -140,6 +143,8 @@ def to_json(res: SimResult) -> dict[str, Any]:
             "tx": res.net.tx_packets,
             "tx_completed": res.net.tx_completed,
             "rx": res.net.rx_packets,
+            "tx_dropped": res.net.tx_dropped,
+            "rx_refills_short": res.net.rx_oom,
         },
         "backtraces": [bt.format() for bt, _ in res.kernel.backtraces],
     }

@@ -76,6 +76,8 @@ class VirtnetInfo:
     rx_packets: int = 0
     tx_packets: int = 0
     tx_completed: int = 0
+    tx_dropped: int = 0
+    rx_oom: int = 0  # RX refills cut short by guest RAM running out
     ctrl_results: list[tuple[int, int, int]] = field(default_factory=list)
     ctrl_buf: int = 0  # struct control_buf: allocated once, reused by every command
     # Sees every frame the driver sends (outbound=True) or hands up: pcap writers hook here.
@@ -185,7 +187,12 @@ def try_fill_recv(k: Kernel, vi: VirtnetInfo, i: int) -> int:
     rq = vi.rq[i]
     added = 0
     while rq.free:
-        buf = k.pages.alloc(RX_BUF_SIZE, align=64)
+        try:
+            buf = k.pages.alloc(RX_BUF_SIZE, align=64)
+        except MemoryError:
+            # -ENOMEM: post what we have; the kernel retries from its refill work later.
+            vi.rx_oom += 1
+            break
         if rq.add_sgs([], [(buf, RX_BUF_SIZE)], buf):
             k.pages.free(buf)
             break
@@ -232,7 +239,11 @@ def virtnet_set_rx_mode(k: Kernel, vi: VirtnetInfo) -> None:
 def start_xmit(k: Kernel, vi: VirtnetInfo, frame: bytes, qp: int = 0) -> bool:
     sq = vi.sq[qp]
     free_old_xmit_skbs(k, vi, qp)
-    buf = k.pages.alloc(HDR_LEN + len(frame), align=64)
+    try:
+        buf = k.pages.alloc(HDR_LEN + len(frame), align=64)
+    except MemoryError:
+        vi.tx_dropped += 1  # no memory for the skb: the stack drops the frame
+        return False
     k.memory.write(buf, bytes(HDR_LEN) + frame)
     if sq.add_sgs([(buf, HDR_LEN + len(frame))], [], buf):
         k.pages.free(buf)  # ring full: the stack keeps the skb (not modelled: dropped)
