@@ -38,8 +38,6 @@ def int_range(lo: int, hi: int | None = None, what: str = "") -> Callable[[str],
             bound = f"{lo}..{hi}" if hi is not None else f"≥ {lo}"
             raise argparse.ArgumentTypeError(f"{value} is out of range: {what or 'value'} {bound}")
         return value
-
-    check.__name__ = "integer"  # argparse names the type in "invalid integer value"
     return check
 
 
