@@ -43,6 +43,13 @@ def test_version(capsys):
     assert rc == 0 and out.strip() == f"virtio-msix {__version__}"
 
 
+def test_options_without_a_command_go_to_sim(capsys):
+    rc, out, _ = run(capsys, "--cpus", "2", "--color", "never")
+    assert rc == 0 and "probed by the Linux 6.1 model (x86, 2 CPU)" in out
+    rc, _, err = run(capsys, "--cpus", "0")
+    assert rc == 2 and err.splitlines()[-1].startswith("virtio-msix sim: error: argument --cpus")
+
+
 def test_python_m_runs_the_command():
     out = subprocess.run([sys.executable, "-m", "virtio_msix", "--version"],
                          capture_output=True, text=True, check=True).stdout  # fmt: skip

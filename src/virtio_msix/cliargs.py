@@ -38,6 +38,7 @@ def int_range(lo: int, hi: int | None = None, what: str = "") -> Callable[[str],
             bound = f"{lo}..{hi}" if hi is not None else f"≥ {lo}"
             raise argparse.ArgumentTypeError(f"{value} is out of range: {what or 'value'} {bound}")
         return value
+
     return check
 
 
