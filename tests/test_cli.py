@@ -127,6 +127,7 @@ def test_bad_value_is_one_error_line_and_status_2(capsys, argv):
         ("sim", "--pcap", "/nonexistent/x.pcapng"),
         ("sim", "--timeline", "/nonexistent/x.json"),
         ("boot", "--trace-json", "/nonexistent/x.jsonl"),
+        ("boot", "--pcap", "/nonexistent/x.pcapng"),
         ("capture-qemu", "/nonexistent/x.jsonl"),
     ],
     ids=" ".join,

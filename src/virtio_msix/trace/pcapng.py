@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 import time
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 SHB, IDB, EPB = 0x0A0D0D0A, 0x00000001, 0x00000006
 BYTE_ORDER_MAGIC = 0x1A2B3C4D
@@ -60,3 +60,26 @@ class PcapngWriter:
 
     def close(self) -> None:
         self.out.close()
+
+
+class FrameTap:
+    """Wraps a network backend of a device (``send`` a frame the guest transmitted,
+    ``take_frame`` one for the guest to receive) and writes both directions to a pcapng
+    writer, from the guest's side: what it sent is outbound, what it received inbound."""
+
+    def __init__(self, inner: Any, writer: PcapngWriter) -> None:
+        self.inner = inner
+        self.writer = writer
+
+    def send(self, frame: bytes) -> None:
+        self.writer.frame(frame, outbound=True)
+        self.inner.send(frame)
+
+    def take_frame(self) -> bytes | None:
+        frame = self.inner.take_frame()
+        if frame is not None:
+            self.writer.frame(frame, outbound=False)
+        return frame
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)

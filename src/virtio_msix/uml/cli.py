@@ -9,9 +9,10 @@ from typing import Any
 
 from .. import cliargs
 from ..qemu.debian import PrerequisiteMissing
+from ..trace.pcapng import FrameTap, PcapngWriter
 from ..trace.recorder import write_jsonl
 from ..trace.text import table
-from .boot import BootError, BootOptions, BootResult, run_boot
+from .boot import BootError, BootOptions, BootResult, BootSession, run_boot
 
 
 def to_json(res: BootResult) -> dict[str, Any]:
@@ -108,6 +109,17 @@ def render(res: BootResult) -> str:
     return "\n".join(out)
 
 
+def _run_with_pcap(opts: BootOptions, path: str) -> BootResult:
+    """boot --pcap: the device's backend, wrapped, writes every frame both ways."""
+    session = BootSession(opts)
+    pcap = PcapngWriter(open(path, "wb"))
+    try:
+        session.device.device.backend = FrameTap(session.device.device.backend, pcap)
+        return session.run()
+    finally:
+        pcap.close()
+
+
 def cmd_boot(args: argparse.Namespace) -> int:
     script = None
     if args.cmd:
@@ -125,7 +137,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     if script is not None:
         opts.script = script
     try:
-        res = run_boot(opts)
+        res = run_boot(opts) if not args.pcap else _run_with_pcap(opts, args.pcap)
     except (PrerequisiteMissing, BootError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -164,6 +176,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="run the kernel under gdb: backtraces at MSI-X entry fills and unmasks")  # fmt: skip
     p.add_argument("--trace-json", metavar="FILE", type=cliargs.output_file,
                    help="write every register access (JSON lines, docs/DESIGN.md format)")  # fmt: skip
+    p.add_argument("--pcap", metavar="FILE", type=cliargs.output_file,
+                   help="write every frame the guest sent and received through our device as "
+                        "pcapng, with inbound/outbound direction flags (tshark/Wireshark)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the views as JSON")
     p.add_argument("--quiet", action="store_true", help="do not show the kernel console")
     p.add_argument("--timeout", type=cliargs.seconds, default=120.0, metavar="SECONDS",
