@@ -20,7 +20,7 @@ def test_rung1_one_vector_per_queue():
 
 def test_rung2_shared_vector_when_table_too_small():
     res = run_sim(SimOptions(vectors=2))
-    assert res.vp.ladder[0].endswith("error -28")  # -ENOSPC: 3 vectors wanted, 2 in the table
+    assert res.vp.ladder[0].endswith("error -ENOSPC")  # 3 vectors wanted, 2 in the table
     assert res.vp.ladder[1].endswith("ok")
     assert names(res) == ["virtio0-config", "virtio0-virtqueues"]
     assert dict(res.event_vectors) == {"config": 0, "input.0": 1, "output.0": 1, "control": 0xFFFF}
@@ -35,7 +35,7 @@ def test_rung3_intx_without_msix():
 
 def test_fault_queue_vector_refused_falls_back_to_shared():
     res = run_sim(SimOptions(refuse_vectors_from=2))
-    assert res.vp.ladder[0].endswith("error -16")  # -EBUSY from queue_msix_vector
+    assert res.vp.ladder[0].endswith("error -EBUSY")  # from queue_msix_vector
     assert names(res) == ["virtio0-config", "virtio0-virtqueues"]
     # The first rung's interrupts were given back and their numbers reused.
     assert [r["irq"] for r in res.interrupts] == [24, 25]
@@ -43,7 +43,11 @@ def test_fault_queue_vector_refused_falls_back_to_shared():
 
 def test_fault_config_vector_refused_falls_back_to_intx():
     res = run_sim(SimOptions(refuse_config_vector=True))
-    assert [s.split(":")[1].strip() for s in res.vp.ladder] == ["error -16", "error -16", "ok"]
+    assert [s.split(":")[1].strip() for s in res.vp.ladder] == [
+        "error -EBUSY",
+        "error -EBUSY",
+        "ok",
+    ]
     assert names(res) == ["virtio0"]
     # The failed MSI-X rungs left MSI-X off and the table masked.
     assert not res.device.msix.enabled

@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from . import __version__
+
 # Modules that provide ``add_parsers(subparsers)``; each subcommand sets ``func`` on its parser
 # and returns an exit status from it.
 COMMAND_MODULES = (
@@ -20,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="virtio-msix",
         description="virtio-over-PCI with MSI-X: device model, Linux driver model, real kernel.",
+        epilog="With no command, runs `sim`. The architecture: docs/DESIGN.md.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -35,13 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # No subcommand: the main job, `sim`, with whatever options were given
+    # (docs/DESIGN.md "What a user sees"): `virtio-msix --cpus 2` is `virtio-msix sim --cpus 2`.
+    if "sim" in _choices(parser) and (
+        not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"))
+    ):
+        argv = ["sim", *argv]
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        # No subcommand: the main job (DESIGN.md "What a user sees").
-        args = parser.parse_args(["sim", *(argv or [])]) if "sim" in _choices(parser) else None
-        if args is None:
-            parser.print_help()
-            return 2
+        parser.print_help()
+        return 2
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

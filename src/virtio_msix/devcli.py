@@ -8,8 +8,10 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from . import cliargs
+from .cliargs import fail
 from .pci.regs import MSIX, PCI_MSIX_FLAGS_ENABLE, PCI_MSIX_FLAGS_MASKALL, PCI_MSIX_FLAGS_QSIZE
-from .trace import SPACES, load_jsonl
+from .trace import EVENT_SPACES, SPACES, load_jsonl_lines
 from .virtio import VirtioPciDevice, make_virtio_net_pci
 from .virtio.memory import SparseMemory
 from .virtio.regs import CAP, CFG_TYPE_NAMES, NOTIFY_OFF_MULTIPLIER
@@ -36,10 +38,67 @@ def region_map(dev: VirtioPciDevice) -> dict[str, tuple[int, int]]:
     return out
 
 
+def region_sizes(dev: VirtioPciDevice) -> dict[str, int]:
+    """Trace space name → the structure's size (config space included)."""
+    sizes = {"cfg": len(dev.config)}
+    for bar in dev.bars:
+        if bar is None:
+            continue
+        for region in bar.regions.regions:
+            sizes.setdefault(region.name, region.size)
+    return sizes
+
+
+def is_access(rec: dict[str, Any]) -> bool:
+    """A register access replay applies (not an event, not a PCI_CFG-window access: that one
+    was made by the device on the driver's behalf and its cfg write is in the trace too)."""
+    return rec.get("space") not in EVENT_SPACES and "via" not in rec
+
+
+def check_record(rec: dict[str, Any], sizes: dict[str, int]) -> str | None:
+    """Why ``rec`` cannot be applied to this device, or None if it can (or is not an access)."""
+    if not is_access(rec):
+        return None
+    space, op = rec.get("space"), rec.get("op")
+    if space not in SPACES:
+        return f"unknown space {space!r}"
+    if op not in ("r", "w"):
+        return f"unknown op {op!r} (r or w)"
+    for key in ("offset", "size", "value"):
+        if key not in rec:
+            return f"no {key!r}"
+        if not isinstance(rec[key], int) or isinstance(rec[key], bool):
+            return f"{key} {rec[key]!r} is not an integer"
+    offset, size, value = rec["offset"], rec["size"], rec["value"]
+    # PCI config cycles carry at most a dword; MMIO and port accesses up to a quadword.
+    if size not in ((1, 2, 4) if space == "cfg" else (1, 2, 4, 8)):
+        return f"size {size} is not an access size of {space}"
+    if space not in sizes:
+        return f"this device has no {space} structure"
+    if offset < 0 or offset + size > sizes[space]:
+        return f"offset {offset:#x}+{size} is outside {space} ({sizes[space]:#x} bytes)"
+    if not 0 <= value < 1 << (8 * size):
+        return f"value {value:#x} does not fit {size} bytes"
+    return None
+
+
+def check_records(
+    records: list[dict[str, Any]], sizes: dict[str, int], lines: list[int] | None = None
+) -> list[str]:
+    """A description of every record that cannot be applied (empty: all can)."""
+    bad = []
+    for index, rec in enumerate(records):
+        why = check_record(rec, sizes)
+        if why:
+            where = f"line {lines[index]}" if lines else f"record {index}"
+            bad.append(f"{where}: {why}")
+    return bad
+
+
 def apply_record(
     dev: VirtioPciDevice, regions: dict[str, tuple[int, int]], rec: dict
 ) -> int | None:
-    """Apply one access record; returns the value read for a read, None for a write/skip."""
+    """Apply one checked record; returns the value read for a read, None otherwise."""
     space, op = rec.get("space"), rec.get("op")
     if space == "event" and rec.get("kind") == "queue-notify":
         # The recorded device signalled a used buffer (traffic the trace does not carry):
@@ -48,20 +107,18 @@ def apply_record(
         if isinstance(queue, int) and 0 <= queue < len(dev.device.queues):
             dev.notify_queue(queue)
         return None
-    if space not in SPACES or op not in ("r", "w") or "via" in rec:
+    if not is_access(rec):
         return None
-    offset, size = int(rec["offset"]), int(rec["size"])
+    offset, size = rec["offset"], rec["size"]
     if space == "cfg":
         if op == "r":
             return dev.cfg_read(offset, size)
-        dev.cfg_write(offset, size, int(rec["value"]))
+        dev.cfg_write(offset, size, rec["value"])
         return None
-    if space not in regions:
-        return 0 if op == "r" else None
     bar, base = regions[space]
     if op == "r":
         return dev.bar_read(bar, base + offset, size)
-    dev.bar_write(bar, base + offset, size, int(rec["value"]))
+    dev.bar_write(bar, base + offset, size, rec["value"])
     return None
 
 
@@ -71,11 +128,14 @@ def replay_records(
     queue_pairs: int = 1,
     disable_legacy: bool = False,
     device: VirtioPciDevice | None = None,
+    lines: list[int] | None = None,
 ) -> list[Mismatch]:
     """Apply every write in order and compare every read with its recorded value.
 
-    Guest RAM is unknown to a register trace, so the device sees zeroed memory: rings read
-    empty and no buffers are consumed.
+    Every record is checked first: one that cannot be applied to this device (unknown space or
+    op, a size no bus access has, an offset past the structure, a missing or non-integer field)
+    is a ValueError naming it, never a silent skip or a match. Guest RAM is unknown to a
+    register trace, so the device sees zeroed memory: rings read empty.
     """
     dev = device or make_virtio_net_pci(
         vectors=vectors,
@@ -83,67 +143,87 @@ def replay_records(
         disable_legacy=disable_legacy,
         memory=SparseMemory(),
     )
+    bad = check_records(records, region_sizes(dev), lines)
+    if bad:
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise ValueError(
+            f"{len(bad)} record{'s' if len(bad) > 1 else ''} cannot be applied: "
+            + "; ".join(bad[:3])
+            + more
+        )
     regions = region_map(dev)
     out = []
     for index, rec in enumerate(records):
-        try:
-            got = apply_record(dev, regions, rec)
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"record {index}: malformed access record {rec!r}: {e}") from None
+        got = apply_record(dev, regions, rec)
         if got is None or rec.get("op") != "r":
             continue
-        expected = int(rec["value"])
-        if got != expected:
-            out.append(
-                Mismatch(index, rec["space"], int(rec["offset"]), int(rec["size"]), expected, got)
-            )
+        if got != rec["value"]:
+            out.append(Mismatch(index, rec["space"], rec["offset"], rec["size"], rec["value"], got))
     return out
 
 
 def count_reads(records: list[dict[str, Any]]) -> int:
-    return sum(
-        1 for r in records if r.get("space") in SPACES and r.get("op") == "r" and "via" not in r
-    )
+    return sum(1 for r in records if is_access(r) and r.get("op") == "r")
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    name = "<stdin>" if args.trace == "-" else args.trace
     try:
-        records = load_jsonl(args.trace)
-    except (OSError, ValueError) as e:
-        print(f"virtio-msix replay: {e}", file=sys.stderr)
-        return 2
+        numbered = load_jsonl_lines(sys.stdin if args.trace == "-" else args.trace)
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        return fail(f"replay: {e}")
+    records = [rec for _, rec in numbered]
+    if not records:
+        return fail(f"replay: {name}: empty trace (no records)")
+    if not any(is_access(r) for r in records):
+        return fail(f"replay: {name}: no register accesses to replay")
     try:
-        mismatches = replay_records(records, args.vectors, args.queue_pairs, args.disable_legacy)
+        mismatches = replay_records(
+            records,
+            args.vectors,
+            args.queue_pairs,
+            args.disable_legacy,
+            lines=[n for n, _ in numbered],
+        )
     except ValueError as e:
-        print(f"virtio-msix replay: {e}", file=sys.stderr)
-        return 2
+        return fail(f"replay: {name}: {e}")
     reads = count_reads(records)
     if args.json:
-        bad = {m.index: m for m in mismatches}
-        dev_values = {m.index: m.got for m in mismatches}
+        got = {m.index: m.got for m in mismatches}
         for index, rec in enumerate(records):
-            if rec.get("space") in SPACES and rec.get("op") == "r" and "via" not in rec:
-                exp = int(rec["value"])
+            if is_access(rec) and rec["op"] == "r":
                 print(
                     json.dumps(
                         {
+                            "kind": "read",
                             "index": index,
                             "space": rec["space"],
                             "offset": rec["offset"],
                             "size": rec["size"],
-                            "expected": exp,
-                            "got": dev_values.get(index, exp),
-                            "match": index not in bad,
+                            "expected": rec["value"],
+                            "got": got.get(index, rec["value"]),
+                            "match": index not in got,
                         }
                     )
                 )
+        print(
+            json.dumps(
+                {
+                    "kind": "summary",
+                    "records": len(records),
+                    "reads": reads,
+                    "matched": reads - len(mismatches),
+                    "mismatched": len(mismatches),
+                }
+            )
+        )
     else:
         for m in mismatches:
             print(
                 f"#{m.index} {m.space}+{m.offset:#x}/{m.size}: "
                 f"trace {m.expected:#x}, model {m.got:#x}"
             )
-    print(f"{reads - len(mismatches)} reads matched, {len(mismatches)} mismatched")
+        print(f"{reads - len(mismatches)} reads matched, {len(mismatches)} mismatched")
     return 1 if mismatches else 0
 
 
@@ -294,10 +374,41 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def with_firmware(dev: VirtioPciDevice, slot: int = 3) -> VirtioPciDevice:
+    """Put the device on a bus and let the firmware model assign its BARs and turn decode on,
+    as a booted machine's ``lspci -xxx`` shows it (an unassigned 32-bit BAR reads 0, which
+    lspci cannot tell from an absent one)."""
+    from .guest.kernel import Kernel
+    from .guest.pci import Firmware
+    from .pci.bus import PciBus
+    from .virtio.memory import SparseMemory
+
+    bus = PciBus()
+    bus.attach(slot, dev)
+    Firmware().scan(Kernel(bus, SparseMemory()))
+    return dev
+
+
+def hexdump(dev: VirtioPciDevice, slot: int = 3) -> str:
+    """Config space as ``lspci -xxx`` prints it (the 256 bytes of a conventional PCI function:
+    the device has no PCI Express capability, so no extended space), read without side effects.
+    pciutils' ``lspci -F FILE`` takes this format back: a ``bus:dev.fn`` line, then rows of
+    ``offset: 16 hex bytes``."""
+    cfg = bytes(dev.config[:256])
+    lines = [f"00:{slot:02x}.0 Class {int.from_bytes(cfg[9:12], 'little'):06x}: "
+             f"Device {dev.config_word(0):04x}:{dev.config_word(2):04x}"]  # fmt: skip
+    for row in range(0, len(cfg), 16):
+        lines.append(f"{row:02x}: " + " ".join(f"{b:02x}" for b in cfg[row : row + 16]))
+    return "\n".join(lines) + "\n"
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     dev = make_virtio_net_pci(
         vectors=args.vectors, queue_pairs=args.queue_pairs, disable_legacy=args.disable_legacy
     )
+    if args.hexdump:
+        print(hexdump(with_firmware(dev)))
+        return 0
     info = describe(dev)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -309,24 +420,64 @@ def cmd_show(args: argparse.Namespace) -> int:
 def add_device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--vectors",
-        type=int,
+        type=cliargs.vectors,
         default=None,
-        help="MSI-X table size (default 2*pairs+2; 0 = no MSI-X)",
+        metavar="N",
+        help="MSI-X table size, 0..2048 (default 2*queue-pairs+2; 0 = no MSI-X capability)",
     )
-    p.add_argument("--queue-pairs", type=int, default=1, help="virtio-net queue pairs (default 1)")
     p.add_argument(
-        "--disable-legacy", action="store_true", help="modern-only device (0x1041, rev 1)"
+        "--queue-pairs",
+        type=cliargs.queue_pairs,
+        default=1,
+        metavar="N",
+        help="virtio-net queue pairs, 1..511 (default 1; more than 1 offers VIRTIO_NET_F_MQ)",
+    )
+    p.add_argument(
+        "--disable-legacy",
+        action="store_true",
+        help="modern-only device (device ID 0x1041, revision 1) instead of QEMU's transitional "
+        "default (0x1000 with a legacy I/O BAR)",
     )
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("show", help="an lspci -vv-like view of the device model")
+    p = sub.add_parser(
+        "show",
+        help="an lspci -vv-like view of the device model",
+        description="Print the device model's PCI face as a driver would read it: header, "
+        "BARs and the structures in them, capabilities, the MSI-X table and PBA.",
+    )
     add_device_options(p)
-    p.add_argument("--json", action="store_true", help="print the decoded view as JSON")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the decoded view as JSON")
+    out.add_argument(
+        "--hexdump",
+        action="store_true",
+        help="print config space in `lspci -xxx` format, after a firmware-style BAR assignment; "
+        "pciutils' `lspci -F FILE -vvv` decodes it",
+    )
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("replay", help="apply a recorded access trace to the device model")
-    p.add_argument("trace", help="JSON-lines access trace (DESIGN.md format)")
+    p = sub.add_parser(
+        "replay",
+        help="apply a recorded access trace to the device model",
+        description="Apply every write of a recorded access trace to the device model, in "
+        "order, and compare every read with the recorded value. A record replay cannot apply "
+        "(unknown space or op, bad size, offset past its structure, missing or non-integer "
+        "field) is an error. Format: docs/DESIGN.md, 'Access trace format'. Exit status: 0 all "
+        "reads matched, 1 some differ, 2 bad input.",
+    )
+    p.add_argument(
+        "trace",
+        type=cliargs.input_file,
+        help="JSON-lines access trace, as sim/boot --trace-json and capture-qemu write it; "
+        "- reads standard input",
+    )
     add_device_options(p)
-    p.add_argument("--json", action="store_true", help="one JSON object per read")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object per line: each read ({"kind": "read", ...}), then '
+        '{"kind": "summary", ...}',
+    )
     p.set_defaults(func=cmd_replay)

@@ -1,1 +1,1 @@
-"""guest layer (see DESIGN.md)."""
+"""guest layer (see docs/DESIGN.md)."""

@@ -10,9 +10,15 @@ import json
 import sys
 from typing import Any
 
-from ..trace import write_jsonl
+from .. import cliargs
+from ..cliargs import fail
+from ..trace import Recorder
+from ..trace.pcapng import PcapngWriter
+from ..trace.recorder import JsonlWriter
 from ..trace.text import table
+from ..trace.timeline import TimelineWriter
 from ..virtio.net import feature_names
+from .errnos import errname
 from .sim import SimOptions, SimResult, run_sim
 
 
@@ -80,7 +86,7 @@ def render(res: SimResult, s: Style) -> str:
     for step in vp.ladder:
         out.append("  " + (s.good(step) if step.endswith("ok") else s.bad(step)))
     if res.probe_rc:
-        out.append(s.bad(f"  probe failed: {res.probe_rc}"))
+        out.append(s.bad(f"  probe failed: {errname(res.probe_rc)}"))
     out.append("")
     out.append(s.head("MSI-X table after probe"))
     if res.table_after_probe:
@@ -102,6 +108,9 @@ def render(res: SimResult, s: Style) -> str:
     if res.net is not None:
         out.append(f"  traffic: {res.net.tx_packets} sent, {res.net.tx_completed} completed, "
                    f"{res.net.rx_packets} received through the loopback backend")  # fmt: skip
+        if res.net.rx_oom or res.net.tx_dropped:
+            out.append(s.bad(f"  guest RAM ran out: {res.net.rx_oom} RX refills cut short, "
+                             f"{res.net.tx_dropped} frames dropped before TX"))  # fmt: skip
     health = health_lines(res.device.health(), s)
     if health:
         out.append("")
@@ -138,6 +147,7 @@ def to_json(res: SimResult) -> dict[str, Any]:
     return {
         "options": vars(res.options),
         "probe_rc": res.probe_rc,
+        "probe_error": errname(res.probe_rc) if res.probe_rc else None,
         "device_features": res.vp.device_features,
         "features": res.vp.features,
         "feature_names": feature_names(res.vp.features),
@@ -155,6 +165,8 @@ def to_json(res: SimResult) -> dict[str, Any]:
             "tx": res.net.tx_packets,
             "tx_completed": res.net.tx_completed,
             "rx": res.net.rx_packets,
+            "tx_dropped": res.net.tx_dropped,
+            "rx_refills_short": res.net.rx_oom,
         },
         "health": res.device.health(),
         "backtraces": [bt.format() for bt, _ in res.kernel.backtraces],
@@ -162,11 +174,6 @@ def to_json(res: SimResult) -> dict[str, Any]:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    if args.cpus < 1 or args.packets < 0 or args.queue_pairs < 1:
-        print(
-            "virtio-msix sim: --cpus and --queue-pairs must be ≥ 1, --packets ≥ 0", file=sys.stderr
-        )
-        return 2
     opts = SimOptions(
         vectors=args.vectors,
         queue_pairs=args.queue_pairs,
@@ -179,13 +186,33 @@ def cmd_sim(args: argparse.Namespace) -> int:
         refuse_config_vector=args.refuse_config_vector,
         mask_during_traffic=args.mask_during_traffic,
     )
+    # The views need no records: they are streamed to the files asked for, never all kept,
+    # so that memory stays flat for any --packets.
+    recorder = Recorder(enabled=False)
+    outputs: list[Any] = []
+    capture = irq_hook = None
     try:
-        res = run_sim(opts)
+        if args.trace_json:
+            jsonl = JsonlWriter(open(args.trace_json, "w", encoding="utf-8"))
+            outputs.append(jsonl)
+            recorder.subscribe(jsonl)
+        if args.timeline:
+            tl = TimelineWriter(open(args.timeline, "w", encoding="utf-8"), recorder.t0)
+            outputs.append(tl)
+            recorder.subscribe(tl.record)
+            irq_hook = lambda desc, start, end: tl.handler(desc.irq, desc.name, start, end)  # noqa: E731
+        if args.pcap:
+            pcap = PcapngWriter(open(args.pcap, "wb"))
+            outputs.append(pcap)
+            capture = pcap.frame
+        res = run_sim(opts, recorder, capture=capture, irq_hook=irq_hook)
+    except OSError as e:
+        return fail(f"sim: {e}")
     except ValueError as e:
-        print(f"virtio-msix sim: {e}", file=sys.stderr)
-        return 2
-    if args.trace_json:
-        write_jsonl(res.recorder.records, args.trace_json)
+        return fail(f"sim: {e}")
+    finally:
+        for out in outputs:
+            out.close()
     if args.json:
         print(json.dumps(to_json(res), indent=2, default=str))
     else:
@@ -196,32 +223,49 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "sim", help="probe the device with the Linux 6.1 driver model (the main job)"
+        "sim",
+        help="probe the device with the Linux 6.1 driver model (the main job)",
+        description="The Linux 6.1 driver model (PCI probe, feature negotiation, vp_find_vqs "
+        "with its MSI-X ladder, request_irq, DRIVER_OK) probes the device model, passes "
+        "traffic through a loopback backend and removes the driver; shows capabilities, "
+        "features, the MSI-X table, the event → vector map and /proc/interrupts. "
+        "Architecture: docs/DESIGN.md.",
     )
-    p.add_argument(
-        "--vectors",
-        type=int,
-        default=None,
-        help="device MSI-X table size (2: shared-vector rung, 0: INTx)",
-    )
-    p.add_argument("--queue-pairs", type=int, default=1)
-    p.add_argument("--cpus", type=int, default=1)
+    p.add_argument("--vectors", type=cliargs.vectors, default=None, metavar="N",
+                   help="device MSI-X table size, 0..2048 (default 2*queue-pairs+2; "
+                        "2: the shared-vector rung; 0: no MSI-X, INTx)")  # fmt: skip
+    p.add_argument("--queue-pairs", type=cliargs.queue_pairs, default=1, metavar="N",
+                   help="virtio-net queue pairs the device offers, 1..511 (default 1)")  # fmt: skip
+    p.add_argument("--cpus", type=cliargs.cpus, default=1, metavar="N",
+                   help="CPUs of the modelled machine, 1..255, each a local APIC with 204 "
+                        "device vectors (6 of CPU0's taken at boot) (default 1)")  # fmt: skip
     p.add_argument(
         "--arch",
         choices=("x86", "um"),
         default="x86",
-        help="MSI flavour: x86 APIC or User-Mode Linux",
+        help="MSI flavour: x86 local APIC messages, or User-Mode Linux's (default x86)",
     )
-    p.add_argument(
-        "--packets", type=int, default=8, help="packets each way through the loopback backend"
-    )
-    p.add_argument("--disable-legacy", action="store_true")
+    p.add_argument("--packets", type=cliargs.count, default=8, metavar="N",
+                   help="frames sent (and received back) through the loopback backend "
+                        "(default 8)")  # fmt: skip
+    p.add_argument("--disable-legacy", action="store_true",
+                   help="modern-only device (device ID 0x1041, revision 1) instead of QEMU's "
+                        "transitional default")  # fmt: skip
     p.add_argument(
         "--backtraces", action="store_true", help="a backtrace at each table fill and unmask"
     )
-    p.add_argument("--trace-json", metavar="FILE", help="write every access (DESIGN.md format)")
+    p.add_argument("--trace-json", metavar="FILE", type=cliargs.output_file,
+                   help="write every access and interrupt as JSON lines "
+                        "(docs/DESIGN.md 'Access trace format')")  # fmt: skip
+    p.add_argument("--pcap", metavar="FILE", type=cliargs.output_file,
+                   help="write every frame the driver sent and received as pcapng, with "
+                        "inbound/outbound direction flags (tshark/Wireshark read it)")  # fmt: skip
+    p.add_argument("--timeline", metavar="FILE", type=cliargs.output_file,
+                   help="write a Chrome trace-event JSON timeline (Perfetto, chrome://tracing): "
+                        "register accesses, MSI-X writes, MSI messages and interrupt handler "
+                        "runs on a time axis")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the final state as one JSON document")
-    p.add_argument("--refuse-vectors-from", type=int, metavar="N",
+    p.add_argument("--refuse-vectors-from", type=cliargs.count, metavar="N",
                    help="fault: the device refuses to map vectors ≥ N (reads back NO_VECTOR)")  # fmt: skip
     p.add_argument(
         "--refuse-config-vector",
@@ -231,5 +275,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mask-during-traffic", action="store_true", help="mask input.0 while a packet arrives"
     )
-    p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                   help="colour the headings and the ladder (auto: when stdout is a terminal)")  # fmt: skip
     p.set_defaults(func=cmd_sim)

@@ -4,13 +4,15 @@ the model's stack read like the kernel's."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
+from .errnos import EBUSY, EINVAL, ENODEV, ENOENT, ENOMEM, ENOSPC
 from .kernel import IrqAction, IrqDesc, Kernel
 
 IRQF_SHARED = 0x80
-EINVAL, EBUSY, ENOSPC, ENOENT, ENODEV, ENOMEM = 22, 16, 28, 2, 19, 12
+__all__ = ["EBUSY", "EINVAL", "ENODEV", "ENOENT", "ENOMEM", "ENOSPC"]  # re-exported
 
 
 def request_irq(
@@ -139,6 +141,7 @@ def handle_edge_irq(k: Kernel, desc: IrqDesc) -> None:
     """Count the interrupt, do a pending affinity move in the ack (apic_ack_edge), run the
     actions."""
     desc.counts[desc.cpu if desc.cpu < len(desc.counts) else 0] += 1
+    start = time.monotonic_ns() if k.irq_hook is not None else 0
     k.in_interrupt += 1
     try:
         if desc.msix_entry is not None:
@@ -147,3 +150,5 @@ def handle_edge_irq(k: Kernel, desc: IrqDesc) -> None:
             action.handler(desc)
     finally:
         k.in_interrupt -= 1
+        if k.irq_hook is not None:
+            k.irq_hook(desc, start, time.monotonic_ns())

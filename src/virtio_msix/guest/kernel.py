@@ -16,26 +16,52 @@ from ..irq.x86 import MANAGED_IRQ_SHUTDOWN_VECTOR, MsiMessage, X86Interrupts
 from ..pci.bus import PciBus
 from ..virtio.memory import GuestMemory
 from . import backtrace
+from .errnos import ENOSPC
 
 PAGE_SIZE = 4096
 UML_MSI_ADDRESS = 0xA0000  # arch/um/drivers/virt-pci.c: um_pci_compose_msi_msg
+LOG_LINES = 4096
+UM_MAX_MSI_VECTORS = 32  # arch/um/drivers/virt-pci.c: MAX_MSI_VECTORS, for the whole bus
 
 
 class PageAllocator:
-    """Hands out physically contiguous page runs from guest RAM, lowest first after a base."""
+    """Guest RAM for the driver model: physically contiguous runs handed out lowest first after
+    a base, and a free list per (size class, alignment) so that buffers given back (an RX page
+    consumed, a TX skb completed) are reused, as the kernel's page and slab allocators reuse
+    them: the RAM a run uses is bounded by what is outstanding, not by how long it runs."""
+
+    SIZE_CLASS = 64  # sizes are rounded up to this, so frames of similar size share a list
 
     def __init__(self, memory: GuestMemory, base: int) -> None:
         self.memory = memory
         self.next = base
-        self.allocated = 0
+        self.allocated = 0  # bytes in use now
+        self.peak = 0
+        self._live: dict[int, tuple[int, int]] = {}  # address → (size class, align)
+        self._free: dict[tuple[int, int], list[int]] = {}
 
     def alloc(self, size: int, align: int = PAGE_SIZE) -> int:
-        addr = (self.next + align - 1) & ~(align - 1)
-        if addr + size > self.memory.size:
-            raise MemoryError(f"guest RAM exhausted allocating {size} bytes")
-        self.next = addr + size
-        self.allocated += size
+        # Page-aligned runs (rings) keep their exact size: the addresses the probe writes to
+        # the device stay what they were before buffers were pooled.
+        rounded = size if align >= PAGE_SIZE else -(-size // self.SIZE_CLASS) * self.SIZE_CLASS
+        pool = self._free.get((rounded, align))
+        if pool:
+            addr = pool.pop()
+        else:
+            addr = (self.next + align - 1) & ~(align - 1)
+            if addr + rounded > self.memory.size:
+                raise MemoryError(f"guest RAM exhausted allocating {size} bytes")
+            self.next = addr + rounded
+        self._live[addr] = (rounded, align)
+        self.allocated += rounded
+        self.peak = max(self.peak, self.allocated)
         return addr
+
+    def free(self, addr: int) -> None:
+        """Give a run back (kfree/put_page); freeing what is not allocated is a model bug."""
+        rounded, align = self._live.pop(addr)
+        self.allocated -= rounded
+        self._free.setdefault((rounded, align), []).append(addr)
 
 
 @dataclass
@@ -105,6 +131,7 @@ class Kernel:
         # the first 64 are its signal irqs (UM_LAST_SIGNAL_IRQ); the real kernel's virt-pci got 64.
         self.first_dynamic_irq = 24 if arch == "x86" else 64
         self.log: list[str] = []
+        self.log_dropped = 0
         self.want_backtraces = backtraces
         self.backtraces: list[tuple[backtrace.Backtrace, list[dict]]] = []
         self.in_interrupt = 0
@@ -113,9 +140,17 @@ class Kernel:
         self.pending_msi: list[tuple[int, int]] = []
         self.intx_level = False
         self.intx_irq = 0
+        # Called after each handler run with (desc, start, end), monotonic ns: timelines.
+        self.irq_hook: Callable[[IrqDesc, int, int], None] | None = None
+        self.um_msi_used: dict[int, int] = {}  # irq → bit of virt-pci's MSI bitmap (UML)
 
     # -- log ----------------------------------------------------------------------------------
     def printk(self, msg: str) -> None:
+        # Bounded like the kernel's ring buffer: a guest that makes the model complain on every
+        # packet must not grow it without end.
+        if len(self.log) >= LOG_LINES:
+            del self.log[: LOG_LINES // 2]
+            self.log_dropped += LOG_LINES // 2
         self.log.append(msg)
 
     # -- port and memory accessors (the CPU's loads and stores) -------------------------------
@@ -190,6 +225,15 @@ class Kernel:
 
     def irq_free_desc(self, desc: IrqDesc) -> None:
         self.irqs.pop(desc.irq, None)
+        self.um_msi_used.pop(desc.irq, None)
+
+    def um_msi_alloc(self, desc: IrqDesc) -> bool:
+        """A bit of virt-pci's MSI bitmap for ``desc`` (the lowest free), or False if full."""
+        free = set(range(UM_MAX_MSI_VECTORS)) - set(self.um_msi_used.values())
+        if not free:
+            return False
+        self.um_msi_used[desc.irq] = min(free)
+        return True
 
     def legacy_irq(self, irq: int) -> IrqDesc:
         desc = self.irqs.get(irq)
@@ -210,11 +254,18 @@ class Kernel:
         assert desc.vector is not None
         return self.x86.compose(desc.cpu, desc.vector)
 
-    def assign_vector(self, desc: IrqDesc) -> None:
+    def assign_vector(self, desc: IrqDesc) -> int:
+        """x86_vector_activate → assign_irq_vector_any_locked: 0, or -ENOSPC when no CPU has a
+        free vector (arch/x86/kernel/apic/vector.c)."""
         if self.x86 is None or desc.vector is not None:
-            return
-        desc.cpu, desc.vector = self.x86.vectors.alloc()
+            return 0
+        got = self.x86.vectors.alloc()
+        if got is None:
+            self.printk(f"irq {desc.irq}: no free vector on any CPU (-ENOSPC)")
+            return -ENOSPC
+        desc.cpu, desc.vector = got
         self.x86.apics[desc.cpu].handlers[desc.vector] = lambda d=desc: self.handle_irq(d)
+        return 0
 
     def release_vector(self, desc: IrqDesc) -> None:
         if self.x86 is None or desc.vector is None:

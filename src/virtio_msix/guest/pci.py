@@ -24,7 +24,7 @@ from ..pci.regs import (
     PCI_STATUS_CAP_LIST,
     bar_offset,
 )
-from .irqcore import EINVAL, ENOSPC
+from .errnos import EINVAL, ENOMEM, ENOSPC, ERANGE
 from .kernel import IrqDesc, Kernel
 
 PCI_STATUS = HEADER["status"].offset
@@ -329,7 +329,7 @@ def __pci_enable_msix_range(
     k: Kernel, dev: PciDev, entries: object, minvec: int, maxvec: int, affd: object, flags: int
 ) -> int:
     if maxvec < minvec:
-        return -34  # -ERANGE
+        return -ERANGE
     if dev.msix_enabled:
         return -EINVAL
     nvec = maxvec
@@ -365,7 +365,7 @@ def msix_capability_init(k: Kernel, dev: PciDev, entries: object, nvec: int, aff
     if base is None:
         dev.msix_enabled = False
         pci_msix_clear_and_set_ctrl(k, dev, PCI_MSIX_FLAGS_MASKALL | PCI_MSIX_FLAGS_ENABLE, 0)
-        return -12
+        return -ENOMEM
     dev.msix_base = base
     ret = msix_setup_interrupts(k, dev, base, nvec)
     if ret:
@@ -421,11 +421,19 @@ def __msi_domain_alloc_irqs(k: Kernel, dev: PciDev, nvec: int) -> int:
     # with a placeholder message and activated for real at request_irq. UML activates early
     # with its final message.
     reserve = k.arch == "x86"
+    allocated = 0
     for desc in dev.msi_descs:
         if desc.irq is not None:
             continue
         chip = "PCI-MSIX" if k.arch == "x86" else "UM-MSI"
         irq = k.irq_alloc_desc(chip, (dev.devfn << 11) | desc.msi_index)
+        if k.arch == "um" and not k.um_msi_alloc(irq):
+            # um_pci_inner_domain_alloc: virt-pci's bitmap of MAX_MSI_VECTORS for the whole
+            # bus is full (-ENOSPC); msi_handle_pci_fail reports how many did succeed, and
+            # __pci_enable_msix_range turns fewer than the minimum into -ENOSPC.
+            k.irq_free_desc(irq)
+            return allocated or -ENOSPC
+        allocated += 1
         irq.msi_index = desc.msi_index
         irq.msix_entry = (dev, desc)
         desc.irq = irq
@@ -447,7 +455,9 @@ def irq_domain_activate_irq(k: Kernel, desc: IrqDesc, reserve: bool) -> int:
 def __irq_domain_activate_irq(k: Kernel, desc: IrqDesc, reserve: bool) -> int:
     # Parent first: the x86 vector domain picks the vector (none while reserving).
     if not reserve:
-        k.assign_vector(desc)
+        ret = k.assign_vector(desc)
+        if ret:
+            return ret  # the parent failed: the entry's message is not written
     if desc.msix_entry is not None:
         msi_domain_activate(k, desc, reserve)
     return 0

@@ -8,6 +8,7 @@ returns everything a user wants to look at.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ from ..virtio.backends import LoopbackBackend
 from ..virtio.memory import GuestMemory
 from ..virtio.regs import COMMON, VIRTIO_MSI_NO_VECTOR
 from .irqcore import mask_irq, unmask_irq
-from .kernel import Kernel
+from .kernel import IrqDesc, Kernel
 from .pci import Firmware, PciDev, pci_clear_master
 from .virtio_net import (
     VIRTIO_NET_DRIVER,
@@ -126,7 +127,7 @@ def _phase_tagger(recorder: Recorder) -> dict[str, str]:
         ):
             state["phase"] = "run"
 
-    recorder.subscribe(tag)
+    recorder.subscribe(tag, first=True)  # before writers that stream the tagged records
     return state
 
 
@@ -168,9 +169,18 @@ def interrupts_view(k: Kernel) -> list[dict[str, Any]]:
     return rows
 
 
-def run_sim(opts: SimOptions) -> SimResult:
+def run_sim(
+    opts: SimOptions,
+    recorder: Recorder | None = None,
+    capture: Callable[[bytes, bool], None] | None = None,
+    irq_hook: Callable[[IrqDesc, int, int], None] | None = None,
+) -> SimResult:
+    """Run one machine. ``recorder``: one the caller made (e.g. not keeping records, with
+    listeners that stream them to files); ``capture`` sees every frame the driver sends
+    (True) or receives (False); ``irq_hook`` every handler run (desc, start, end in
+    monotonic ns)."""
     memory = GuestMemory(opts.memory_mb << 20)
-    recorder = Recorder()
+    recorder = recorder if recorder is not None else Recorder()
     phase = _phase_tagger(recorder)
     backend = LoopbackBackend(swap_macs=False)
     device = make_virtio_net_pci(
@@ -187,6 +197,7 @@ def run_sim(opts: SimOptions) -> SimResult:
         function = VectorRefusal(device, opts.refuse_vectors_from, opts.refuse_config_vector)  # type: ignore[assignment]
     bus.attach(SLOT, function)
     k = Kernel(bus, memory, cpus=opts.cpus, arch=opts.arch, backtraces=opts.backtraces)
+    k.irq_hook = irq_hook
     device.sink = k
     if opts.arch == "um":
         # virt-pci allocates the bus's one INTx descriptor at its own probe, before the scan
@@ -222,6 +233,7 @@ def run_sim(opts: SimOptions) -> SimResult:
     # The config work after probe reads the link status; `ip link set up` posts RX buffers and
     # sends the RX-mode commands.
     virtnet_config_changed(k, vp)
+    vi.capture = capture
     virtnet_open(k, vi)
 
     if opts.mask_during_traffic and vp.per_vq_vectors:

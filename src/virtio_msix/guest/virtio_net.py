@@ -5,6 +5,8 @@ polling from the interrupt handlers, and remove."""
 from __future__ import annotations
 
 import struct
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..virtio import net as dev_net
@@ -55,6 +57,7 @@ VIRTNET_FEATURES = (
 MIN_MTU = 68
 HDR_LEN = 12
 RX_BUF_SIZE = 1536 + HDR_LEN  # GOOD_PACKET_LEN + header: one buffer per frame (mergeable)
+RECEIVED_KEPT = 64
 
 
 @dataclass
@@ -68,11 +71,17 @@ class VirtnetInfo:
     sq: list[Virtqueue] = field(default_factory=list)
     cvq: Virtqueue | None = None
     link_up: bool = False
-    received: list[bytes] = field(default_factory=list)
+    # The last frames handed up (the stack's socket buffers are not modelled: older ones go).
+    received: deque[bytes] = field(default_factory=lambda: deque(maxlen=RECEIVED_KEPT))
     rx_packets: int = 0
     tx_packets: int = 0
     tx_completed: int = 0
+    tx_dropped: int = 0
+    rx_oom: int = 0  # RX refills cut short by guest RAM running out
     ctrl_results: list[tuple[int, int, int]] = field(default_factory=list)
+    ctrl_buf: int = 0  # struct control_buf: allocated once, reused by every command
+    # Sees every frame the driver sends (outbound=True) or hands up: pcap writers hook here.
+    capture: Callable[[bytes, bool], None] | None = None
 
 
 def virtnet_validate(k: Kernel, vp: VirtioPciDev) -> int:
@@ -178,8 +187,14 @@ def try_fill_recv(k: Kernel, vi: VirtnetInfo, i: int) -> int:
     rq = vi.rq[i]
     added = 0
     while rq.free:
-        buf = k.pages.alloc(RX_BUF_SIZE, align=64)
+        try:
+            buf = k.pages.alloc(RX_BUF_SIZE, align=64)
+        except MemoryError:
+            # -ENOMEM: post what we have; the kernel retries from its refill work later.
+            vi.rx_oom += 1
+            break
         if rq.add_sgs([], [(buf, RX_BUF_SIZE)], buf):
+            k.pages.free(buf)
             break
         added += 1
     if added:
@@ -191,7 +206,9 @@ def virtnet_send_command(k: Kernel, vi: VirtnetInfo, cls: int, cmd: int, payload
     cvq = vi.cvq
     if cvq is None:
         return False
-    hdr = k.pages.alloc(64, align=64)
+    if not vi.ctrl_buf:
+        vi.ctrl_buf = k.pages.alloc(64, align=64)
+    hdr = vi.ctrl_buf
     k.memory.write(hdr, bytes([cls, cmd]) + payload)
     status = hdr + 48
     k.memory.write(status, b"\xff")
@@ -222,17 +239,26 @@ def virtnet_set_rx_mode(k: Kernel, vi: VirtnetInfo) -> None:
 def start_xmit(k: Kernel, vi: VirtnetInfo, frame: bytes, qp: int = 0) -> bool:
     sq = vi.sq[qp]
     free_old_xmit_skbs(k, vi, qp)
-    buf = k.pages.alloc(HDR_LEN + len(frame), align=64)
+    try:
+        buf = k.pages.alloc(HDR_LEN + len(frame), align=64)
+    except MemoryError:
+        vi.tx_dropped += 1  # no memory for the skb: the stack drops the frame
+        return False
     k.memory.write(buf, bytes(HDR_LEN) + frame)
     if sq.add_sgs([(buf, HDR_LEN + len(frame))], [], buf):
+        k.pages.free(buf)  # ring full: the stack keeps the skb (not modelled: dropped)
         return False
     vi.tx_packets += 1
+    if vi.capture is not None:
+        vi.capture(frame, True)
     sq.kick()
     return True
 
 
 def free_old_xmit_skbs(k: Kernel, vi: VirtnetInfo, qp: int) -> None:
-    while vi.sq[qp].get_buf() is not None:
+    """Free every skb the device has finished sending (napi_consume_skb)."""
+    while (used := vi.sq[qp].get_buf()) is not None:
+        k.pages.free(used[0])
         vi.tx_completed += 1
 
 
@@ -246,18 +272,33 @@ def skb_recv_done(k: Kernel, vi: VirtnetInfo, qp: int) -> None:
     got = 0
     while (used := rq.get_buf()) is not None:
         buf, length = used
-        data = k.memory.read(buf, length)
-        vi.received.append(data[HDR_LEN:])
+        frame = k.memory.read(buf, min(length, RX_BUF_SIZE))[HDR_LEN:]
+        k.pages.free(buf)  # the page goes with the skb up the stack and is freed there
+        vi.received.append(frame)
         vi.rx_packets += 1
+        if vi.capture is not None:
+            vi.capture(frame, False)
         got += 1
     if got:
         try_fill_recv(k, vi, qp)
 
 
 def virtnet_remove(k: Kernel, vp: VirtioPciDev) -> None:
-    """Reset the device, then give back every queue and interrupt (remove_vq_common)."""
+    """Reset the device, free the buffers it still held, then give back every queue and
+    interrupt (remove_vq_common)."""
     vp_reset(k, vp)
+    free_unused_bufs(k, vp.priv)
     virtnet_del_vqs(k, vp)
+
+
+def free_unused_bufs(k: Kernel, vi: VirtnetInfo | None) -> None:
+    """After reset the device owns nothing: free the TX skbs and RX pages still posted. Guest
+    memory only, no device access."""
+    if vi is None:
+        return
+    for vq in (*vi.sq, *vi.rq):
+        while (buf := vq.detach_unused_buf()) is not None:
+            k.pages.free(buf)
 
 
 def virtnet_del_vqs(k: Kernel, vp: VirtioPciDev) -> None:

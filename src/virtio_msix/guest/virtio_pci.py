@@ -21,6 +21,7 @@ from ..virtio.regs import (
     VIRTIO_PCI_CAP_ISR_CFG,
     VIRTIO_PCI_CAP_NOTIFY_CFG,
 )
+from .errnos import errname
 from .irqcore import (
     EBUSY,
     EINVAL,
@@ -434,7 +435,7 @@ def really_probe(k: Kernel, drv: VirtioDriver, vp: VirtioPciDev) -> int:
     rc = call_driver_probe(k, drv, vp)
     if rc:
         vp.driver = None
-        k.printk(f"{vp.name}: probe with driver {drv.name} failed with error {rc}")
+        k.printk(f"{vp.name}: probe with driver {drv.name} failed with error {errname(rc)}")
     return rc
 
 
@@ -536,7 +537,7 @@ def vp_find_vqs(
 
 
 def _rc(result: object) -> str:
-    return f"error {result}" if isinstance(result, int) else "ok"
+    return f"error {errname(result)}" if isinstance(result, int) else "ok"
 
 
 def vp_find_vqs_msix(

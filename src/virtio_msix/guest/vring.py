@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..virtio.queue import VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
+from .errnos import ENOSPC
 from .kernel import Kernel
 
 SMP_CACHE_BYTES = 64
@@ -65,7 +66,7 @@ class Virtqueue:
     def add_sgs(self, out: list[tuple[int, int]], inb: list[tuple[int, int]], token: Any) -> int:
         total = len(out) + len(inb)
         if total == 0 or total > len(self.free):
-            return -28  # -ENOSPC
+            return -ENOSPC
         mem = self.k.memory
         descs = [self.free.pop(0) for _ in range(total)]
         for i, (addr, length) in enumerate(out + inb):
@@ -121,6 +122,16 @@ class Virtqueue:
         if self.event_idx:
             mem.write(self.avail + 4 + 2 * self.num, struct.pack("<H", self.last_used_idx))
         return token, length
+
+    def detach_unused_buf(self) -> Any:
+        """A buffer the device never used, taken back after reset (virtqueue_detach_unused_buf);
+        None when there is none left."""
+        if not self.data:
+            return None
+        head = next(iter(self.data))
+        token, _count = self.data.pop(head)
+        self.free.extend(self._chain.pop(head))
+        return token
 
     def enable_cb(self) -> bool:
         mem = self.k.memory

@@ -1,1 +1,1 @@
-"""irq layer (see DESIGN.md)."""
+"""irq layer (see docs/DESIGN.md)."""

@@ -11,6 +11,7 @@ no redirection hint, and the destination mode of the APIC driver in use: flat lo
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -87,13 +88,15 @@ class VectorAllocator:
     def free_count(self, cpu: int) -> int:
         return FIRST_SYSTEM_VECTOR - FIRST_EXTERNAL_VECTOR - len(self.used[cpu])
 
-    def alloc(self) -> tuple[int, int]:
+    def alloc(self) -> tuple[int, int] | None:
+        """A (cpu, vector), or None when every CPU is full: Linux's irq_matrix_alloc then
+        returns -ENOSPC, request_irq fails with it, and a driver may fall back."""
         cpu = max(range(self.cpus), key=lambda c: (self.free_count(c), -c))
         for v in range(FIRST_EXTERNAL_VECTOR, FIRST_SYSTEM_VECTOR):
             if v not in self.used[cpu]:
                 self.used[cpu].add(v)
                 return cpu, v
-        raise RuntimeError("no free interrupt vector")
+        return None
 
     def free(self, cpu: int, vector: int) -> None:
         self.used[cpu].discard(vector)
@@ -128,7 +131,9 @@ class X86Interrupts:
         self.logical = cpus <= 8  # flat logical mode up to 8 CPUs, else physical flat
         self.apics = [LocalApic(c) for c in range(cpus)]
         self.vectors = VectorAllocator(cpus)
-        self.log: list[tuple[int, int, DecodedMsi]] = []
+        # The last messages received (a debugging aid; older ones go, so long runs stay flat).
+        self.log: deque[tuple[int, int, DecodedMsi]] = deque(maxlen=256)
+        self.received = 0
         self.dropped = 0
 
     def dest_id(self, cpu: int) -> int:
@@ -145,6 +150,7 @@ class X86Interrupts:
     def msi(self, address: int, data: int) -> None:
         decoded = decode_msi(address, data)
         self.log.append((address, data, decoded))
+        self.received += 1
         if not decoded.valid:
             self.dropped += 1
             return

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
+from .. import cliargs
 from .debian import PrerequisiteMissing
 
 
@@ -15,19 +15,29 @@ def cmd_capture(args: argparse.Namespace) -> int:
     try:
         meta = capture(args.out, args.machine, args.vectors, args.disable_legacy, args.timeout)
     except (PrerequisiteMissing, RuntimeError) as e:
-        print(f"virtio-msix capture-qemu: {e}", file=sys.stderr)
-        return 2
+        return cliargs.fail(f"capture-qemu: {e}")
     print(json.dumps(meta, indent=2))
     return 0
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "capture-qemu", help="record a real Linux guest probing QEMU 7.2's virtio-net-pci"
+        "capture-qemu",
+        help="record a real Linux guest probing QEMU 7.2's virtio-net-pci",
+        description="Boot Debian's Linux 6.1 under QEMU 7.2 (TCG) with a virtio-net-pci "
+        "device, record every config and BAR access from QEMU's trace events, and write them "
+        "in our trace format (docs/DESIGN.md 'Access trace format').",
     )
-    p.add_argument("out", help="output trace (JSON lines); the console goes to OUT.console.txt")
-    p.add_argument("--machine", choices=("q35", "pc"), default="q35")
-    p.add_argument("--vectors", type=int, default=None, help="MSI-X vectors (QEMU's default: 4)")
-    p.add_argument("--disable-legacy", action="store_true")
-    p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("out", type=cliargs.output_file,
+                   help="output trace (JSON lines); the console goes to OUT.console.txt")  # fmt: skip
+    p.add_argument("--machine", choices=("q35", "pc"), default="q35",
+                   help="QEMU machine: q35 (PCIe, MMCONFIG) or pc (i440FX, port I/O config "
+                        "cycles) (default q35)")  # fmt: skip
+    p.add_argument("--vectors", type=cliargs.vectors, default=None, metavar="N",
+                   help="MSI-X table size, 0..2048 (QEMU's default: 4)")  # fmt: skip
+    p.add_argument("--disable-legacy", action="store_true",
+                   help="modern-only device (disable-legacy=on, device ID 0x1041)")  # fmt: skip
+    p.add_argument("--timeout", type=cliargs.seconds, default=300.0, metavar="SECONDS",
+                   help="give up if QEMU has not powered off after this many seconds "
+                        "(default 300)")  # fmt: skip
     p.set_defaults(func=cmd_capture)

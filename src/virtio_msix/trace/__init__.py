@@ -1,5 +1,12 @@
-"""Access and event recording (DESIGN.md layer 1): knows nothing of PCI or virtio."""
+"""Access and event recording (docs/DESIGN.md layer 1): knows nothing of PCI or virtio."""
 
-from .recorder import SPACES, Recorder, load_jsonl, write_jsonl
+from .recorder import EVENT_SPACES, SPACES, Recorder, load_jsonl, load_jsonl_lines, write_jsonl
 
-__all__ = ["SPACES", "Recorder", "load_jsonl", "write_jsonl"]
+__all__ = [
+    "EVENT_SPACES",
+    "SPACES",
+    "Recorder",
+    "load_jsonl",
+    "load_jsonl_lines",
+    "write_jsonl",
+]

@@ -1,6 +1,7 @@
-"""A recorder of register accesses and named events, in the JSON-lines format of DESIGN.md.
+"""A recorder of register accesses and named events, in the JSON-lines format of docs/DESIGN.md.
 
-One record per access: ``{"space", "op", "offset", "size", "value"}`` plus optional extra keys.
+One record per access: ``{"space", "op", "offset", "size", "value"}`` plus optional extra keys,
+and ``t``: nanoseconds since the recorder was made (the host's monotonic clock), for timelines.
 Events (an MSI sent, INTx raised, a device error) are records whose ``space`` is not a register
 space (``"msi"``, ``"intx"``, ``"event"``) so replay skips them.
 """
@@ -8,12 +9,15 @@ space (``"msi"``, ``"intx"``, ``"event"``) so replay skips them.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-# The register spaces an access record may name (DESIGN.md "Access trace format").
+# The register spaces an access record may name (docs/DESIGN.md "Access trace format").
 SPACES = ("cfg", "common", "isr", "device", "notify", "msix-table", "msix-pba", "legacy")
+# Records that are not register accesses: interrupts sent, device events, trace metadata.
+EVENT_SPACES = ("msi", "intx", "event", "meta")
 
 Record = dict[str, Any]
 
@@ -22,12 +26,17 @@ class Recorder:
     """Collects records in order; listeners see each record as it is made."""
 
     def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
+        self.enabled = enabled  # False: records go to the listeners only, none are kept
         self.records: list[Record] = []
         self._listeners: list[Callable[[Record], None]] = []
+        self.t0 = time.monotonic_ns()
 
-    def subscribe(self, listener: Callable[[Record], None]) -> None:
-        self._listeners.append(listener)
+    def subscribe(self, listener: Callable[[Record], None], first: bool = False) -> None:
+        """``first``: before the listeners already there (one that adds keys others read)."""
+        if first:
+            self._listeners.insert(0, listener)
+        else:
+            self._listeners.append(listener)
 
     def access(self, space: str, op: str, offset: int, size: int, value: int, **extra: Any) -> None:
         if not self.enabled and not self._listeners:
@@ -45,6 +54,7 @@ class Recorder:
         self._emit(rec)
 
     def _emit(self, rec: Record) -> None:
+        rec["t"] = time.monotonic_ns() - self.t0
         if self.enabled:
             self.records.append(rec)
         for listener in self._listeners:
@@ -64,19 +74,43 @@ def write_jsonl(records: Iterable[Record], path: str | Path) -> None:
             f.write(json.dumps(rec, separators=(",", ":")) + "\n")
 
 
-def load_jsonl(path: str | Path) -> list[Record]:
+class JsonlWriter:
+    """A recorder listener that streams each record to a file as it is made."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+
+    def __call__(self, rec: Record) -> None:
+        self.out.write(json.dumps(rec, separators=(",", ":")) + "\n")
+
+    def close(self) -> None:
+        self.out.close()
+
+
+def load_jsonl(path: str | Path | IO[str]) -> list[Record]:
     """Read a trace; blank lines are skipped, a malformed line is a clear ValueError."""
-    out: list[Record] = []
+    return [rec for _, rec in load_jsonl_lines(path)]
+
+
+def load_jsonl_lines(path: str | Path | IO[str]) -> list[tuple[int, Record]]:
+    """Like ``load_jsonl``, each record with its line number; ``path`` may be an open file."""
+    if not isinstance(path, str | Path):
+        return _parse_lines(path, getattr(path, "name", "<stream>"))
     with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not JSON: {e.msg}") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{lineno}: a record must be a JSON object")
-            out.append(rec)
+        return _parse_lines(f, str(path))
+
+
+def _parse_lines(f: IO[str], name: str) -> list[tuple[int, Record]]:
+    out: list[tuple[int, Record]] = []
+    for lineno, line in enumerate(f, 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{name}:{lineno}: not JSON: {e.msg}") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{name}:{lineno}: a record must be a JSON object")
+        out.append((lineno, rec))
     return out

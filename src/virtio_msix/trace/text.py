@@ -1,4 +1,4 @@
-"""Plain-text formatting shared by the views of every host (DESIGN.md: trace/ formats)."""
+"""Plain-text formatting shared by the views of every host (docs/DESIGN.md: trace/ formats)."""
 
 from __future__ import annotations
 

@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .. import cliargs
 from ..qemu.debian import PrerequisiteMissing
+from ..trace.pcapng import FrameTap, PcapngWriter
 from ..trace.recorder import write_jsonl
 from ..trace.text import table
-from .boot import BootError, BootOptions, BootResult, run_boot
+from .boot import BootError, BootOptions, BootResult, BootSession, run_boot
 
 
 def health(res: BootResult) -> dict[str, Any]:
@@ -163,15 +165,23 @@ def render(res: BootResult) -> str:
     return "\n".join(out)
 
 
+def _run_with_pcap(opts: BootOptions, path: str) -> BootResult:
+    """boot --pcap: the device's backend, wrapped, writes every frame both ways."""
+    session = BootSession(opts)
+    pcap = PcapngWriter(open(path, "wb"))
+    try:
+        session.device.device.backend = FrameTap(session.device.device.backend, pcap)
+        return session.run()
+    finally:
+        pcap.close()
+
+
 def cmd_boot(args: argparse.Namespace) -> int:
     script = None
     if args.cmd:
         cmd = args.cmd[1:] if args.cmd[0] == "--" else args.cmd
         script = " ".join(cmd) + "\n"
-    files = {}
-    for spec in args.add or []:
-        host, _, guest = spec.partition(":")
-        files[guest or "/" + os.path.basename(host)] = Path(host)
+    files = dict(args.add or [])
     opts = BootOptions(
         files=files,
         vectors=args.vectors,
@@ -185,7 +195,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     if script is not None:
         opts.script = script
     try:
-        res = run_boot(opts)
+        res = run_boot(opts) if not args.pcap else _run_with_pcap(opts, args.pcap)
     except (PrerequisiteMissing, BootError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -199,12 +209,33 @@ def cmd_boot(args: argparse.Namespace) -> int:
     return 1 if res.error else 0
 
 
+def guest_file(spec: str) -> tuple[str, Path]:
+    """``--add FILE[:PATH]``: a host file that exists, and the absolute guest path it goes to."""
+    host, _, guest = spec.partition(":")
+    if not Path(host).is_file():
+        raise argparse.ArgumentTypeError(f"{host!r}: no such file")
+    guest = guest or "/" + os.path.basename(host)
+    if not guest.startswith("/") or ".." in Path(guest).parts:
+        raise argparse.ArgumentTypeError(f"{guest!r}: the guest path must be absolute, without ..")
+    return guest, Path(host)
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("boot", help="the real Linux 6.1 kernel (UML) drives our virtio-net device",
-                       description=__doc__)  # fmt: skip
-    p.add_argument("--vectors", type=int, default=None,
-                   help="MSI-X table size (default 2*queue-pairs+2; 0 = no MSI-X, INTx)")  # fmt: skip
-    p.add_argument("--queue-pairs", type=int, default=1)
+    p = sub.add_parser(
+        "boot",
+        help="the real Linux 6.1 kernel (UML) drives our virtio-net device",
+        description="Boot the real Linux 6.1 kernel as User-Mode Linux; its virt-pci driver "
+        "sends every config and BAR access of its PCI bus to our Python device over vhost-user, "
+        "and our device's interrupts go back as MSI (or INTx) messages. Shows the kernel "
+        "console, runs a guest script (or CMD), powers off, and prints the MSI-X table as the "
+        "kernel filled it, the event → vector map and the guest's interrupt counts. "
+        "Architecture: docs/DESIGN.md.",
+    )
+    p.add_argument("--vectors", type=cliargs.vectors, default=None, metavar="N",
+                   help="MSI-X table size, 0..2048 (default 2*queue-pairs+2; 0 = no MSI-X, "
+                        "INTx)")  # fmt: skip
+    p.add_argument("--queue-pairs", type=cliargs.queue_pairs, default=1, metavar="N",
+                   help="virtio-net queue pairs the device offers, 1..511 (default 1)")  # fmt: skip
     p.add_argument("--disable-legacy", action="store_true",
                    help="modern-only device (0x1041) instead of QEMU's transitional default")  # fmt: skip
     p.add_argument("--net", choices=("responder", "tap"), default="responder",
@@ -212,12 +243,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "or a TAP whose host side is 172.30.77.1 (guest 172.30.77.15)")  # fmt: skip
     p.add_argument("--backtraces", action="store_true",
                    help="run the kernel under gdb: backtraces at MSI-X entry fills and unmasks")  # fmt: skip
-    p.add_argument("--add", action="append", metavar="FILE[:PATH]",
+    p.add_argument("--add", action="append", metavar="FILE[:PATH]", type=guest_file,
                    help="copy a host file into the guest's root (default path: /NAME); "
                         "repeatable, e.g. --add ./fpcheck -- /fpcheck")  # fmt: skip
-    p.add_argument("--trace-json", metavar="FILE", help="write every register access (JSON lines)")
+    p.add_argument("--trace-json", metavar="FILE", type=cliargs.output_file,
+                   help="write every register access (JSON lines, docs/DESIGN.md format)")  # fmt: skip
+    p.add_argument("--pcap", metavar="FILE", type=cliargs.output_file,
+                   help="write every frame the guest sent and received through our device as "
+                        "pcapng, with inbound/outbound direction flags (tshark/Wireshark)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the views as JSON")
     p.add_argument("--quiet", action="store_true", help="do not show the kernel console")
-    p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--timeout", type=cliargs.seconds, default=120.0, metavar="SECONDS",
+                   help="stop the kernel if the guest has not finished after this many "
+                        "seconds (default 120)")  # fmt: skip
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD: run CMD in the guest instead")
     p.set_defaults(func=cmd_boot)
