@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..qemu.debian import PrerequisiteMissing, cache_dir, require
+from .procs import die_with_parent, kill_session
 
 SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
 SOURCE_PACKAGE = "linux-source-6.1"
@@ -94,18 +95,26 @@ def _check_prerequisites() -> None:
 def _run(cmd: list[str], cwd: Path, log, progress: bool, label: str) -> None:
     """Run a build step, its output to the log, with a one-line progress display."""
     start = time.monotonic()
+    # Its own session, killed with us: an interrupted command must not leave make writing into
+    # the tree the next build will use.
     proc = subprocess.Popen(
-        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
-    )
+        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+        start_new_session=True, preexec_fn=die_with_parent(),
+    )  # fmt: skip
     assert proc.stdout is not None
     units = 0
-    for line in proc.stdout:
-        log.write(line)
-        if line.lstrip().startswith(("CC ", "AS ", "LD ", "AR ", "HOSTCC ")):
-            units += 1
-        if progress and sys.stderr.isatty():
-            sys.stderr.write(f"\r  {label}: {units} units, {time.monotonic() - start:4.0f} s")
-            sys.stderr.flush()
+    try:
+        for line in proc.stdout:
+            log.write(line)
+            if line.lstrip().startswith(("CC ", "AS ", "LD ", "AR ", "HOSTCC ")):
+                units += 1
+            if progress and sys.stderr.isatty():
+                sys.stderr.write(f"\r  {label}: {units} units, {time.monotonic() - start:4.0f} s")
+                sys.stderr.flush()
+    except BaseException:
+        kill_session(proc.pid)
+        proc.wait()
+        raise
     rc = proc.wait()
     if progress:
         end = "\n" if sys.stderr.isatty() else ""
