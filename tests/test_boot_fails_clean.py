@@ -167,15 +167,36 @@ def _wait_for_line(stream, needle: str, limit: float = 60.0) -> None:
     raise AssertionError(f"never saw {needle!r}; got:\n{seen[-3000:]}")
 
 
-def _start_running_guest(env, *flags: str) -> subprocess.Popen[str]:
+@pytest.fixture
+def started():
+    """Boots a test started: whatever a failing test leaves is killed (the boot, then any
+    process of its run still alive)."""
+    boots: list[tuple[subprocess.Popen[str], set[tuple[int, str]], str]] = []
+    yield boots
+    for p, procs, work in boots:
+        if p.poll() is None:
+            p.kill()
+        p.communicate()
+        for pid in _alive(procs, work):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _start_running_guest(started, env, *flags: str):
     """A boot whose guest is running a program (so that the kernel has guest processes and
-    helpers), with its console on stderr (--json)."""
+    helpers), with its console on stderr (--json); its processes, run directory and the size
+    of the kernel's session."""
     p = subprocess.Popen([*CLI, "--json", *flags, "--timeout", "120", "--",
                           f"echo {READY}; sleep 100"], env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)  # fmt: skip
     assert p.stderr is not None
+    started.append((p, set(), ""))
     _wait_for_line(p.stderr, READY)
-    return p
+    procs, work, size = _run_processes(p.pid)
+    started[-1] = (p, procs, work)
+    return p, procs, work, size
 
 
 def _assert_all_gone(procs, work: str, limit: float = 15.0) -> None:
@@ -195,9 +216,9 @@ def _assert_all_gone(procs, work: str, limit: float = 15.0) -> None:
     ],
     ids=["term", "int", "term-twice", "term-backtraces"],
 )
-def test_signal_stops_everything_and_exits_128_plus_signal(linux, env, sig, times, flags):
-    p = _start_running_guest(env, *flags)
-    procs, work, kernel_session = _run_processes(p.pid)
+def test_signal_stops_everything_and_exits_128_plus_signal(linux, env, started, sig, times,
+                                                           flags):  # fmt: skip
+    p, procs, work, kernel_session = _start_running_guest(started, env, *flags)
     assert kernel_session >= 3  # the kernel, its helpers, the guest's processes
     for _ in range(times):
         p.send_signal(sig)
@@ -209,11 +230,10 @@ def test_signal_stops_everything_and_exits_128_plus_signal(linux, env, sig, time
     assert not (Path(env["HOME"]) / ".uml").exists()
 
 
-def test_sigkilled_boot_leaves_no_kernel(linux, env):
+def test_sigkilled_boot_leaves_no_kernel(linux, env, started):
     """The Python process dies without running any code: the kernel (PR_SET_PDEATHSIG) and
     the rest of its session (the reaper) must not outlive it, and the run's directory goes."""
-    p = _start_running_guest(env)
-    procs, work, kernel_session = _run_processes(p.pid)
+    p, procs, work, kernel_session = _start_running_guest(started, env)
     assert kernel_session >= 3
     p.kill()
     p.wait(timeout=10)
@@ -222,5 +242,16 @@ def test_sigkilled_boot_leaves_no_kernel(linux, env):
     while Path(work).exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not Path(work).exists()
-    p.stdout.close()
-    p.stderr.close()
+
+
+@pytest.mark.qemu
+def test_capture_qemu_metadata_is_the_whole_of_stdout(tmp_path):
+    """``capture-qemu`` (a real Debian kernel on the real QEMU): its progress goes to stderr,
+    stdout is the metadata document alone."""
+    out = subprocess.run([sys.executable, "-m", "virtio_msix.cli", "capture-qemu",
+                          str(tmp_path / "cap.jsonl")], capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    meta = json.loads(out.stdout)
+    assert meta["ping_ok"] and meta["records"] > 100
+    assert "capture-qemu: booting" in out.stderr

@@ -179,3 +179,77 @@ def test_built_cache_is_used_without_the_lock(cache):
         fcntl.flock(f, fcntl.LOCK_EX)
         assert uml_kernel.build(progress=False, steps=None) == uml_kernel.kernel_path()
     assert os.path.exists(uml_kernel.kernel_path())
+
+
+INTERRUPTED_BUILDER = """
+import sys
+from virtio_msix.uml import kernel
+
+def steps(top, tree, progress, jobs):
+    with open(top / "build.log", "a") as log:
+        # A stand-in for make -j: a process with a child of its own.
+        kernel._run(["sh", "-c", "sleep 300 & wait"], tree, log, False, "make")
+
+kernel.build(progress=False, steps=steps)
+"""
+
+
+def test_interrupted_build_stops_its_build_processes(cache, tmp_path):
+    """Ctrl-C during a build: the build step's whole process tree stops with it (make left
+    running would write into the tree the next build uses), and nothing is published."""
+    p = subprocess.Popen([sys.executable, "-c", INTERRUPTED_BUILDER], stderr=subprocess.PIPE,
+                         text=True)  # fmt: skip
+    sleepers: list[int] = []
+
+    def started() -> bool:
+        sleepers[:] = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                       if _cmdline(pid) == "sleep 300" and _ancestor(pid, p.pid)]  # fmt: skip
+        return bool(sleepers)
+
+    try:
+        _wait_for(started, "the step starts")
+        assert len(sleepers) == 1
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=30)
+        assert p.returncode != 0 and "KeyboardInterrupt" in err
+        _wait_for(lambda: _state(sleepers[0]) in ("gone", "Z"), "the build's processes stop",
+                  limit=10)  # fmt: skip
+        assert not uml_kernel.is_built() and not uml_kernel.tree_dir().exists()
+    finally:  # a failing test leaves nothing behind either
+        for pid in [p.pid, *sleepers]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        p.wait()
+
+
+def _stat(pid: int) -> list[str]:
+    try:
+        s = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return []
+    return s[s.rfind(")") + 2 :].split()
+
+
+def _state(pid: int) -> str:
+    f = _stat(pid)
+    return f[0] if f else "gone"
+
+
+def _ancestor(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        f = _stat(pid)
+        if not f:
+            return False
+        pid = int(f[1])
+        if pid == ancestor:
+            return True
+    return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
