@@ -18,7 +18,8 @@ import pytest
 
 from virtio_msix.qemu.debian import PrerequisiteMissing, cache_dir
 from virtio_msix.uml import kernel as uml_kernel
-from virtio_msix.uml.boot import BootOptions, run_boot
+from virtio_msix.uml.boot import BootOptions, BootSession, run_boot
+from virtio_msix.uml.procs import session_pids
 
 pytestmark = pytest.mark.uml
 
@@ -255,3 +256,13 @@ def test_capture_qemu_metadata_is_the_whole_of_stdout(tmp_path):
     meta = json.loads(out.stdout)
     assert meta["ping_ok"] and meta["records"] > 100
     assert "capture-qemu: booting" in out.stderr
+
+
+def test_timeout_stops_the_running_kernel(linux):
+    session = BootSession(BootOptions(script="sleep 100\n", timeout=5))
+    res = session.run()
+    assert not res.finished and res.error is not None
+    assert res.error.startswith("timeout: the guest did not finish within 5 s")
+    assert "still running and virtio-msix stopped it" in res.error
+    assert session.proc is not None and session_pids(session.proc.pid) == []
+    assert res.console_tail[-1] == "Run /init as init process"

@@ -394,6 +394,7 @@ class BootSession:
         self.backtraces: list[str] = []
         self._went_away: str | None = None
         self.left_alive: list[int] = []
+        self.stopped_by_us = False
 
     # -- console -----------------------------------------------------------------------------
     def _console_data(self, data: bytes) -> None:
@@ -461,9 +462,9 @@ class BootSession:
                 script.write_text(GDB_SCRIPT.format(log=gdb_log))
                 cmd = [gdb, "-nx", "-batch", "-x", str(script), "--args", *cmd]
             env = dict(os.environ, TMPDIR=str(work))
-            reaper = procs.Reaper()
             self.times["start"] = time.monotonic()
-            with sigs.deferred():  # the process must be recorded before a signal can end us
+            with sigs.deferred():  # the processes must be recorded before a signal can end us
+                reaper = procs.Reaper()
                 proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, env=env, cwd=work,
                                         start_new_session=True,
@@ -486,7 +487,9 @@ class BootSession:
         finally:
             sigs.hold()
             if proc is not None:
-                result.exit_code = self._stop(proc, at_once=sigs.got is not None)
+                # Interrupted or timed out: the kernel is not about to power off, do not wait.
+                at_once = sigs.got is not None or (result.error or "").startswith("timeout")
+                result.exit_code = self._stop(proc, at_once=at_once)
                 if self._out_fd is not None:
                     self._drain(self._out_fd)  # the console to its last line
                 if proc.stdout is not None:
@@ -537,6 +540,7 @@ class BootSession:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
+        self.stopped_by_us = proc.poll() is None
         self.left_alive = procs.kill_session(proc.pid)
         try:
             return proc.wait(timeout=5)
@@ -547,6 +551,8 @@ class BootSession:
         """The error of a run that did not finish: the kernel's panic line if it printed one,
         and how its process ended (the kernel's, not gdb's, under ``--backtraces``)."""
         how = kernel_end(result.exit_code, gdb_log)
+        if self.stopped_by_us:
+            how = "it was still running and virtio-msix stopped it"
         if self.left_alive:
             how += f"; processes {self.left_alive} could not be killed"
         if self._went_away is not None:
