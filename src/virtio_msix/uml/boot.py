@@ -88,6 +88,11 @@ class BootOptions:
     memory_mb: int = 128
     timeout: float = 120.0
     backtraces: bool = False
+    # Host files to put into the guest's root, by guest path (``boot --add FILE[:PATH]``).
+    files: dict[str, Path] = field(default_factory=dict)
+    # gdb commands run before the kernel starts (the kernel then runs under gdb): tests use
+    # them to change a kernel variable and watch the real kernel's reaction.
+    gdb_init: str = ""
     console: TextIO | None = None  # live console output (None: quiet)
     verbose: bool = False
 
@@ -190,7 +195,7 @@ def kernel_cmdline(sock: Path, root: Path, memory_mb: int, work: Path | None = N
     ]
 
 
-GDB_SCRIPT = """\
+GDB_PREAMBLE = """\
 set pagination off
 set confirm off
 set width 0
@@ -209,6 +214,8 @@ set logging file {log}
 set logging overwrite on
 set logging redirect on
 set logging enabled on
+"""
+GDB_BACKTRACES = """\
 break pci_msi_domain_write_msg
 commands
 silent
@@ -223,9 +230,18 @@ printf "@@bt msix unmask\\n"
 bt
 continue
 end
-run
-quit
 """
+
+
+def gdb_script(log: Path, backtraces: bool, init: str) -> str:
+    """gdb batch script: quiet signal handling, the backtrace breakpoints, the caller's commands,
+    then run the kernel."""
+    body = GDB_PREAMBLE.format(log=log) + (GDB_BACKTRACES if backtraces else "")
+    if init:
+        body += init.rstrip("\n") + "\n"
+    return body + "run\nquit\n"
+
+
 BT_TITLES = {"msix table entry fill": "# msix table entry fill", "msix unmask": "# msix unmask"}
 
 
@@ -453,13 +469,14 @@ class BootSession:
                 INIT_TEMPLATE.format(
                     mark=MARK, script=opts.script, guest_ip=self.guest_ip, host_ip=self.host_ip
                 ),
+                files=opts.files,
             )
             cmd = [str(linux), *kernel_cmdline(sock_path, root, opts.memory_mb, work)]
             gdb_log = work / "gdb.log"
-            if opts.backtraces:
+            if opts.backtraces or opts.gdb_init:
                 gdb = uml_kernel.require("gdb", "gdb")
                 script = work / "breakpoints.gdb"
-                script.write_text(GDB_SCRIPT.format(log=gdb_log))
+                script.write_text(gdb_script(gdb_log, opts.backtraces, opts.gdb_init))
                 cmd = [gdb, "-nx", "-batch", "-x", str(script), "--args", *cmd]
             env = dict(os.environ, TMPDIR=str(work))
             self.times["start"] = time.monotonic()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..qemu.debian import PrerequisiteMissing
@@ -134,7 +136,12 @@ def cmd_boot(args: argparse.Namespace) -> int:
     if args.cmd:
         cmd = args.cmd[1:] if args.cmd[0] == "--" else args.cmd
         script = " ".join(cmd) + "\n"
+    files = {}
+    for spec in args.add or []:
+        host, _, guest = spec.partition(":")
+        files[guest or "/" + os.path.basename(host)] = Path(host)
     opts = BootOptions(
+        files=files,
         vectors=args.vectors,
         queue_pairs=args.queue_pairs,
         disable_legacy=args.disable_legacy,
@@ -178,6 +185,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "or a TAP whose host side is 172.30.77.1 (guest 172.30.77.15)")  # fmt: skip
     p.add_argument("--backtraces", action="store_true",
                    help="run the kernel under gdb: backtraces at MSI-X entry fills and unmasks")  # fmt: skip
+    p.add_argument("--add", action="append", metavar="FILE[:PATH]",
+                   help="copy a host file into the guest's root (default path: /NAME); "
+                        "repeatable, e.g. --add ./fpcheck -- /fpcheck")  # fmt: skip
     p.add_argument("--trace-json", metavar="FILE", help="write every register access (JSON lines)")
     p.add_argument("--json", action="store_true", help="print the views as JSON")
     p.add_argument("--quiet", action="store_true", help="do not show the kernel console")

@@ -17,14 +17,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import errno
 import fcntl
 import hashlib
 import os
+import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..qemu.debian import PrerequisiteMissing, cache_dir, require
@@ -43,6 +48,119 @@ BUSYBOX_APPLETS = (
 ).split()
 
 
+# -- the FP save area, sized from the host (patches/uml-host-xstate-size.patch says why) ------
+# 6.1's own HOST_FP_SIZE in bytes: the area is never made smaller than the kernel was written for.
+FP_AREA_FLOOR = 2696
+# 6.1's default kernel stack (CONFIG_KERNEL_STACK_ORDER=2), known good with the floor's area.
+BASE_STACK_ORDER = 2
+PAGE_SIZE = 4096
+# How many FP areas can sit on one kernel stack at once (thread_info.aux_fp_regs plus nested
+# signal frames' struct uml_pt_regs): each byte the area grows costs this many stack bytes.
+FP_COPIES_ON_STACK = 4
+MAX_STACK_ORDER = 10  # arch/um/Kconfig: range 2 10 if 64BIT
+
+PTRACE_TRACEME = 0
+PTRACE_GETREGSET = 0x4204
+NT_X86_XSTATE = 0x202
+XSTATE_PROBE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class FpPlan:
+    """The host's XSAVE size and what the kernel is built with for it."""
+
+    host_xstate_bytes: int | None  # what PTRACE_GETREGSET NT_X86_XSTATE reports; None: no XSAVE
+    area_bytes: int  # CONFIG_UML_HOST_XSTATE_SIZE
+    stack_order: int  # CONFIG_KERNEL_STACK_ORDER
+
+    def config_lines(self) -> list[str]:
+        return [
+            f"CONFIG_UML_HOST_XSTATE_SIZE={self.area_bytes}",
+            f"CONFIG_KERNEL_STACK_ORDER={self.stack_order}",
+        ]
+
+
+def fp_plan(host_xstate_bytes: int | None) -> FpPlan:
+    """The FP area and stack order for a host whose XSAVE area is ``host_xstate_bytes``.
+
+    The area holds the host's whole XSAVE image (PTRACE_SETREGSET accepts nothing shorter), rounded
+    up to 64 bytes, never below 6.1's 2696. The stack keeps 6.1's margin: what 16 KiB left beside
+    four areas of 2696 bytes is left beside four of the new size."""
+    area = FP_AREA_FLOOR
+    if host_xstate_bytes is not None and host_xstate_bytes > area:
+        area = -(-host_xstate_bytes // 64) * 64
+    need = (PAGE_SIZE << BASE_STACK_ORDER) + FP_COPIES_ON_STACK * (area - FP_AREA_FLOOR)
+    order = BASE_STACK_ORDER
+    while (PAGE_SIZE << order) < need:
+        order += 1
+    if order > MAX_STACK_ORDER:
+        raise RuntimeError(f"host XSAVE area of {host_xstate_bytes} bytes needs a kernel stack "
+                           f"of order {order}, more than UML allows ({MAX_STACK_ORDER})")  # fmt: skip
+    return FpPlan(host_xstate_bytes, area, order)
+
+
+def host_xstate_bytes() -> int | None:
+    """The size of this host's XSAVE area as ptrace moves it (NT_X86_XSTATE): a traced child is
+    asked for its FP state with a 64 KiB buffer and the host shortens the length to its own size.
+    None when the host has no XSAVE regset (UML then uses the legacy FXSAVE calls)."""
+    if platform.machine() != "x86_64":
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.restype = ctypes.c_long
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    pid = os.fork()
+    if pid == 0:  # the child: stop for the parent to look at, then go
+        try:
+            libc.ptrace(PTRACE_TRACEME, 0, None, None)
+            os.kill(os.getpid(), signal.SIGSTOP)
+        finally:
+            os._exit(0)
+    try:
+        _, status = os.waitpid(pid, os.WUNTRACED)
+        if not os.WIFSTOPPED(status):
+            raise RuntimeError(f"XSAVE probe: the traced child did not stop (status {status:#x})")
+        buf = ctypes.create_string_buffer(XSTATE_PROBE_BYTES)
+
+        class Iovec(ctypes.Structure):
+            _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+        iov = Iovec(ctypes.cast(buf, ctypes.c_void_p), XSTATE_PROBE_BYTES)
+        if libc.ptrace(PTRACE_GETREGSET, pid, ctypes.c_void_p(NT_X86_XSTATE),
+                       ctypes.byref(iov)) < 0:  # fmt: skip
+            err = ctypes.get_errno()
+            if err in (errno.ENODEV, errno.EIO, errno.EINVAL):
+                return None
+            raise RuntimeError(f"XSAVE probe: PTRACE_GETREGSET failed: {os.strerror(err)}")
+        return int(iov.len)
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+
+
+_PLAN: FpPlan | None = None
+
+
+def host_fp_plan() -> FpPlan:
+    """This host's plan (probed once per process). ``VIRTIO_MSIX_UML_XSTATE_BYTES`` overrides the
+    probe, to build a kernel for another host (e.g. 11008 for an AMX host) into another cache."""
+    global _PLAN
+    if _PLAN is None:
+        forced = os.environ.get("VIRTIO_MSIX_UML_XSTATE_BYTES")
+        if forced:
+            try:
+                size = int(forced, 0)
+            except ValueError:
+                raise PrerequisiteMissing(
+                    f"VIRTIO_MSIX_UML_XSTATE_BYTES={forced!r}: give a size in bytes") from None
+            _PLAN = fp_plan(size)
+        else:
+            _PLAN = fp_plan(host_xstate_bytes())
+    return _PLAN
+
+
 def uml_dir() -> Path:
     return cache_dir() / "uml"
 
@@ -51,10 +169,19 @@ def tree_dir() -> Path:
     return uml_dir() / TREE_NAME
 
 
+def config_fragment() -> str:
+    """uml.config plus the lines sized from this host (the FP area and the stack order)."""
+    plan = host_fp_plan()
+    return (FRAGMENT.read_text() + "# sized from this host's XSAVE area "
+            f"({plan.host_xstate_bytes} bytes; patches/uml-host-xstate-size.patch)\n"
+            + "\n".join(plan.config_lines()) + "\n")  # fmt: skip
+
+
 def fragment_hash() -> str:
     """Fingerprint of what the build depends on besides the source package: the config
-    fragment and the patches."""
-    h = hashlib.sha256(FRAGMENT.read_bytes())
+    fragment with this host's FP sizing, and the patches. A cache built on a host whose XSAVE
+    area needs another size does not match, so it is rebuilt."""
+    h = hashlib.sha256(config_fragment().encode())
     for p in PATCHES:
         h.update(p.name.encode() + p.read_bytes())
     return h.hexdigest()[:16]
@@ -201,7 +328,7 @@ def _build_steps(top: Path, tree: Path, progress: bool, jobs: int) -> None:
         for patch in PATCHES:
             _apply_patch(tree, patch, log)
         frag = tree / "virtio-msix.config"
-        shutil.copyfile(FRAGMENT, frag)
+        frag.write_text(config_fragment())
         _run(["make", "ARCH=um", "defconfig"], tree, log, progress, "defconfig")
         _run(
             ["scripts/kconfig/merge_config.sh", "-m", ".config", str(frag)],
@@ -237,20 +364,22 @@ def _apply_patch(tree: Path, patch: Path, log) -> None:
 
 
 def _check_config(config: Path) -> None:
-    """Every ``=y`` of the fragment must have survived olddefconfig (a dependency missing would
-    silently drop it and give a kernel without our PCI bus)."""
+    """Every ``=y`` of the fragment and the host-sized values must have survived olddefconfig (a
+    dependency missing would silently drop one: a kernel without our PCI bus, or an FP area
+    too small for this host)."""
     have = set(config.read_text().splitlines())
     lost = [
         line
-        for line in FRAGMENT.read_text().splitlines()
-        if line.endswith("=y") and line not in have
+        for line in config_fragment().splitlines()
+        if line.startswith("CONFIG_") and not line.endswith("=n") and line not in have
     ]
     if lost:
         raise RuntimeError(f"kernel config lost options of uml.config: {', '.join(lost)}")
 
 
-def make_rootfs(root: Path, init_script: str) -> Path:
-    """A hostfs root: busybox with its applets and ``/init`` running ``init_script``."""
+def make_rootfs(root: Path, init_script: str, files: dict[str, Path] | None = None) -> Path:
+    """A hostfs root: busybox with its applets, ``/init`` running ``init_script``, and ``files``
+    (guest path → host file) copied in."""
     if not BUSYBOX.is_file():
         raise PrerequisiteMissing(f"{BUSYBOX} not found: install the Debian package busybox-static")
     for d in ("bin", "proc", "sys", "dev", "tmp", "etc"):
@@ -260,6 +389,14 @@ def make_rootfs(root: Path, init_script: str) -> Path:
         link = root / "bin" / applet
         if not link.exists():
             link.symlink_to("busybox")
+    for guest_path, host_file in (files or {}).items():
+        rel = Path(guest_path.lstrip("/"))
+        if not rel.parts or ".." in rel.parts:
+            raise ValueError(f"guest path {guest_path!r}: give an absolute path inside the guest")
+        if not Path(host_file).is_file():
+            raise PrerequisiteMissing(f"{host_file}: no such file to copy into the guest")
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(host_file, root / rel)
     init = root / "init"
     init.write_text(init_script)
     init.chmod(0o755)
