@@ -459,6 +459,7 @@ class BootSession:
         proc: subprocess.Popen[bytes] | None = None
         reaper: procs.Reaper | None = None
         gdb_log_text = ""
+        under_gdb = bool(opts.backtraces or opts.gdb_init)
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock_path = work / "pci.sock"
@@ -473,7 +474,7 @@ class BootSession:
             )
             cmd = [str(linux), *kernel_cmdline(sock_path, root, opts.memory_mb, work)]
             gdb_log = work / "gdb.log"
-            if opts.backtraces or opts.gdb_init:
+            if under_gdb:
                 gdb = uml_kernel.require("gdb", "gdb")
                 script = work / "breakpoints.gdb"
                 script.write_text(gdb_script(gdb_log, opts.backtraces, opts.gdb_init))
@@ -517,8 +518,9 @@ class BootSession:
             close = getattr(self.netdev, "close", None)
             if close:
                 close()
-            if opts.backtraces and (work / "gdb.log").is_file():
+            if under_gdb and (work / "gdb.log").is_file():
                 gdb_log_text = (work / "gdb.log").read_text(errors="replace")
+            if opts.backtraces:
                 hits = parse_gdb_log(gdb_log_text)
                 self.backtraces = pair_backtraces(hits, self.recorder.records)
             shutil.rmtree(work, ignore_errors=True)
@@ -533,7 +535,7 @@ class BootSession:
             self.snapshot = device_views(self.device, self.opts.queue_pairs)
             result.panic, result.console_tail = console_tail(self.console)
             if proc is not None:
-                result.error = self._fate(result, gdb_log_text if opts.backtraces else None)
+                result.error = self._fate(result, gdb_log_text if under_gdb else None)
         result.console = "\n".join(self.console)
         result.host = self.host
         result.times = {k: v for k, v in self.times.items() if k != "start"}
