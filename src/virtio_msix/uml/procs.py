@@ -14,6 +14,8 @@ Three layers stop them:
 - a ``Reaper``: a tiny process in its own session holding the read end of a pipe whose write end
   only we hold. When we die by any means the pipe closes and the reaper kills the session and
   removes the run's directory.
+
+The kernel build's steps (``kernel._run``: make and its compilers) get the first two.
 """
 
 from __future__ import annotations
