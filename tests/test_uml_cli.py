@@ -36,7 +36,8 @@ def test_more_vectors_than_virt_pci_has_fall_back_like_the_real_kernel(linux):
     real = run_boot(opts)
     assert real.error is None, real.error
     events = dict(real.snapshot["event_vectors"])
-    assert events["config"] == 0 and events["input.0"] == events["output.15"] == 1
+    assert events["config"] == 0 and events["input.0"] == events["output.15"] == 1, (
+        f"{events}\n{real.times}\n{real.console[-3000:]}")
     model = run_sim(SimOptions(queue_pairs=16, arch="um", packets=0))
     assert model.vp.ladder[0].endswith("error -ENOSPC") and model.vp.ladder[1].endswith("ok")
     differences = diff(virtio_phase(real.recorder.records), virtio_phase(model.recorder.records))

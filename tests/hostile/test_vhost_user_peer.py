@@ -101,13 +101,14 @@ def test_hostile_message_is_a_clear_error(scenario, words):
     for w in words:
         assert w in res.error
     assert res.vhost is not None and res.vhost.stats.errors == 1
-    assert res.error[len("vhost-user: ") :] in res.vhost.errors
+    # The error names the problem the reader saw (then how the "kernel" ended).
+    assert res.error[len("vhost-user: ") :].startswith(res.vhost.errors[-1])
     assert "1 errors" in render(res)
 
 
 def test_a_peer_that_never_stops_talking_ends_at_the_deadline():
     res = run_peer("chatter")
-    assert res.error == f"timeout: the guest did not finish within {TIMEOUT:.0f} s"
+    assert res.error.startswith(f"timeout: the guest did not finish within {TIMEOUT:.0f} s")
     assert res.vhost is not None and res.vhost.stats.messages > 10
     assert res.vhost.stats.errors == 0
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -217,7 +218,9 @@ def capture(
         initrd = build_initramfs(kernel, init, work / "initramfs.cpio")
         cmd = qemu_command(kernel, initrd, work, machine, vectors, disable_legacy)
         if progress:
-            print(f"capture-qemu: booting {kernel.version} on QEMU {machine} (TCG)...", flush=True)
+            # Progress to stderr: stdout carries the metadata (JSON) alone.
+            print(f"capture-qemu: booting {kernel.version} on QEMU {machine} (TCG)...",
+                  file=sys.stderr, flush=True)  # fmt: skip
         t0 = time.monotonic()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)

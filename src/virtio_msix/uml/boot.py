@@ -36,6 +36,7 @@ from ..virtio.pci import VirtioPciDevice
 from ..virtio.queue import VirtqueueError
 from ..virtio.regs import COMMON
 from . import kernel as uml_kernel
+from . import procs
 from .pcidev import CMD_QUEUE, IRQ_QUEUE, UML_MSI_ADDRESS, UmlInterruptSink, VirtPciHost
 from .vhost_user import VIRTIO_F_VERSION_1, VhostUserBackend, VhostUserError
 
@@ -65,6 +66,17 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 echo {mark} init $(cat /proc/uptime)
+# The script sees the device bound: virt-pci's device and ours on the virtio bus, each with its
+# driver (a loaded machine was seen reaching this point before virtio_net had probed). Bounded:
+# after 10 s the script runs anyway, and a device without a driver in this kernel shows as such.
+n=0
+while [ $n -lt 100 ]; do
+  set -- /sys/bus/virtio/devices/virtio*
+  bound=1; [ $# -ge 2 ] || bound=0
+  for d; do [ -e "$d/driver" ] || bound=0; done
+  [ $bound = 1 ] && break
+  sleep 0.1; n=$((n+1))
+done
 {script}
 echo {mark} done
 # Take the PCI bus away before powering off: unbinding virt-pci removes our function the normal
@@ -116,6 +128,12 @@ class BootResult:
     backtraces: list[str] = field(default_factory=list)
     snapshot: dict[str, Any] = field(default_factory=dict)  # device views when the script ended
     after_teardown: dict[str, Any] | None = None
+    # Did the guest script run to its end? If not, ``snapshot`` is the device as the kernel
+    # left it, ``panic`` the kernel's panic (or oops) line if its console printed one, and
+    # ``console_tail`` the console lines leading to it (or the last lines).
+    finished: bool = False
+    panic: str | None = None
+    console_tail: list[str] = field(default_factory=list)
 
     def interrupts(self, when: str) -> list[dict[str, Any]]:
         return parse_proc_interrupts(self.sections.get(f"interrupts-{when}", ""))
@@ -175,8 +193,12 @@ def device_views(device: VirtioPciDevice, queue_pairs: int) -> dict[str, Any]:
     }
 
 
-def kernel_cmdline(sock: Path, root: Path, memory_mb: int) -> list[str]:
+def kernel_cmdline(sock: Path, root: Path, memory_mb: int, work: Path | None = None) -> list[str]:
+    """The UML kernel's command line; with ``work``, UML's run directory (``uml_dir``, where
+    ``umid``'s pid file and mconsole socket go, else ``~/.uml``) is inside it."""
+    own = [f"uml_dir={work}", f"umid={work.name}"] if work is not None else []
     return [
+        *own,
         f"mem={memory_mb}M",
         "root=/dev/root",
         "rootfstype=hostfs",
@@ -204,6 +226,7 @@ handle SIGWINCH nostop noprint pass
 handle SIGCHLD nostop noprint pass
 handle SIGPIPE nostop noprint pass
 handle SIGTERM nostop noprint pass
+handle SIGCONT nostop noprint pass
 set logging file {log}
 set logging overwrite on
 set logging redirect on
@@ -312,6 +335,59 @@ def phase_tagger(recorder: Recorder) -> None:
     recorder.subscribe(tag)
 
 
+# The first line of a kernel's death on its console (panic() prints the first; an oops or BUG
+# may come before the panic it leads to, and is then the better name for what happened).
+DEATH_LINES = re.compile(r"(Kernel panic - not syncing: .*|BUG: .*|Oops: .*|"
+                         r"general protection fault.*|Segfault with no mm.*)")  # fmt: skip
+TAIL_LINES = 12
+
+
+def console_tail(console: list[str]) -> tuple[str | None, list[str]]:
+    """(the death line, the console lines leading to it). The death line is the panic line if
+    the kernel printed one, else the first oops/BUG line; the lines are those before the first
+    of these and it (then the panic line), or the last lines of a console with neither."""
+    lines = [ln for ln in console if not ln.startswith(MARK)]
+    deaths = [i for i, ln in enumerate(lines) if DEATH_LINES.search(ln)]
+    if not deaths:
+        return None, lines[-TAIL_LINES:]
+    first = deaths[0]
+    panic = next((i for i in deaths if "Kernel panic - not syncing" in lines[i]), first)
+    tail = lines[max(0, first - TAIL_LINES + 1) : first + 1]
+    if panic != first:
+        tail += ["...", lines[panic]]
+    m = DEATH_LINES.search(lines[panic])
+    assert m is not None
+    return m.group(0).strip(), tail
+
+
+def kernel_end(exit_code: int | None, gdb_log: str | None) -> str:
+    """How the kernel's process ended. Under gdb the process we waited for is gdb: the kernel's
+    end is what gdb logged about its inferior."""
+    if gdb_log is not None:
+        for pattern, words in (
+            # A panicking UML signals its process group (SIGTERM, SIGCONT) and aborts: gdb
+            # stops there, then its script quits, killing it.
+            (r"received signal (SIG\w+)", "the kernel received {} (seen by gdb, which ended it)"),
+            (r"Program terminated with signal (SIG\w+)", "the kernel was killed by {}"),
+            (r"\[Inferior \d+ \(process \d+\) exited with code (\d+)\]",
+             "the kernel exited with status {}"),
+            (r"\[Inferior \d+ \(process \d+\) exited (normally)\]", "the kernel exited {}"),
+        ):  # fmt: skip
+            m = re.search(pattern, gdb_log)
+            if m:
+                return words.format(m.group(1))
+        return f"gdb's log does not say how the kernel ended; gdb {_status(exit_code)}"
+    return f"the kernel process {_status(exit_code)}"
+
+
+def _status(rc: int | None) -> str:
+    if rc is None:
+        return "could not be stopped"
+    if rc < 0:
+        return f"was killed by signal {-rc} ({signal.Signals(-rc).name})"
+    return f"exited with status {rc}"
+
+
 class BootSession:
     """One kernel, one device, one event loop."""
 
@@ -350,6 +426,9 @@ class BootSession:
         self.proc: subprocess.Popen[bytes] | None = None
         self.backtraces: list[str] = []
         self._deadline: float | None = None
+        self._went_away: str | None = None
+        self.left_alive: list[int] = []
+        self.stopped_by_us = False
 
     # -- console -----------------------------------------------------------------------------
     def _console_data(self, data: bytes) -> None:
@@ -382,11 +461,24 @@ class BootSession:
 
     # -- the run -----------------------------------------------------------------------------
     def run(self) -> BootResult:
+        """Boot, serve, stop. Every process started is stopped and the run's directory removed
+        on every way out; SIGINT/SIGTERM/SIGHUP end the run with ``BootInterrupted``."""
+        with procs.Signals() as sigs:
+            # A stand-in peer (tests) needs no kernel.
+            linux = uml_kernel.build(progress=True) if self.opts.kernel_command is None else None
+            result = self._run_kernel(linux, sigs)
+        if sigs.got is not None:
+            raise BootInterrupted(sigs.got)
+        return result
+
+    def _run_kernel(self, linux: Path | None, sigs: procs.Signals) -> BootResult:
         opts = self.opts
         result = BootResult(opts, self.device, self.recorder)
-        linux = uml_kernel.build(progress=True) if opts.kernel_command is None else None
         work = Path(tempfile.mkdtemp(prefix="virtio-msix-uml-"))
         proc: subprocess.Popen[bytes] | None = None
+        reaper: procs.Reaper | None = None
+        gdb_log_text = ""
+        under_gdb = bool(opts.backtraces or opts.gdb_init)
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock_path = work / "pci.sock"
@@ -399,19 +491,23 @@ class BootSession:
                 ),
                 files=opts.files,
             )
-            cmd = ([str(linux), *kernel_cmdline(sock_path, root, opts.memory_mb)]
+            cmd = ([str(linux), *kernel_cmdline(sock_path, root, opts.memory_mb, work)]
                    if opts.kernel_command is None else [*opts.kernel_command, str(sock_path)])  # fmt: skip
             gdb_log = work / "gdb.log"
-            if opts.backtraces or opts.gdb_init:
+            if under_gdb:
                 gdb = uml_kernel.require("gdb", "gdb")
                 script = work / "breakpoints.gdb"
                 script.write_text(gdb_script(gdb_log, opts.backtraces, opts.gdb_init))
                 cmd = [gdb, "-nx", "-batch", "-x", str(script), "--args", *cmd]
             env = dict(os.environ, TMPDIR=str(work))
             self.times["start"] = time.monotonic()
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, env=env, cwd=work,
-                                    start_new_session=True)  # fmt: skip
+            with sigs.deferred():  # the processes must be recorded before a signal can end us
+                reaper = procs.Reaper()
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, env=env, cwd=work,
+                                        start_new_session=True,
+                                        preexec_fn=procs.die_with_parent())  # fmt: skip
+                reaper.arm(proc.pid, work)
             assert proc.stdout is not None
             self.proc = proc
             result.error = self._loop(srv, proc)
@@ -427,22 +523,39 @@ class BootSession:
             else:
                 result.error = f"vhost-user: {e}"
         finally:
+            sigs.hold()
             if proc is not None:
-                result.exit_code = self._stop(proc)
-                proc.stdout.close() if proc.stdout else None  # the console pipe's descriptor
-                _kill_group(proc.pid)  # what the kernel left in its group when it exited
+                # Interrupted or timed out: the kernel is not about to power off, do not wait.
+                at_once = sigs.got is not None or (result.error or "").startswith("timeout")
+                result.exit_code = self._stop(proc, at_once=at_once)
+                if self._out_fd is not None:
+                    self._drain(self._out_fd)  # the console to its last line
+                if proc.stdout is not None:
+                    proc.stdout.close()
             srv.close()
             if self.vhost is not None:
                 self.vhost.close()
             close = getattr(self.netdev, "close", None)
             if close:
                 close()
-            if opts.backtraces and (work / "gdb.log").is_file():
-                hits = parse_gdb_log((work / "gdb.log").read_text(errors="replace"))
+            if under_gdb and (work / "gdb.log").is_file():
+                gdb_log_text = (work / "gdb.log").read_text(errors="replace")
+            if opts.backtraces:
+                hits = parse_gdb_log(gdb_log_text)
                 self.backtraces = pair_backtraces(hits, self.recorder.records)
             shutil.rmtree(work, ignore_errors=True)
+            if reaper is not None:
+                reaper.close()
         if self._partial:
             self._console_line(self._partial)
+            self._partial = ""
+        result.finished = "done" in self.times
+        if not result.finished:
+            # What was observed, nothing more: the device as the kernel left it.
+            self.snapshot = device_views(self.device, self.opts.queue_pairs)
+            result.panic, result.console_tail = console_tail(self.console)
+            if proc is not None:
+                result.error = self._fate(result, gdb_log_text if under_gdb else None)
         result.console = "\n".join(self.console)
         result.host = self.host
         result.vhost = self.vhost
@@ -459,19 +572,38 @@ class BootSession:
             result.error = "the guest did not finish its script (see the console above)"
         return result
 
-    def _stop(self, proc: subprocess.Popen[bytes]) -> int | None:
-        try:
-            return proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    def _stop(self, proc: subprocess.Popen[bytes], at_once: bool = False) -> int | None:
+        """Let the kernel finish powering off (unless ``at_once``), then kill whatever is left
+        of its session: guest processes, UML helpers, gdb and its inferior."""
+        if not at_once:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.stopped_by_us = proc.poll() is None
+        self.left_alive = procs.kill_session(proc.pid)
         try:
             return proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             return None
+
+    def _fate(self, result: BootResult, gdb_log: str | None) -> str:
+        """The error of a run that did not finish: the kernel's panic line if it printed one,
+        and how its process ended (the kernel's, not gdb's, under ``--backtraces``)."""
+        how = kernel_end(result.exit_code, gdb_log)
+        if self.stopped_by_us:
+            how = "it was still running and virtio-msix stopped it"
+        if self.left_alive:
+            how += f"; processes {self.left_alive} could not be killed"
+        if self._went_away is not None:
+            how += f"; vhost-user: {self._went_away}"
+        if result.panic is not None:
+            return f"the kernel panicked; the run did not finish: {result.panic} ({how})"
+        if self._went_away is not None:
+            return f"the kernel went away before the guest script finished ({how})"
+        if result.error is not None:
+            return f"{result.error} (the kernel: {how})"
+        return f"the guest did not finish its script ({how})"
 
     def _connect(self, conn: socket.socket) -> None:
         vhost = VhostUserBackend(conn, features=1 << VIRTIO_F_VERSION_1, num_queues=2)
@@ -542,15 +674,11 @@ class BootSession:
                     self.vhost.drain_kick(kicks[r])
             self._service()
 
-    @staticmethod
-    def _death_reason(proc: subprocess.Popen[bytes], e: Exception) -> str:
-        try:
-            rc = proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            rc = None
-        how = ("still running" if rc is None else
-               f"killed by signal {-rc}" if rc < 0 else f"exited with status {rc}")  # fmt: skip
-        return f"the kernel went away before the guest script finished ({how}; vhost-user: {e})"
+    def _death_reason(self, proc: subprocess.Popen[bytes], e: Exception) -> str:
+        """The kernel closed the connection before the script finished; ``run`` words the
+        error once the process has ended and its console is read (``_fate``)."""
+        self._went_away = str(e)
+        return f"the kernel went away before the guest script finished (vhost-user: {e})"
 
     def _drain(self, fd: int) -> bool:
         """Take what the console has (bounded: a guest printing without pause must not keep
@@ -592,13 +720,6 @@ class BootSession:
             vhost.signal(IRQ_QUEUE)
 
 
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def _tap_with_host_address(host_ip: str) -> TapBackend:
     """A TAP whose host side has ``host_ip``/24 and is up, so guest traffic reaches host
     sockets (needs /dev/net/tun and CAP_NET_ADMIN, and iproute2's ``ip``)."""
@@ -616,6 +737,9 @@ def _tap_with_host_address(host_ip: str) -> TapBackend:
             tap.close()
             raise BootError(f"--net tap: ip {' '.join(args)}: {out.stderr.strip()}")
     return tap
+
+
+BootInterrupted = procs.BootInterrupted
 
 
 class BootError(RuntimeError):

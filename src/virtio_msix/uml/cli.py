@@ -14,7 +14,7 @@ from ..qemu.debian import PrerequisiteMissing
 from ..trace.pcapng import FrameTap, PcapngWriter
 from ..trace.recorder import write_jsonl
 from ..trace.text import table
-from .boot import BootError, BootOptions, BootResult, BootSession, run_boot
+from .boot import BootError, BootInterrupted, BootOptions, BootResult, BootSession, run_boot
 
 
 def health(res: BootResult) -> dict[str, Any]:
@@ -73,6 +73,9 @@ def render_health(h: dict[str, Any]) -> list[str]:
 def to_json(res: BootResult) -> dict[str, Any]:
     return {
         "error": res.error,
+        "finished": res.finished,
+        "panic": res.panic,
+        "console_tail": res.console_tail if not res.finished else [],
         "times_s": res.times,
         "msix_enabled": res.snapshot.get("msix_enabled"),
         "msix_function_masked": res.snapshot.get("function_masked"),
@@ -98,13 +101,21 @@ def render(res: BootResult) -> str:
                    + (f", script done at {t['done']:.2f} s" if "done" in t else ""))  # fmt: skip
     out.append("")
     snap = res.snapshot
-    out.append(
-        "MSI-X table as the kernel filled it (our device's table, when the guest script ended)"
-    )
+    if not res.finished:
+        out.append("THE RUN DID NOT FINISH: what follows is our device as the kernel left it")
+        out.append("")
+        if not res.recorder.records:
+            out.append("(the kernel never accessed our device)")
+            out.append("")
+    at = "when the guest script ended" if res.finished else "when the kernel went away"
+    out.append(f"MSI-X table as the kernel filled it (our device's table, {at})")
     rows = snap.get("table", [])
-    if rows:
-        out.append(f"  MSI-X {'enabled' if snap['msix_enabled'] else 'disabled'}, function mask "
-                   f"{'set' if snap['function_masked'] else 'clear'}")  # fmt: skip
+    if dev.msix is not None:
+        written = table_entries_written(res.recorder.records)
+        out.append(f"  MSI-X capability: {len(rows)} vectors; MSI-X "
+                   f"{'enabled' if snap['msix_enabled'] else 'disabled'}, function mask "
+                   f"{'set' if snap['function_masked'] else 'clear'}; entries the kernel wrote: "
+                   + (", ".join(map(str, written)) if written else "none"))  # fmt: skip
         out.append(table([[str(r["entry"]), f"{r['address']:#010x}", f"{r['data']:#06x}",
                            r["decoded"], "yes" if r["masked"] else "no",
                            "yes" if r["pending"] else "no", str(r["sent"])] for r in rows],
@@ -112,7 +123,7 @@ def render(res: BootResult) -> str:
     else:
         out.append("  (no MSI-X capability: vectors=0, the device uses INTx)")
     out.append("")
-    out.append("Event → vector (msix_config, queue_msix_vector)")
+    out.append(f"Event → vector (msix_config, queue_msix_vector, {at})")
     out.append(table([[n, "NO_VECTOR" if v == 0xFFFF else str(v)] for n, v in snap.get("event_vectors", [])],
                      ["event", "vector"]))  # fmt: skip
     for when in ("before", "after"):
@@ -162,6 +173,11 @@ def render(res: BootResult) -> str:
     if res.error:
         out.append("")
         out.append(f"error: {res.error}")
+        if res.console_tail and not res.finished:
+            out.append(
+                "  the kernel's last console lines" + (" up to its panic:" if res.panic else ":")
+            )
+            out.extend("  | " + ln for ln in res.console_tail)
     return "\n".join(out)
 
 
@@ -174,6 +190,12 @@ def _run_with_pcap(opts: BootOptions, path: str) -> BootResult:
         return session.run()
     finally:
         pcap.close()
+
+
+def table_entries_written(records: list[dict[str, Any]]) -> list[int]:
+    """MSI-X table entries the kernel wrote (address, data or vector control), in order."""
+    return sorted({r["offset"] // 16 for r in records
+                   if r.get("space") == "msix-table" and r.get("op") == "w"})  # fmt: skip
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
@@ -190,7 +212,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
         net=args.net,
         timeout=args.timeout,
         backtraces=args.backtraces,
-        console=None if args.quiet else sys.stdout,
+        # With --json, stdout is the JSON document alone: the console goes to stderr.
+        console=None if args.quiet else sys.stderr if args.json else sys.stdout,
     )
     if script is not None:
         opts.script = script
@@ -199,6 +222,10 @@ def cmd_boot(args: argparse.Namespace) -> int:
     except (PrerequisiteMissing, BootError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except BootInterrupted as e:
+        print(f"virtio-msix boot: {e}; the kernel and every process it started were stopped",
+              file=sys.stderr)  # fmt: skip
+        return 128 + e.signum
     if args.trace_json:
         write_jsonl(res.recorder.records, args.trace_json)
     if args.json:

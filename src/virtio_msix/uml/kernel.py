@@ -16,8 +16,10 @@ tests so that a build failure is reported as such, not as a test failure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import errno
+import fcntl
 import hashlib
 import os
 import platform
@@ -26,10 +28,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..qemu.debian import PrerequisiteMissing, cache_dir, require
+from .procs import die_with_parent, kill_session
 
 SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
 SOURCE_PACKAGE = "linux-source-6.1"
@@ -218,18 +222,26 @@ def _check_prerequisites() -> None:
 def _run(cmd: list[str], cwd: Path, log, progress: bool, label: str) -> None:
     """Run a build step, its output to the log, with a one-line progress display."""
     start = time.monotonic()
+    # Its own session, killed with us: an interrupted command must not leave make writing into
+    # the tree the next build will use.
     proc = subprocess.Popen(
-        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
-    )
+        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+        start_new_session=True, preexec_fn=die_with_parent(),
+    )  # fmt: skip
     assert proc.stdout is not None
     units = 0
-    for line in proc.stdout:
-        log.write(line)
-        if line.lstrip().startswith(("CC ", "AS ", "LD ", "AR ", "HOSTCC ")):
-            units += 1
-        if progress and sys.stderr.isatty():
-            sys.stderr.write(f"\r  {label}: {units} units, {time.monotonic() - start:4.0f} s")
-            sys.stderr.flush()
+    try:
+        for line in proc.stdout:
+            log.write(line)
+            if line.lstrip().startswith(("CC ", "AS ", "LD ", "AR ", "HOSTCC ")):
+                units += 1
+            if progress and sys.stderr.isatty():
+                sys.stderr.write(f"\r  {label}: {units} units, {time.monotonic() - start:4.0f} s")
+                sys.stderr.flush()
+    except BaseException:
+        kill_session(proc.pid)
+        proc.wait()
+        raise
     rc = proc.wait()
     if progress:
         end = "\n" if sys.stderr.isatty() else ""
@@ -238,20 +250,81 @@ def _run(cmd: list[str], cwd: Path, log, progress: bool, label: str) -> None:
         raise RuntimeError(f"{label} failed (exit {rc}); see {log.name}")
 
 
-def build(progress: bool = True, jobs: int | None = None) -> Path:
-    """Build the UML kernel if the cache lacks it; returns the path of the ``linux`` binary."""
+def build(progress: bool = True, jobs: int | None = None, steps: BuildSteps | None = None) -> Path:
+    """Build the UML kernel if the cache lacks it; returns the path of the ``linux`` binary.
+
+    Safe when several commands start it at once: one builds while the others wait on a lock
+    (``build.lock`` in the cache), then find the kernel built. The build runs in a staging
+    directory renamed into place only when it is complete and stamped, so an interrupted build
+    never leaves a tree that looks finished (the next build resumes in the staging directory).
+    ``steps`` replaces the build steps (tests of this machinery only)."""
     if is_built():
         return kernel_path()
     _check_prerequisites()
     top = uml_dir()
     top.mkdir(parents=True, exist_ok=True)
-    tree = tree_dir()
-    jobs = jobs or os.cpu_count() or 2
+    with _build_lock(top, progress):
+        if is_built():  # built by the command that held the lock while we waited
+            return kernel_path()
+        staging = _staging_tree(top)
+        (steps or _build_steps)(top, staging, progress, jobs or os.cpu_count() or 2)
+        (staging / stamp_path().name).write_text(fragment_hash() + "\n")
+        # Kbuild's in-tree paths are relative, so the renamed tree stays incremental.
+        os.rename(staging, tree_dir())
+    return kernel_path()
+
+
+# (top, tree, progress, jobs): unpack, configure and build the kernel in ``tree``.
+BuildSteps = Callable[[Path, Path, bool, int], None]
+STAGING_SUFFIX = ".building"
+LOCK_NAME = "build.lock"
+UNPACKED = ".virtio-msix-unpacked"
+
+
+@contextlib.contextmanager
+def _build_lock(top: Path, progress: bool) -> Iterator[None]:
+    """An exclusive flock on the cache's lock file; released by the kernel if we die."""
+    with open(top / LOCK_NAME, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress:
+                sys.stderr.write(f"virtio-msix: another command is building the kernel in {top};"
+                                 " waiting for it\n")  # fmt: skip
+                sys.stderr.flush()
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _staging_tree(top: Path) -> Path:
+    """The directory the build runs in, never the published tree: an interrupted staging tree
+    is resumed; otherwise an unfinished or outdated published tree is moved here (Kbuild
+    rebuilds it incrementally), unstamped first so that it cannot look finished."""
+    staging = top / (TREE_NAME + STAGING_SUFFIX)
+    final = tree_dir()
+    if final.exists():
+        if staging.exists():
+            shutil.rmtree(final)
+        else:
+            (final / stamp_path().name).unlink(missing_ok=True)
+            if (final / "Makefile").is_file():  # unpacked by a build before the marker existed
+                (final / UNPACKED).touch()
+            os.rename(final, staging)
+    staging.mkdir(exist_ok=True)
+    (staging / stamp_path().name).unlink(missing_ok=True)
+    return staging
+
+
+def _build_steps(top: Path, tree: Path, progress: bool, jobs: int) -> None:
+    """Unpack linux-source-6.1 into ``tree``, patch, configure and build ``linux``."""
     with open(top / "build.log", "a") as log:
         if progress:
-            sys.stderr.write(f"virtio-msix: building User-Mode Linux 6.1 into {tree}\n")
-        if not (tree / "Makefile").is_file():
-            _run(["tar", "-xf", str(SOURCE_TARBALL)], top, log, progress, "unpack linux-source-6.1")
+            sys.stderr.write(f"virtio-msix: building User-Mode Linux 6.1 into {tree_dir()}\n")
+        if not (tree / UNPACKED).is_file():
+            _unpack(tree, log, progress)
         for patch in PATCHES:
             _apply_patch(tree, patch, log)
         frag = tree / "virtio-msix.config"
@@ -267,8 +340,14 @@ def build(progress: bool = True, jobs: int | None = None) -> Path:
         _run(["make", "ARCH=um", "olddefconfig"], tree, log, progress, "olddefconfig")
         _check_config(tree / ".config")
         _run(["make", "ARCH=um", f"-j{jobs}", "linux"], tree, log, progress, "make linux")
-    stamp_path().write_text(fragment_hash() + "\n")
-    return kernel_path()
+
+
+def _unpack(tree: Path, log, progress: bool) -> None:
+    """Unpack the source into ``tree`` (again, if an earlier unpack was interrupted); a marker
+    says it completed."""
+    _run(["tar", "-xf", str(SOURCE_TARBALL), "--strip-components=1"], tree, log, progress,
+         "unpack linux-source-6.1")  # fmt: skip
+    (tree / UNPACKED).touch()
 
 
 def _apply_patch(tree: Path, patch: Path, log) -> None:

@@ -1,0 +1,208 @@
+"""No process a boot starts outlives it.
+
+The UML kernel is not one process: it forks a host process per guest address space (ptraced by
+the kernel) and helper threads; under ``--backtraces`` it is gdb's inferior, in a process group
+of its own. What they all share is the session: the kernel (or gdb) is started as a session
+leader (``start_new_session``), and neither UML (whose own ``setsid()`` fails on a session or
+group leader) nor gdb starts another. A session's id is not reused while any process is in it,
+so "every process whose session is the kernel's" names exactly that tree.
+
+Three layers stop them:
+- ``kill_session`` on every exit path of the boot (normal, error, SIGINT/SIGTERM);
+- ``PR_SET_PDEATHSIG`` (SIGKILL) on the process we start, for a parent that dies without
+  running any code (SIGKILL); it does not reach the kernel's own children, hence
+- a ``Reaper``: a tiny process in its own session holding the read end of a pipe whose write end
+  only we hold. When we die by any means the pipe closes and the reaper kills the session and
+  removes the run's directory.
+
+The kernel build's steps (``kernel._run``: make and its compilers) get the first two.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+# Bound on killing a session (processes can fork between a scan and the kill; rescans until
+# none is left, but never for longer than this).
+KILL_DEADLINE_S = 10.0
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live (not zombie) processes whose session id is ``sid``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # Fields after the command name, which may itself hold spaces and parentheses.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 3 and fields[0] != "Z" and int(fields[3]) == sid:
+            pids.append(int(entry))
+    return pids
+
+
+def kill_session(sid: int, deadline_s: float = KILL_DEADLINE_S) -> list[int]:
+    """SIGKILL every process of session ``sid`` until none is left (or the deadline passes);
+    returns the pids still alive then (empty on success)."""
+    end = time.monotonic() + deadline_s
+    while True:
+        pids = session_pids(sid)
+        if not pids or time.monotonic() > end:
+            return pids
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGKILL when we die (and dies at once if we already
+    died between the fork and the prctl)."""
+    parent = os.getpid()
+
+    def preexec() -> None:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
+REAPER = r"""
+import os, shutil, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+line = b""
+while not line.endswith(b"\n"):
+    chunk = os.read(0, 64)
+    if not chunk:
+        sys.exit(0)
+    line += chunk
+sid, _, work = line.decode().strip().partition(" ")
+while os.read(0, 64):
+    pass
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    alive = []
+    for e in os.listdir("/proc"):
+        try:
+            st = open(f"/proc/{e}/stat").read() if e.isdigit() else ""
+        except OSError:
+            continue
+        f = st[st.rfind(")") + 2 :].split()
+        if len(f) > 3 and f[0] != "Z" and f[3] == sid:
+            alive.append(int(e))
+    if not alive:
+        break
+    for p in alive:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+    time.sleep(0.01)
+if work:
+    shutil.rmtree(work, ignore_errors=True)
+"""
+
+
+class Reaper:
+    """Kills a session and removes a directory when this process dies, however it dies."""
+
+    def __init__(self) -> None:
+        r, self._w = os.pipe()
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-S", "-c", REAPER, str(KILL_DEADLINE_S)], stdin=r,
+                                         stdout=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        finally:
+            os.close(r)
+        # Our end must not leak into the kernel (it would keep the pipe open after we die).
+        os.set_inheritable(self._w, False)
+
+    def arm(self, sid: int, work: Path) -> None:
+        """Watch session ``sid`` and directory ``work`` from now on."""
+        os.write(self._w, f"{sid} {work}\n".encode())
+
+    def close(self) -> None:
+        """We are done (after stopping everything ourselves): let the reaper check and exit."""
+        if self._w >= 0:
+            os.close(self._w)
+            self._w = -1
+        try:
+            self.proc.wait(timeout=KILL_DEADLINE_S + 5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class BootInterrupted(Exception):
+    """SIGINT, SIGTERM or SIGHUP arrived; everything was stopped. Exit status 128 + signum."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+class Signals:
+    """While active, SIGINT/SIGTERM/SIGHUP raise ``BootInterrupted`` once; after that (and
+    while ``deferred``) they are only noted, so that a second signal cannot cut the cleanup
+    short. Handlers can only be installed from the main thread; elsewhere this does nothing."""
+
+    WATCHED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.got: int | None = None
+        self._armed = True
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Signals:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.WATCHED:
+                self._previous[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        self._previous.clear()
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if self.got is None:
+            self.got = signum
+        if self._armed:
+            self._armed = False
+            raise BootInterrupted(signum)
+
+    def hold(self) -> None:
+        """From now on signals are only noted (the cleanup runs to its end)."""
+        self._armed = False
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Note signals in this block (a process started and not yet recorded must not be
+        lost), raise after it."""
+        armed, self._armed = self._armed, False
+        try:
+            yield
+        finally:
+            self._armed = armed
+        if armed and self.got is not None:
+            self._armed = False
+            raise BootInterrupted(self.got)
