@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from virtio_msix.qemu.debian import PrerequisiteMissing, cache_dir
-from virtio_msix.uml import kernel as uml_kernel
+from virtio_msix.qemu.debian import cache_dir
 from virtio_msix.uml.boot import BootOptions, BootSession, run_boot
 from virtio_msix.uml.procs import session_pids
 
@@ -26,14 +25,6 @@ pytestmark = pytest.mark.uml
 CLI = [sys.executable, "-m", "virtio_msix.cli", "boot"]
 SYSRQ_CRASH = "echo c > /proc/sysrq-trigger"
 READY = "READY-TO-BE-STOPPED"
-
-
-@pytest.fixture(scope="module")
-def linux():
-    try:
-        return uml_kernel.build(progress=True)
-    except PrerequisiteMissing as e:
-        pytest.fail(f"the UML kernel cannot be built here: {e}", pytrace=False)
 
 
 @pytest.fixture

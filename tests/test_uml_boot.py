@@ -17,24 +17,13 @@ import pytest
 
 from virtio_msix.guest.compare import diff, format_key, virtio_phase
 from virtio_msix.guest.sim import SimOptions, run_sim
-from virtio_msix.qemu.debian import PrerequisiteMissing
 from virtio_msix.trace.recorder import load_jsonl
-from virtio_msix.uml import kernel as uml_kernel
 from virtio_msix.uml.boot import BootOptions, BootSession, run_boot
 from virtio_msix.uml.vhost_user import HEADER, VhostUserBackend, VhostUserError
 
 pytestmark = pytest.mark.uml
 
 CONFIGS = {"default": None, "vectors2": 2, "vectors0": 0}
-
-
-@pytest.fixture(scope="module")
-def linux():
-    try:
-        return uml_kernel.build(progress=True)
-    except PrerequisiteMissing as e:
-        # Never a silent skip: the real kernel is what these tests are about.
-        pytest.fail(f"the UML kernel cannot be built here: {e}", pytrace=False)
 
 
 @pytest.fixture(scope="module")

@@ -14,19 +14,9 @@ import pytest
 
 from virtio_msix.guest.compare import diff, format_key, virtio_phase
 from virtio_msix.guest.sim import SimOptions, run_sim
-from virtio_msix.qemu.debian import PrerequisiteMissing
-from virtio_msix.uml import kernel as uml_kernel
 from virtio_msix.uml.boot import BootOptions, run_boot
 
 pytestmark = pytest.mark.uml
-
-
-@pytest.fixture(scope="module")
-def linux():
-    try:
-        return uml_kernel.build(progress=True)
-    except PrerequisiteMissing as e:
-        pytest.fail(f"the UML kernel cannot be built here: {e}", pytrace=False)
 
 
 def test_more_vectors_than_virt_pci_has_fall_back_like_the_real_kernel(linux):

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from virtio_msix.qemu.debian import PrerequisiteMissing
 from virtio_msix.uml import kernel as uml_kernel
 from virtio_msix.uml.boot import BootOptions, run_boot
 
@@ -70,14 +69,6 @@ def xstate(tmp_path_factory) -> dict[str, int]:
                                                    text=True, check=True).stdout.split())  # fmt: skip
     assert rc == 0, "PTRACE_GETREGSET NT_X86_XSTATE failed on this host"
     return {"cpuid_ebx": ebx, "cpuid_ecx": ecx, "regset": length}
-
-
-@pytest.fixture(scope="module")
-def linux():
-    try:
-        return uml_kernel.build(progress=True)
-    except PrerequisiteMissing as e:
-        pytest.fail(f"the UML kernel cannot be built here: {e}", pytrace=False)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fdcount import open_fds
 
 from virtio_msix.uml.boot import BootOptions, BootSession
 from virtio_msix.uml.cli import render, to_json
@@ -26,17 +27,6 @@ PEER = Path(__file__).with_name("vhost_peer.py")
 TIMEOUT = 3.0
 # Generous: run() adds its own teardown (waiting for the "kernel", then killing its group).
 HANG = TIMEOUT + 30
-
-
-def open_fds() -> set[str]:
-    """This process's open descriptors (the listing's own is closed before readlink)."""
-    out = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            out.add(f"{fd} {os.readlink(f'/proc/self/fd/{fd}')}")
-        except OSError:
-            pass
-    return out
 
 
 def group_gone(pgid: int) -> bool:

@@ -10,6 +10,7 @@ import socket
 import struct
 
 import pytest
+from fdcount import open_fds
 
 from virtio_msix.uml.pcidev import MAX_PENDING_IRQS, MSG, PcidevOp, VirtPciHost
 from virtio_msix.uml.vhost_user import (
@@ -26,17 +27,6 @@ from virtio_msix.uml.vhost_user import (
 )
 from virtio_msix.virtio.memory import GuestMemory, GuestMemoryError
 from virtio_msix.virtio.queue import VirtQueue
-
-
-def open_fds() -> set[str]:
-    """This process's open descriptors (the listing's own is closed before readlink)."""
-    out = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            out.add(f"{fd} {os.readlink(f'/proc/self/fd/{fd}')}")
-        except OSError:
-            pass
-    return out
 
 
 @pytest.fixture
