@@ -27,16 +27,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..host.phases import PhaseTagger
+from ..host.views import default_vectors, device_views
+from ..host.views import queue_names as host_queue_names
 from ..pci.sink import NullSink
 from ..trace import Recorder
 from ..virtio import make_virtio_net_pci
 from ..virtio.backends import ResponderBackend, TapBackend
+from ..virtio.device import VirtioDevice
 from ..virtio.memory import GuestMemoryError
 from ..virtio.pci import VirtioPciDevice
 from ..virtio.queue import VirtqueueError
-from ..virtio.regs import COMMON
+from ..virtio.regs import TRANSITIONAL_DEVICE_IDS
 from . import kernel as uml_kernel
-from .pcidev import CMD_QUEUE, IRQ_QUEUE, UML_MSI_ADDRESS, UmlInterruptSink, VirtPciHost
+from .pcidev import CMD_QUEUE, IRQ_QUEUE, UmlInterruptSink, VirtPciHost
 from .vhost_user import VIRTIO_F_VERSION_1, VhostUserBackend, VhostUserError
 
 # CONFIG_UML_PCI_OVER_VIRTIO_DEVICE_ID in uml.config: the virtio device id virt-pci binds to.
@@ -49,6 +53,14 @@ TAP_GUEST_IP = "172.30.77.15"
 TAP_HOST_IP = "172.30.77.1"
 MARK = "@@vmsix"
 CONSOLE_READS_PER_PASS = 16  # of 64 KiB each, per pass of the event loop
+
+# For a device of the user's: what the kernel made of it.
+DEVICE_SCRIPT = f"""\
+echo {MARK} interrupts-before; cat /proc/interrupts; echo {MARK} end
+for d in /sys/bus/virtio/devices/*; do echo "${{d##*/}}: device $(cat $d/device)" \
+  "driver $(basename $(readlink $d/driver) 2>/dev/null)"; done
+echo {MARK} interrupts-after; cat /proc/interrupts; echo {MARK} end
+"""
 
 DEFAULT_SCRIPT = f"""\
 echo {MARK} interrupts-before; cat /proc/interrupts; echo {MARK} end
@@ -99,6 +111,10 @@ class BootOptions:
     # Run this instead of the UML kernel, with the socket path as its last argument: a stand-in
     # peer for tests that speak vhost-user themselves (tests/hostile/). None: the real kernel.
     kernel_command: list[str] | None = None
+    # A device of the user's (the public API: any VirtioDevice) instead of virtio-net; the
+    # kernel's own driver for its device id probes it. ``vectors`` defaults to config + one per
+    # queue; the default script shows /proc/interrupts and the virtio devices the kernel bound.
+    device: VirtioDevice | None = None
 
 
 @dataclass
@@ -159,20 +175,6 @@ def parse_ping(text: str) -> dict[str, Any]:
 def queue_names(queue_pairs: int) -> list[str]:
     """virtio_net's virtqueue names (virtnet_find_vqs): input.N, output.N, then control."""
     return [f"{k}.{i}" for i in range(queue_pairs) for k in ("input", "output")] + ["control"]
-
-
-def device_views(device: VirtioPciDevice, queue_pairs: int) -> dict[str, Any]:
-    """Our MSI-X table and the event → vector map, as the kernel has programmed them."""
-    msix = device.msix
-    table = msix.table_rows() if msix is not None else []
-    for row in table:
-        row["decoded"] = f"UML irq {row['data']}" if row["address"] == UML_MSI_ADDRESS else "-"
-    return {
-        "msix_enabled": bool(msix and msix.enabled),
-        "function_masked": bool(msix and msix.function_masked),
-        "table": table,
-        "event_vectors": device.event_vectors(queue_names(queue_pairs)),
-    }
 
 
 def kernel_cmdline(sock: Path, root: Path, memory_mb: int) -> list[str]:
@@ -295,51 +297,44 @@ def pair_backtraces(hits: list[tuple[str, str]], records: list[dict[str, Any]]) 
     return out
 
 
-def phase_tagger(recorder: Recorder) -> None:
-    """Tag records: 'enumeration' before the first common-config access, 'probe' up to the
-    DRIVER_OK write, 'run' after (the same phases as the simulator's trace)."""
-    state = {"phase": "enumeration"}
-    status = COMMON["device_status"].offset
-
-    def tag(rec: dict[str, Any]) -> None:
-        if state["phase"] == "enumeration" and rec.get("space") == "common":
-            state["phase"] = "probe"
-        rec["phase"] = state["phase"]
-        if (state["phase"] == "probe" and rec.get("space") == "common" and rec.get("op") == "w"
-                and rec.get("offset") == status and rec.get("value", 0) & 0x4):  # fmt: skip
-            state["phase"] = "run"
-
-    recorder.subscribe(tag)
-
-
 class BootSession:
     """One kernel, one device, one event loop."""
 
     def __init__(self, opts: BootOptions) -> None:
         self.opts = opts
         self.recorder = Recorder()
-        phase_tagger(self.recorder)
-        if opts.net == "tap":
-            self.netdev: Any = _tap_with_host_address(TAP_HOST_IP)
-            self.guest_ip, self.host_ip = TAP_GUEST_IP, TAP_HOST_IP
-        elif opts.net == "responder":
-            self.netdev = ResponderBackend(host_ip=HOST_IP)
-            self.guest_ip, self.host_ip = GUEST_IP, HOST_IP
-        else:
-            raise ValueError(f"unknown --net {opts.net!r} (responder or tap)")
+        PhaseTagger(self.recorder, probe_on_common=True)
+        self.netdev: Any = None
+        self.guest_ip, self.host_ip = GUEST_IP, HOST_IP
+        if opts.device is None:
+            if opts.net == "tap":
+                self.netdev = _tap_with_host_address(TAP_HOST_IP)
+                self.guest_ip, self.host_ip = TAP_GUEST_IP, TAP_HOST_IP
+            elif opts.net == "responder":
+                self.netdev = ResponderBackend(host_ip=HOST_IP)
+            else:
+                raise ValueError(f"unknown --net {opts.net!r} (responder or tap)")
         self.vhost: VhostUserBackend | None = None
         self.host: VirtPciHost | None = None
         # The device exists before the kernel connects, so that its state is inspectable
         # whatever happens; memory and the sink are bound when the connection comes.
         self.sink_proxy = _SinkProxy()
-        self.device = make_virtio_net_pci(
-            vectors=opts.vectors,
-            queue_pairs=opts.queue_pairs,
-            disable_legacy=opts.disable_legacy,
-            sink=self.sink_proxy,
-            recorder=self.recorder,
-            backend=self.netdev,
-        )
+        if opts.device is not None:
+            vectors = default_vectors(opts.device) if opts.vectors is None else opts.vectors
+            legacy = not opts.disable_legacy and opts.device.device_id in TRANSITIONAL_DEVICE_IDS
+            self.device = VirtioPciDevice(opts.device, vectors=vectors, disable_legacy=not legacy,
+                                          sink=self.sink_proxy, recorder=self.recorder)  # fmt: skip
+            self.queue_names = host_queue_names(opts.device)
+        else:
+            self.device = make_virtio_net_pci(
+                vectors=opts.vectors,
+                queue_pairs=opts.queue_pairs,
+                disable_legacy=opts.disable_legacy,
+                sink=self.sink_proxy,
+                recorder=self.recorder,
+                backend=self.netdev,
+            )
+            self.queue_names = queue_names(opts.queue_pairs)
         self.console: list[str] = []
         self._partial = ""
         self.sections: dict[str, str] = {}
@@ -367,7 +362,7 @@ class BootSession:
                 self.times["init"] = time.monotonic() - self.times["start"]
             elif tag == "done":
                 self.times["done"] = time.monotonic() - self.times["start"]
-                self.snapshot = device_views(self.device, self.opts.queue_pairs)
+                self.snapshot = device_views(self.device, self.queue_names, "um")
             elif tag == "end":
                 self._section = None
             elif tag:
@@ -395,7 +390,7 @@ class BootSession:
             root = uml_kernel.make_rootfs(
                 work / "root",
                 INIT_TEMPLATE.format(
-                    mark=MARK, script=opts.script, guest_ip=self.guest_ip, host_ip=self.host_ip
+                    mark=MARK, script=self._script(), guest_ip=self.guest_ip, host_ip=self.host_ip
                 ),
                 files=opts.files,
             )
@@ -458,6 +453,11 @@ class BootSession:
         if result.error is None and "done" not in self.times:
             result.error = "the guest did not finish its script (see the console above)"
         return result
+
+    def _script(self) -> str:
+        if self.opts.device is not None and self.opts.script == DEFAULT_SCRIPT:
+            return DEVICE_SCRIPT  # the default one brings eth0 up and pings
+        return self.opts.script
 
     def _stop(self, proc: subprocess.Popen[bytes]) -> int | None:
         try:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import cliargs
+from ..host.devmodule import device_module
 from ..qemu.debian import PrerequisiteMissing
 from ..trace.pcapng import FrameTap, PcapngWriter
 from ..trace.recorder import write_jsonl
@@ -90,7 +91,7 @@ def to_json(res: BootResult) -> dict[str, Any]:
 def render(res: BootResult) -> str:
     out: list[str] = []
     dev = res.device
-    out.append(f"== virtio-net [{dev.config_word(0):04x}:{dev.config_word(2):04x}] driven by the real "
+    out.append(f"== {dev.device.name} [{dev.config_word(0):04x}:{dev.config_word(2):04x}] driven by the real "
                "Linux 6.1 kernel (User-Mode Linux, virt-pci)")  # fmt: skip
     t = res.times
     if "init" in t:
@@ -147,7 +148,7 @@ def render(res: BootResult) -> str:
     if res.after_teardown:
         t = res.after_teardown
         out.append("")
-        out.append(f"After the guest unbound the device (virtnet_remove): every entry masked: "
+        out.append(f"After the guest unbound the device (the driver's remove): every entry masked: "
                    f"{t['all_masked']}, MSI-X enabled: {t['msix_enabled']}")  # fmt: skip
         if t["msix_enabled"]:
             out.append(
@@ -194,6 +195,12 @@ def cmd_boot(args: argparse.Namespace) -> int:
     )
     if script is not None:
         opts.script = script
+    if args.device_module is not None:
+        if args.pcap:
+            print("error: --pcap records virtio-net frames; it cannot be used with "
+                  "--device-module", file=sys.stderr)  # fmt: skip
+            return 2
+        opts.device = args.device_module()
     try:
         res = run_boot(opts) if not args.pcap else _run_with_pcap(opts, args.pcap)
     except (PrerequisiteMissing, BootError) as e:
@@ -251,6 +258,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pcap", metavar="FILE", type=cliargs.output_file,
                    help="write every frame the guest sent and received through our device as "
                         "pcapng, with inbound/outbound direction flags (tshark/Wireshark)")  # fmt: skip
+    p.add_argument("--device-module", metavar="FILE", type=device_module, default=None,
+                   help="put the device a Python file's make_device() returns (a VirtioDevice, "
+                        "e.g. examples/rng.py) on the kernel's PCI bus instead of virtio-net; "
+                        "the kernel's own driver probes it")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the views as JSON")
     p.add_argument("--quiet", action="store_true", help="do not show the kernel console")
     p.add_argument("--timeout", type=cliargs.seconds, default=120.0, metavar="SECONDS",

@@ -63,6 +63,9 @@ class VirtioDevice:
     # Features offered only through the legacy interface (QEMU's legacy_features, e.g.
     # VIRTIO_NET_F_GSO): the modern device_feature window hides them (§4.1.4.3).
     legacy_only_features: int = 0
+    # The names the Linux driver gives the virtqueues, in order (virtio_rng: "input"); the
+    # views label each queue's vector with them, and the simulated generic driver uses them.
+    queue_names: tuple[str, ...] = ()
 
     def __init__(self, queue_max_sizes: list[int], host_features: int, config_len: int) -> None:
         self.queues = [VirtQueue(i, size) for i, size in enumerate(queue_max_sizes)]

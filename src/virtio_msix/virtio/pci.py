@@ -46,8 +46,8 @@ from .device import (
     VIRTIO_F_VERSION_1,
     VirtioDevice,
 )
-from .memory import GuestMemory, Memory
-from .queue import VirtQueue
+from .memory import GuestMemory, GuestMemoryError, Memory
+from .queue import VirtQueue, VirtqueueError
 from .regs import (
     CAP,
     COMMON_BY_OFFSET,
@@ -601,7 +601,13 @@ class VirtioPciDevice(PciFunction):
             # Served once DRIVER_OK is set and Bus Master is on (no DMA without it).
             self._deferred_kicks.add(index)
             return
-        self.device.queue_notify(index)
+        try:
+            self.device.queue_notify(index)
+        except (VirtqueueError, GuestMemoryError) as e:
+            # A device that lets a ring fault escape (as a device written against the public
+            # API may): the fault is the guest's, so it becomes DEVICE_NEEDS_RESET (§2.1.2),
+            # never an exception in the host's loop.
+            self.device_error(f"queue {index}: {e}")
 
     def _serve_deferred_kicks(self) -> None:
         if not self.driver_ok or not self.bus_master:

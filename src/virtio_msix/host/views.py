@@ -1,0 +1,57 @@
+"""The device views every host shows, built once: the MSI-X table with each message decoded
+for the architecture that wrote it, the event → vector map, and the names drivers give queues."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..irq.x86 import decode_msi
+from ..virtio.device import VirtioDevice
+from ..virtio.pci import VirtioPciDevice
+
+# arch/um/drivers/virt-pci.c um_pci_compose_msi_msg: UML's MSI address; the data is the IRQ.
+UML_MSI_ADDRESS = 0xA0000
+
+
+def queue_names(device: VirtioDevice) -> list[str]:
+    """The names the driver gives the device's virtqueues: the device's ``queue_names`` when it
+    declares them (as Linux drivers name theirs: "input", "requests.0", ...), else queueN."""
+    declared = list(device.queue_names)
+    return [declared[i] if i < len(declared) else f"queue{i}" for i in range(len(device.queues))]
+
+
+def default_vectors(device: VirtioDevice) -> int:
+    """One MSI-X vector for configuration changes and one per virtqueue: what Linux asks for
+    first (vp_find_vqs_msix with per_vq_vectors)."""
+    return 1 + len(device.queues)
+
+
+def decode_message(address: int, data: int, arch: str) -> str:
+    """An MSI message as the interrupt controller of ``arch`` ("x86" or "um") reads it."""
+    if arch == "um":
+        return f"UML irq {data}" if address == UML_MSI_ADDRESS else "-"
+    d = decode_msi(address, data)
+    if not (d.valid and address):
+        return "-"
+    return f"{'logical' if d.logical else 'physical'} dest {d.dest:#x} vector {d.vector:#04x}"
+
+
+def msix_table(device: VirtioPciDevice, arch: str) -> list[dict[str, Any]]:
+    """The device's MSI-X table rows (entry, address, data, masked, pending, sent) + decoded."""
+    if device.msix is None:
+        return []
+    rows = device.msix.table_rows()
+    for row in rows:
+        row["decoded"] = decode_message(row["address"], row["data"], arch)
+    return rows
+
+
+def device_views(device: VirtioPciDevice, names: list[str], arch: str) -> dict[str, Any]:
+    """MSI-X state and table, and the event → vector map, as the driver has programmed them."""
+    msix = device.msix
+    return {
+        "msix_enabled": bool(msix and msix.enabled),
+        "function_masked": bool(msix and msix.function_masked),
+        "table": msix_table(device, arch),
+        "event_vectors": device.event_vectors(names),
+    }
