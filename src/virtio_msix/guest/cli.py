@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from .. import cliargs
+from ..abi.virtio import VIRTIO_MSI_NO_VECTOR
 from ..cliargs import fail
 from ..trace import Recorder
 from ..trace.pcapng import PcapngWriter
@@ -98,7 +99,7 @@ def render(res: SimResult, s: Style) -> str:
         out.append(s.dim("  (no MSI-X capability: the device has vectors=0)"))
     out.append("")
     out.append(s.head("Event → vector (msix_config, queue_msix_vector)"))
-    out.append(table([[name, "NO_VECTOR" if v == 0xFFFF else str(v)] for name, v in res.event_vectors],
+    out.append(table([[name, "NO_VECTOR" if v == VIRTIO_MSI_NO_VECTOR else str(v)] for name, v in res.event_vectors],
                      ["event", "vector"]))  # fmt: skip
     out.append("")
     out.append(s.head(f"/proc/interrupts after {o.packets} packets each way"))

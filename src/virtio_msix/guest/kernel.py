@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..abi.uml import UML_MSI_ADDRESS
 from ..irq.x86 import MANAGED_IRQ_SHUTDOWN_VECTOR, MsiMessage, X86Interrupts
 from ..pci.bus import PciBus
 from ..virtio.memory import GuestMemory
@@ -19,7 +20,6 @@ from . import backtrace
 from .errnos import ENOSPC
 
 PAGE_SIZE = 4096
-UML_MSI_ADDRESS = 0xA0000  # arch/um/drivers/virt-pci.c: um_pci_compose_msi_msg
 LOG_LINES = 4096
 UM_MAX_MSI_VECTORS = 32  # arch/um/drivers/virt-pci.c: MAX_MSI_VECTORS, for the whole bus
 

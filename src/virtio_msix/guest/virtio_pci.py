@@ -9,11 +9,28 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..abi.virtio import (
+    ACKNOWLEDGE,
+    DRIVER,
+    DRIVER_OK,
+    FAILED,
+    FEATURES_OK,
+    VIRTIO_F_ACCESS_PLATFORM,
+    VIRTIO_F_EVENT_IDX,
+    VIRTIO_F_INDIRECT_DESC,
+    VIRTIO_F_ORDER_PLATFORM,
+    VIRTIO_F_RING_PACKED,
+    VIRTIO_F_RING_RESET,
+    VIRTIO_F_VERSION_1,
+    VIRTIO_TRANSPORT_F_END,
+    VIRTIO_TRANSPORT_F_START,
+)
 from ..pci.regs import PCI_CAP_ID_VNDR
-from ..virtio.device import ACKNOWLEDGE, DRIVER, DRIVER_OK, FAILED, FEATURES_OK
 from ..virtio.regs import (
     CAP,
     COMMON,
+    COMMON_CFG_LEN,
+    MODERN_COMMON_CFG_LEN,
     NOTIFY_OFF_MULTIPLIER,
     VIRTIO_MSI_NO_VECTOR,
     VIRTIO_PCI_CAP_COMMON_CFG,
@@ -49,12 +66,15 @@ from .pci import (
 from .vring import Virtqueue, vring_interrupt
 
 PAGE_SIZE = 4096
-VIRTIO_TRANSPORT_F_START, VIRTIO_TRANSPORT_F_END = 28, 41
 # drivers/virtio/virtio_ring.c vring_transport_features: the ring features the core keeps.
-VRING_TRANSPORT_FEATURES = (28, 29, 32, 33, 34, 36)
-VIRTIO_F_VERSION_1 = 32
-VIRTIO_F_SR_IOV = 37
-VIRTIO_F_RING_RESET = 40
+VRING_TRANSPORT_FEATURES = (
+    VIRTIO_F_INDIRECT_DESC,
+    VIRTIO_F_EVENT_IDX,
+    VIRTIO_F_VERSION_1,
+    VIRTIO_F_ACCESS_PLATFORM,
+    VIRTIO_F_RING_PACKED,
+    VIRTIO_F_ORDER_PLATFORM,
+)
 VP_MSIX_CONFIG_VECTOR = 0
 VP_MSIX_VQ_VECTOR = 1
 ISR_QUEUE, ISR_CONFIG = 0x1, 0x2
@@ -316,7 +336,7 @@ def vp_modern_probe(k: Kernel, vp: VirtioPciDev) -> int:
         return -EINVAL
     device = virtio_pci_find_capability(k, dev, VIRTIO_PCI_CAP_DEVICE_CFG, vp)
     m = vp.mdev
-    mapped = vp_modern_map_capability(k, dev, common, 56, 4, 0, 64)
+    mapped = vp_modern_map_capability(k, dev, common, COMMON_CFG_LEN, 4, 0, MODERN_COMMON_CFG_LEN)
     if mapped is None:
         return -EINVAL
     m.common = mapped[0]
@@ -660,7 +680,8 @@ def setup_vq(
         return -ENOENT
     if num & (num - 1):
         return -EINVAL
-    vq = Virtqueue(k, index, num, name, callback, lambda q: vp_notify(k, q), vp.has_feature(29))
+    vq = Virtqueue(k, index, num, name, callback, lambda q: vp_notify(k, q),
+                   vp.has_feature(VIRTIO_F_EVENT_IDX))  # fmt: skip
     vp_modern_set_queue_size(k, vp, index, num)
     vp_modern_queue_address(k, vp, index, vq.desc, vq.avail, vq.used)
     if msix_vec != VIRTIO_MSI_NO_VECTOR:

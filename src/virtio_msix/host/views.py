@@ -5,12 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..abi.uml import UML_MSI_ADDRESS
 from ..irq.x86 import decode_msi
 from ..virtio.device import VirtioDevice
 from ..virtio.pci import VirtioPciDevice
-
-# arch/um/drivers/virt-pci.c um_pci_compose_msi_msg: UML's MSI address; the data is the IRQ.
-UML_MSI_ADDRESS = 0xA0000
 
 
 def queue_names(device: VirtioDevice) -> list[str]:

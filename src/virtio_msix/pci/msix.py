@@ -22,7 +22,11 @@ from .region import Region
 from .regs import (
     MSIX,
     PCI_MSIX_ENTRY_CTRL_MASKBIT,
+    PCI_MSIX_ENTRY_DATA,
+    PCI_MSIX_ENTRY_LOWER_ADDR,
     PCI_MSIX_ENTRY_SIZE,
+    PCI_MSIX_ENTRY_UPPER_ADDR,
+    PCI_MSIX_ENTRY_VECTOR_CTRL,
     PCI_MSIX_FLAGS_ENABLE,
     PCI_MSIX_FLAGS_MASKALL,
 )
@@ -116,7 +120,7 @@ class Msix:
 
     # -- per-vector state ----------------------------------------------------------------------
     def _ctrl(self, v: int) -> int:
-        off = v * PCI_MSIX_ENTRY_SIZE + 12
+        off = v * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL
         return int.from_bytes(self.table[off : off + 4], "little")
 
     def entry_masked(self, v: int) -> bool:
@@ -137,10 +141,13 @@ class Msix:
 
     def message(self, v: int) -> tuple[int, int]:
         base = v * PCI_MSIX_ENTRY_SIZE
-        lo = int.from_bytes(self.table[base : base + 4], "little")
-        hi = int.from_bytes(self.table[base + 4 : base + 8], "little")
-        data = int.from_bytes(self.table[base + 8 : base + 12], "little")
+        lo = self._dword(base + PCI_MSIX_ENTRY_LOWER_ADDR)
+        hi = self._dword(base + PCI_MSIX_ENTRY_UPPER_ADDR)
+        data = self._dword(base + PCI_MSIX_ENTRY_DATA)
         return hi << 32 | lo, data
+
+    def _dword(self, off: int) -> int:
+        return int.from_bytes(self.table[off : off + 4], "little")
 
     @property
     def entries(self) -> list[MsixEntry]:
@@ -245,7 +252,9 @@ class Msix:
         """Function-level reset: every entry zero and masked, nothing pending, nothing used."""
         self.table[:] = bytes(len(self.table))
         for v in range(self.table_size):
-            self.table[v * PCI_MSIX_ENTRY_SIZE + 12] = PCI_MSIX_ENTRY_CTRL_MASKBIT
+            self.table[v * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL] = (
+                PCI_MSIX_ENTRY_CTRL_MASKBIT
+            )
         self.pba[:] = bytes(self.pba_size)
         self.use_count = [0] * self.table_size
         self.function_masked = True

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..host.phases import is_driver_ok_write
 from .debian import MODULES, DebianKernel, build_initramfs, fetch_kernel, require
 
 SLOT = 3  # -device ...,addr=0x3: the same devfn on q35 and pc
@@ -151,13 +152,7 @@ def convert(lines: Iterable[str], slot: int = SLOT) -> Iterator[dict[str, Any]]:
                 continue
         rec["phase"] = phase
         yield rec
-        if (
-            phase == "probe"
-            and rec["space"] == "common"
-            and op == "w"
-            and rec["offset"] == 0x14
-            and value & 0x4
-        ):
+        if phase == "probe" and is_driver_ok_write(rec):
             phase = "run"
 
 

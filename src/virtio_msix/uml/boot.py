@@ -27,6 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..abi.msix import (
+    PCI_MSIX_ENTRY_CTRL_MASKBIT,
+    PCI_MSIX_ENTRY_DATA,
+    PCI_MSIX_ENTRY_LOWER_ADDR,
+    PCI_MSIX_ENTRY_UPPER_ADDR,
+    PCI_MSIX_ENTRY_VECTOR_CTRL,
+    entry_field,
+)
+from ..abi.virtio import VIRTIO_F_VERSION_1
 from ..host.phases import PhaseTagger
 from ..host.views import default_vectors, device_views
 from ..host.views import queue_names as host_queue_names
@@ -41,7 +50,7 @@ from ..virtio.queue import VirtqueueError
 from ..virtio.regs import TRANSITIONAL_DEVICE_IDS
 from . import kernel as uml_kernel
 from .pcidev import CMD_QUEUE, IRQ_QUEUE, UmlInterruptSink, VirtPciHost
-from .vhost_user import VIRTIO_F_VERSION_1, VhostUserBackend, VhostUserError
+from .vhost_user import VhostUserBackend, VhostUserError
 
 # CONFIG_UML_PCI_OVER_VIRTIO_DEVICE_ID in uml.config: the virtio device id virt-pci binds to.
 PCI_OVER_VIRTIO_DEVICE_ID = 1234
@@ -260,10 +269,10 @@ def table_writes(records: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     for r in records:
         if r.get("space") != "msix-table" or r.get("op") != "w":
             continue
-        entry, field = divmod(r["offset"], 16)
-        if field == 12:
+        entry, field = entry_field(r["offset"])
+        if field == PCI_MSIX_ENTRY_VECTOR_CTRL:
             current = None
-            if not r["value"] & 1:
+            if not r["value"] & PCI_MSIX_ENTRY_CTRL_MASKBIT:
                 unmasks.append(f"entry {entry}: vector control <- {r['value']:#x} (unmasked)")
             continue
         if current is None or current["entry"] != entry or field in current["fields"]:
@@ -273,8 +282,10 @@ def table_writes(records: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
         if r["size"] == 8:
             current["fields"][field + 4] = r["value"] >> 32
         f = current["fields"]
-        parts = [f"addr_lo {f[0]:#010x}" if 0 in f else "", f"addr_hi {f[4]:#x}" if 4 in f else "",
-                 f"data {f[8]:#x}" if 8 in f else ""]  # fmt: skip
+        lo, hi, data = PCI_MSIX_ENTRY_LOWER_ADDR, PCI_MSIX_ENTRY_UPPER_ADDR, PCI_MSIX_ENTRY_DATA
+        parts = [f"addr_lo {f[lo]:#010x}" if lo in f else "",
+                 f"addr_hi {f[hi]:#x}" if hi in f else "",
+                 f"data {f[data]:#x}" if data in f else ""]  # fmt: skip
         fills[-1] = f"entry {entry}: " + ", ".join(p for p in parts if p)
     return fills, unmasks
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import cliargs
+from ..abi.virtio import VIRTIO_MSI_NO_VECTOR
 from ..host.devmodule import device_module
 from ..qemu.debian import PrerequisiteMissing
 from ..trace.pcapng import FrameTap, PcapngWriter
@@ -114,7 +115,7 @@ def render(res: BootResult) -> str:
         out.append("  (no MSI-X capability: vectors=0, the device uses INTx)")
     out.append("")
     out.append("Event → vector (msix_config, queue_msix_vector)")
-    out.append(table([[n, "NO_VECTOR" if v == 0xFFFF else str(v)] for n, v in snap.get("event_vectors", [])],
+    out.append(table([[n, "NO_VECTOR" if v == VIRTIO_MSI_NO_VECTOR else str(v)] for n, v in snap.get("event_vectors", [])],
                      ["event", "vector"]))  # fmt: skip
     for when in ("before", "after"):
         rows_i = [

@@ -32,7 +32,6 @@ from ..virtio.queue import Element, VirtQueue, VirtqueueError
 
 CFG_SPACE_SIZE = 4096
 MAX_MMIO_LEN = 4096  # longest memcpy_fromio/toio we serve in one message
-UML_MSI_ADDRESS = 0xA0000  # um_pci_compose_msi_msg
 
 
 class PcidevOp(IntEnum):

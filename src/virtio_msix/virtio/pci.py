@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ..abi.ring import DESC_SIZE, used_event
 from ..pci.function import PciFunction
 from ..pci.region import Region
 from ..pci.regs import PCI_CAP_ID_VNDR, PCI_COMMAND_MASTER
@@ -675,9 +676,12 @@ class VirtioPciDevice(PciFunction):
         if q is None:
             return
         # Legacy rings are contiguous: avail after the descriptors, used on the next 4 KiB.
+        # QEMU (virtio_queue_update_rings) aligns the end of avail->ring[num], not of the
+        # used_event after it as Linux's vring_init does; the two differ only for a size whose
+        # avail ring ends 2 bytes before a page boundary, and QEMU is the device we follow.
         q.desc_addr = v << LEGACY_PFN_SHIFT
-        q.avail_addr = q.desc_addr + 16 * q.size
-        end = q.avail_addr + 4 + 2 * q.size
+        q.avail_addr = q.desc_addr + DESC_SIZE * q.size
+        end = q.avail_addr + used_event(q.size)
         q.used_addr = (end + LEGACY_VRING_ALIGN - 1) & ~(LEGACY_VRING_ALIGN - 1)
         q.enabled = True
 
