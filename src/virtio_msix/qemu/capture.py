@@ -14,7 +14,6 @@ no driver performs; the marker itself is dropped.
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..host.phases import is_driver_ok_write
+from ..trace.recorder import write_jsonl
 from .debian import MODULES, DebianKernel, build_initramfs, fetch_kernel, require
 
 SLOT = 3  # -device ...,addr=0x3: the same devfn on q35 and pc
@@ -226,9 +226,7 @@ def capture(
             )
         with open(work / "trace.log", errors="replace") as f:
             records = list(convert(f))
-    with open(out, "w") as f:
-        for rec in records:
-            f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+    write_jsonl(records, out)
     out.with_suffix(".console.txt").write_text(console)
     meta = {
         "kernel": kernel.package,

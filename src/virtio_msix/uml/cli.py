@@ -12,7 +12,7 @@ from typing import Any
 from .. import cliargs
 from ..abi.virtio import VIRTIO_MSI_NO_VECTOR
 from ..host.devmodule import device_module
-from ..qemu.debian import PrerequisiteMissing
+from ..host.env import PrerequisiteMissing
 from ..trace.pcapng import FrameTap, PcapngWriter
 from ..trace.recorder import write_jsonl
 from ..trace.text import table

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..qemu.debian import PrerequisiteMissing, cache_dir, require
+from ..host.env import PrerequisiteMissing, cache_dir, require
 
 SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
 SOURCE_PACKAGE = "linux-source-6.1"
