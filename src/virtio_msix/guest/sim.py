@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..host.backends import LoopbackBackend
 from ..trace import Recorder
 from ..virtio import VirtioPciDevice, make_virtio_net_pci
-from ..virtio.backends import LoopbackBackend
 from ..virtio.describe import describe
 from ..virtio.regs import COMMON, VIRTIO_MSI_NO_VECTOR
 from .irqcore import mask_irq, unmask_irq

@@ -36,13 +36,13 @@ from ..abi.msix import (
     entry_field,
 )
 from ..abi.virtio import VIRTIO_F_VERSION_1
+from ..host.backends import ResponderBackend, TapBackend
 from ..host.phases import PhaseTagger
 from ..host.views import default_vectors, device_views
 from ..host.views import queue_names as host_queue_names
 from ..pci.sink import NullSink
 from ..trace import Recorder
 from ..virtio import make_virtio_net_pci
-from ..virtio.backends import ResponderBackend, TapBackend
 from ..virtio.device import VirtioDevice
 from ..virtio.memory import GuestMemoryError
 from ..virtio.pci import VirtioPciDevice
