@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..abi.uml import UML_MSI_ADDRESS
+from ..abi.virtio import VIRTIO_MSI_NO_VECTOR
 from ..irq.x86 import decode_msi
+from ..trace.text import table
 from ..virtio.device import VirtioDevice
 from ..virtio.pci import VirtioPciDevice
 
@@ -53,3 +55,17 @@ def device_views(device: VirtioPciDevice, names: list[str], arch: str) -> dict[s
         "table": msix_table(device, arch),
         "event_vectors": device.event_vectors(names),
     }
+
+
+def render_msix_table(rows: list[dict[str, Any]], sent: bool = False) -> str:
+    """The MSI-X table rows as a text table (``sent``: with each entry's message count)."""
+    head = ["entry", "address", "data", "decoded", "masked", "pending"] + (["sent"] if sent else [])
+    return table([[str(r["entry"]), f"{r['address']:#010x}", f"{r['data']:#06x}", r["decoded"],
+                   "yes" if r["masked"] else "no", "yes" if r["pending"] else "no"]
+                  + ([str(r["sent"])] if sent else []) for r in rows], head)  # fmt: skip
+
+
+def render_event_vectors(pairs: list[tuple[str, int]]) -> str:
+    """event → vector as a text table (NO_VECTOR by name)."""
+    return table([[n, "NO_VECTOR" if v == VIRTIO_MSI_NO_VECTOR else str(v)] for n, v in pairs],
+                 ["event", "vector"])  # fmt: skip

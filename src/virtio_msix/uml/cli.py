@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import cliargs
-from ..abi.virtio import VIRTIO_MSI_NO_VECTOR
 from ..host.devmodule import device_module
 from ..host.env import PrerequisiteMissing
+from ..host.views import render_event_vectors, render_msix_table
 from ..trace.pcapng import FrameTap, PcapngWriter
 from ..trace.recorder import write_jsonl
 from ..trace.text import table
@@ -107,16 +107,12 @@ def render(res: BootResult) -> str:
     if rows:
         out.append(f"  MSI-X {'enabled' if snap['msix_enabled'] else 'disabled'}, function mask "
                    f"{'set' if snap['function_masked'] else 'clear'}")  # fmt: skip
-        out.append(table([[str(r["entry"]), f"{r['address']:#010x}", f"{r['data']:#06x}",
-                           r["decoded"], "yes" if r["masked"] else "no",
-                           "yes" if r["pending"] else "no", str(r["sent"])] for r in rows],
-                         ["entry", "address", "data", "decoded", "masked", "pending", "sent"]))  # fmt: skip
+        out.append(render_msix_table(rows, sent=True))
     else:
         out.append("  (no MSI-X capability: vectors=0, the device uses INTx)")
     out.append("")
     out.append("Event → vector (msix_config, queue_msix_vector)")
-    out.append(table([[n, "NO_VECTOR" if v == VIRTIO_MSI_NO_VECTOR else str(v)] for n, v in snap.get("event_vectors", [])],
-                     ["event", "vector"]))  # fmt: skip
+    out.append(render_event_vectors(snap.get("event_vectors", [])))
     for when in ("before", "after"):
         rows_i = [
             r
