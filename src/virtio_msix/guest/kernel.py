@@ -136,7 +136,6 @@ class Kernel:
         self.backtraces: list[tuple[backtrace.Backtrace, list[dict]]] = []
         self.in_interrupt = 0
         self.irqs_disabled = False
-        self.softirq: list[Callable[[], None]] = []
         self.pending_msi: list[tuple[int, int]] = []
         self.intx_level = False
         self.intx_irq = 0
@@ -290,10 +289,6 @@ class Kernel:
             self.printk(f"spurious MSI address {address:#x} data {data:#x}")
             return
         self.handle_irq(desc)
-
-    def run_softirqs(self) -> None:
-        while self.softirq:
-            self.softirq.pop(0)()
 
     def record_backtrace(self, title: str) -> None:
         if self.want_backtraces:

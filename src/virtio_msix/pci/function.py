@@ -91,6 +91,7 @@ class PciFunction:
         self.bars: list[Bar | None] = [None] * 7  # 0..5 and the ROM at index 6
         self.msix: Msix | None = None
         self.irq_level = False
+        self._intx_out = False  # the level on the pin (irq_level unless INTX_DISABLE)
         self.msi_dropped = 0  # MSIs not sent because Bus Master was off
         self._caps: list[tuple[int, int, int]] = []  # (offset, id, length), list order
         self._write_hooks: list[tuple[int, int, ConfigHook]] = []
@@ -335,7 +336,7 @@ class PciFunction:
 
     def _update_intx_output(self) -> None:
         out = self.irq_level and not self.command & PCI_COMMAND_INTX_DISABLE
-        if getattr(self, "_intx_out", False) == out:
+        if self._intx_out == out:
             return
         self._intx_out = out
         self.recorder.event("intx", level=int(out))
@@ -359,10 +360,12 @@ class PciFunction:
             self.set_config(HEADER["status"].offset, 2, PCI_STATUS_CAP_LIST)
         for bar in self.bars:
             if bar is not None:
-                off = bar_offset(bar.index) if bar.index != PCI_ROM_SLOT else 0x30
+                off = (bar_offset(bar.index) if bar.index != PCI_ROM_SLOT
+                       else HEADER["rom_address"].offset)  # fmt: skip
                 self.set_config(off, 8 if bar.is_64 else 4, bar.flags)
         self.irq_level = False
         self._update_intx_output()
         if self.msix is not None:
-            self.set_config(self.msix.cap + 2, 2, self.msix.table_size - 1)
+            ctrl = MSIX["message_control"]
+            self.set_config(self.msix.cap + ctrl.offset, ctrl.size, self.msix.table_size - 1)
             self.msix.reset()

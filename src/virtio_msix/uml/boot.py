@@ -20,7 +20,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -649,6 +648,3 @@ class _SinkProxy:
 def run_boot(opts: BootOptions) -> BootResult:
     return BootSession(opts).run()
 
-
-def console_to(stream: TextIO | None) -> TextIO | None:
-    return stream if stream is not None else sys.stdout

@@ -85,6 +85,10 @@ MSIX_PBA_OFFSET = 0x800
 DEFAULT_ROM_SIZE = 256 * 1024
 ERRORS_KEPT = 16
 
+# Registers the driver only writes (§4.1.4.10: the legacy queue notify register); a read of
+# one returns 0.
+WRITE_ONLY = {("legacy", "queue_notify")}
+
 PCI_CLASS_BY_DEVICE = {1: 0x020000, 2: 0x010000, 3: 0x078000, 4: 0x00FF00, 5: 0x00FF00}
 
 
@@ -262,12 +266,24 @@ class VirtioPciDevice(PciFunction):
         return self.bus_master
 
     # -- dispatch tables --------------------------------------------------------------------------
-    def _handlers(self, table: dict, prefix: str) -> dict[int, tuple[Callable, Callable | None]]:
-        out = {}
+    def _handlers(
+        self, table: dict, prefix: str
+    ) -> dict[int, tuple[Callable | None, Callable | None]]:
+        """offset → (read, write) from the register table: ``_{prefix}_r_{name}`` and, for an
+        "rw" register, ``_{prefix}_w_{name}``. A register without its handler, or a write
+        handler for a read-only one, is a TypeError here (at construction), not a register
+        that silently reads 0 or drops writes."""
+        out: dict[int, tuple[Callable | None, Callable | None]] = {}
         for offset, reg in table.items():
             read = getattr(self, f"_{prefix}_r_{reg.name}", None)
             write = getattr(self, f"_{prefix}_w_{reg.name}", None)
-            out[offset] = (read, write if reg.access == "rw" else None)
+            if read is None and (prefix, reg.name) not in WRITE_ONLY:
+                raise TypeError(f"{prefix} register {reg.name}: no _{prefix}_r_{reg.name}")
+            if reg.access == "rw" and write is None:
+                raise TypeError(f"{prefix} register {reg.name} is rw: no _{prefix}_w_{reg.name}")
+            if reg.access != "rw" and write is not None:
+                raise TypeError(f"{prefix} register {reg.name} is {reg.access}: it has a writer")
+            out[offset] = (read, write)
         return out
 
     # -- TransportHooks -------------------------------------------------------------------------
