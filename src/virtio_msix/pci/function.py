@@ -202,13 +202,15 @@ class PciFunction:
 
     def add_msix(self, nvectors: int, bar: int, table_offset: int, pba_offset: int) -> Msix:
         cap = self.add_capability(PCI_CAP_ID_MSIX, MSIX_CAP_LEN)
-        msix = Msix(self, cap, nvectors, bar, table_offset, pba_offset)
+        msix = Msix(cap, nvectors, bar, table_offset, pba_offset, send=self.send_msi,
+                    record_event=self.record_event,
+                    intx_off=lambda: self.set_irq_level(False))  # fmt: skip
         self.set_config(cap + MSIX["message_control"].offset, 2, nvectors - 1)
         self.set_config(cap + MSIX["table_offset_bir"].offset, 4, table_offset | bar)
         self.set_config(cap + MSIX["pba_offset_bir"].offset, 4, pba_offset | bar)
         ctrl = cap + MSIX["message_control"].offset
         self._set_masks(ctrl, 2, MSIX["message_control"].wmask, 0)
-        self.on_config_write(ctrl, 2, lambda off, size: msix.control_written())
+        self.on_config_write(ctrl, 2, lambda off, size: msix.control_written(self.config_word(ctrl)))
         target = self.bars[bar]
         if target is None:
             raise ValueError(f"MSI-X table BAR {bar} does not exist")
