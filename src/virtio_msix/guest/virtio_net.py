@@ -19,6 +19,7 @@ from .virtio_pci import (
     irq_desc_of,
     virtio_cread16,
     virtio_cread_bytes,
+    virtio_device_ready,
     virtio_find_vqs_ctx,
     vp_del_vqs,
     vp_reset,
@@ -113,8 +114,6 @@ def virtnet_probe(k: Kernel, vp: VirtioPciDev) -> int:
     err = init_vqs(k, vi)
     if err:
         return err
-    from .virtio_pci import virtio_device_ready
-
     virtio_device_ready(k, vp)
     vi.curr_queue_pairs = min(vi.max_queue_pairs, k.cpus)
     _virtnet_set_queues(k, vi, vi.curr_queue_pairs)
