@@ -137,6 +137,7 @@ def expected() -> dict[str, int]:
               "NOTF_COAL", "GUEST_CSUM", "CSUM", "CTRL_GUEST_OFFLOADS"):  # fmt: skip
         e[f"VIRTIO_NET_F_{n}"] = getattr(net, f"VIRTIO_NET_F_{n}")
     e["VIRTIO_NET_S_LINK_UP"] = net.VIRTIO_NET_S_LINK_UP
+    e["VIRTIO_NET_S_ANNOUNCE"] = net.VIRTIO_NET_S_ANNOUNCE
     e["VIRTIO_NET_OK"] = net.VIRTIO_NET_OK
     e["VIRTIO_NET_CTRL_RX"], e["VIRTIO_NET_CTRL_MAC"] = net.CTRL_RX, net.CTRL_MAC
     e["VIRTIO_NET_CTRL_MQ"] = net.CTRL_MQ
