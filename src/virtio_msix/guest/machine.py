@@ -38,7 +38,7 @@ from .kernel import Kernel
 from .pci import Firmware, PciDev
 from .views import interrupts_view, table_view
 from .virtio_generic import GenericInfo, generic_driver, generic_transfer
-from .virtio_pci import VirtioBus, VirtioDriver, VirtioPciDev, pci_device_probe, virtio_pci_remove
+from .virtio_pci import VirtioBus, VirtioDriver, VpDev, pci_device_probe, virtio_pci_remove
 
 SLOT = 3  # the slot the QEMU captures use (-device ...,addr=0x3)
 INTX_IRQ = {"x86": 23}  # q35 routes slot 3 INTA to GSI 23 (captured)
@@ -92,7 +92,7 @@ class Machine:
     kernel: Kernel = field(init=False)
     function: VirtioPciDevice = field(init=False)
     pci_dev: PciDev = field(init=False)
-    vp: VirtioPciDev | None = field(init=False, default=None)
+    vp: VpDev | None = field(init=False, default=None)
     probe_rc: int | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -137,7 +137,7 @@ class Machine:
         self.phases.phase = "probe"
         self.probe_rc = pci_device_probe(self.kernel, vbus, self.pci_dev)
         self.phases.phase = "run"
-        self.vp = vbus.devices[-1] if vbus.devices else VirtioPciDev(self.pci_dev, 0)
+        self.vp = vbus.devices[-1] if vbus.devices else VpDev(self.pci_dev, 0)
         return self.probe_rc
 
     def probe(self) -> ProbeResult:

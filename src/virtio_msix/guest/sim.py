@@ -29,7 +29,7 @@ from .virtio_net import (
     virtnet_config_changed,
     virtnet_open,
 )
-from .virtio_pci import VirtioPciDev, irq_desc_of, virtio_pci_remove
+from .virtio_pci import VpDev, irq_desc_of, virtio_pci_remove
 
 SLOT = 3  # the slot the QEMU captures use (-device ...,addr=0x3)
 INTX_IRQ = {"x86": 23}  # q35 routes slot 3 INTA to GSI 23 (captured); UML's PCI IRQ
@@ -95,7 +95,7 @@ class SimResult:
     device: VirtioPciDevice
     recorder: Recorder
     pci_dev: PciDev
-    vp: VirtioPciDev
+    vp: VpDev
     net: VirtnetInfo | None
     probe_rc: int
     table_after_probe: list[dict[str, Any]] = field(default_factory=list)

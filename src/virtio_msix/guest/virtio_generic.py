@@ -16,21 +16,21 @@ from .irqcore import EINVAL
 from .kernel import Kernel
 from .virtio_pci import (
     VirtioDriver,
-    VirtioPciDev,
+    VpDev,
     virtio_device_ready,
     virtio_find_vqs_ctx,
     vp_del_vqs,
     vp_reset,
 )
-from .vring import Virtqueue
+from .vring import VringVirtqueue
 
 
 @dataclass
 class GenericInfo:
     """The driver's private data (vdev->priv)."""
 
-    vp: VirtioPciDev
-    vqs: list[Virtqueue] = field(default_factory=list)
+    vp: VpDev
+    vqs: list[VringVirtqueue] = field(default_factory=list)
     # (token, length) of each buffer the device used, per queue, as the callbacks reaped them.
     used: dict[int, list[tuple[Any, int]]] = field(default_factory=dict)
 
@@ -43,7 +43,7 @@ def generic_driver(
     the device-specific feature bits it accepts (the transport bits are the core's)."""
     names = list(queue_names)
 
-    def probe(k: Kernel, vp: VirtioPciDev) -> int:
+    def probe(k: Kernel, vp: VpDev) -> int:
         if not names:
             return -EINVAL
         info = GenericInfo(vp, used={i: [] for i in range(len(names))})
@@ -56,7 +56,7 @@ def generic_driver(
         virtio_device_ready(k, vp)
         return 0
 
-    def remove(k: Kernel, vp: VirtioPciDev) -> None:
+    def remove(k: Kernel, vp: VpDev) -> None:
         vp_reset(k, vp)
         info: GenericInfo | None = vp.priv
         if info is not None:
@@ -74,7 +74,7 @@ def generic_driver(
     )
 
 
-def _recv_done(info: GenericInfo, vq: Virtqueue) -> None:
+def _recv_done(info: GenericInfo, vq: VringVirtqueue) -> None:
     while (used := vq.get_buf()) is not None:
         info.used[vq.index].append(used)
 

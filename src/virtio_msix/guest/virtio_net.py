@@ -14,7 +14,7 @@ from .irqcore import EINVAL, irq_set_affinity_hint
 from .kernel import Kernel
 from .virtio_pci import (
     VirtioDriver,
-    VirtioPciDev,
+    VpDev,
     del_vq,
     irq_desc_of,
     virtio_cread16,
@@ -24,7 +24,7 @@ from .virtio_pci import (
     vp_del_vqs,
     vp_reset,
 )
-from .vring import Virtqueue
+from .vring import VringVirtqueue
 
 # The driver's feature table in Linux 6.1 (VIRTNET_FEATURES).
 VIRTNET_FEATURES = (
@@ -65,14 +65,14 @@ RECEIVED_KEPT = 64
 
 @dataclass
 class VirtnetInfo:
-    vp: VirtioPciDev
+    vp: VpDev
     mac: bytes = b""
     max_queue_pairs: int = 1
     curr_queue_pairs: int = 1
     mtu: int = 1500
-    rq: list[Virtqueue] = field(default_factory=list)
-    sq: list[Virtqueue] = field(default_factory=list)
-    cvq: Virtqueue | None = None
+    rq: list[VringVirtqueue] = field(default_factory=list)
+    sq: list[VringVirtqueue] = field(default_factory=list)
+    cvq: VringVirtqueue | None = None
     link_up: bool = False
     # The last frames handed up (the stack's socket buffers are not modelled: older ones go).
     received: deque[bytes] = field(default_factory=lambda: deque(maxlen=RECEIVED_KEPT))
@@ -87,7 +87,7 @@ class VirtnetInfo:
     capture: Callable[[bytes, bool], None] | None = None
 
 
-def virtnet_validate(k: Kernel, vp: VirtioPciDev) -> int:
+def virtnet_validate(k: Kernel, vp: VpDev) -> int:
     if not vp.has_feature(dev_net.VIRTIO_NET_F_CTRL_VQ):
         for bit in (dev_net.VIRTIO_NET_F_CTRL_RX, dev_net.VIRTIO_NET_F_CTRL_VLAN,
                     dev_net.VIRTIO_NET_F_GUEST_ANNOUNCE, dev_net.VIRTIO_NET_F_MQ,
@@ -101,7 +101,7 @@ def virtnet_validate(k: Kernel, vp: VirtioPciDev) -> int:
     return 0
 
 
-def virtnet_probe(k: Kernel, vp: VirtioPciDev) -> int:
+def virtnet_probe(k: Kernel, vp: VpDev) -> int:
     vi = VirtnetInfo(vp)
     vp.priv = vi
     if vp.has_feature(dev_net.VIRTIO_NET_F_MQ) and vp.has_feature(dev_net.VIRTIO_NET_F_CTRL_VQ):
@@ -171,7 +171,7 @@ def virtnet_set_affinity(k: Kernel, vi: VirtnetInfo) -> None:
 
 
 # -- after DRIVER_OK: link, RX buffers, control commands, TX ------------------------------------------------
-def virtnet_config_changed(k: Kernel, vp: VirtioPciDev) -> None:
+def virtnet_config_changed(k: Kernel, vp: VpDev) -> None:
     vi: VirtnetInfo = vp.priv
     if vi is not None and vp.has_feature(dev_net.VIRTIO_NET_F_STATUS):
         status = virtio_cread16(k, vp, CONFIG_OFFSET["status"])
@@ -284,7 +284,7 @@ def skb_recv_done(k: Kernel, vi: VirtnetInfo, qp: int) -> None:
         try_fill_recv(k, vi, qp)
 
 
-def virtnet_remove(k: Kernel, vp: VirtioPciDev) -> None:
+def virtnet_remove(k: Kernel, vp: VpDev) -> None:
     """Reset the device, free the buffers it still held, then give back every queue and
     interrupt (remove_vq_common)."""
     vp_reset(k, vp)
@@ -302,7 +302,7 @@ def free_unused_bufs(k: Kernel, vi: VirtnetInfo | None) -> None:
             k.pages.free(buf)
 
 
-def virtnet_del_vqs(k: Kernel, vp: VirtioPciDev) -> None:
+def virtnet_del_vqs(k: Kernel, vp: VpDev) -> None:
     vp_del_vqs(k, vp)
 
 

@@ -26,8 +26,9 @@ from .kernel import Kernel
 SMP_CACHE_BYTES = 64
 
 
-class Virtqueue:
-    """struct vring_virtqueue (split)."""
+class VringVirtqueue:
+    """The driver's side of a split virtqueue: struct vring_virtqueue. The device's side is
+    virtio/queue.py's VirtQueue."""
 
     def __init__(
         self,
@@ -35,8 +36,8 @@ class Virtqueue:
         index: int,
         num: int,
         name: str,
-        callback: Callable[[Virtqueue], None] | None,
-        notify: Callable[[Virtqueue], bool],
+        callback: Callable[[VringVirtqueue], None] | None,
+        notify: Callable[[VringVirtqueue], bool],
         event_idx: bool,
     ) -> None:
         self.k = k
@@ -150,7 +151,7 @@ class Virtqueue:
             )
 
 
-def vring_interrupt(desc: Any, vq: Virtqueue | None = None) -> bool:
+def vring_interrupt(desc: Any, vq: VringVirtqueue | None = None) -> bool:
     """The per-queue MSI-X handler: nothing to do unless the device used buffers."""
     if vq is None:
         return False
