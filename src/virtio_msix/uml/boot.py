@@ -37,8 +37,7 @@ from ..abi.msix import (
 from ..abi.virtio import VIRTIO_F_VERSION_1
 from ..host.backends import ResponderBackend, TapBackend
 from ..host.phases import PhaseTagger
-from ..host.views import default_vectors, device_views
-from ..host.views import queue_names as host_queue_names
+from ..host.views import default_vectors, device_views, queue_names
 from ..pci.sink import NullSink
 from ..trace import Recorder
 from ..virtio import make_virtio_net_pci
@@ -178,11 +177,6 @@ def parse_ping(text: str) -> dict[str, Any]:
         out["rtt_ms"] = {"min": float(rtt.group(1)), "avg": float(rtt.group(2)),
                          "max": float(rtt.group(3))}  # fmt: skip
     return out
-
-
-def queue_names(queue_pairs: int) -> list[str]:
-    """virtio_net's virtqueue names (virtnet_find_vqs): input.N, output.N, then control."""
-    return [f"{k}.{i}" for i in range(queue_pairs) for k in ("input", "output")] + ["control"]
 
 
 def kernel_cmdline(sock: Path, root: Path, memory_mb: int) -> list[str]:
@@ -334,7 +328,6 @@ class BootSession:
             legacy = not opts.disable_legacy and opts.device.device_id in TRANSITIONAL_DEVICE_IDS
             self.device = VirtioPciDevice(opts.device, vectors=vectors, disable_legacy=not legacy,
                                           sink=self.sink_proxy, recorder=self.recorder)  # fmt: skip
-            self.queue_names = host_queue_names(opts.device)
         else:
             self.device = make_virtio_net_pci(
                 vectors=opts.vectors,
@@ -344,7 +337,7 @@ class BootSession:
                 recorder=self.recorder,
                 backend=self.netdev,
             )
-            self.queue_names = queue_names(opts.queue_pairs)
+        self.queue_names = queue_names(self.device.device)
         self.console: list[str] = []
         self._partial = ""
         self.sections: dict[str, str] = {}

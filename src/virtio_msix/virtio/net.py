@@ -242,6 +242,12 @@ class VirtioNet(VirtioDevice):
             q.event_idx = bool(self.driver_features >> VIRTIO_F_EVENT_IDX & 1)
 
     @property
+    def queue_names(self) -> tuple[str, ...]:  # type: ignore[override]
+        """virtio_net's virtqueue names (virtnet_find_vqs): input.N, output.N, then control."""
+        pairs = tuple(f"{k}.{i}" for i in range(self.queue_pairs) for k in ("input", "output"))
+        return pairs + (("control",) if self.ctrl_index is not None else ())
+
+    @property
     def ctrl_index(self) -> int | None:
         if self.host_features >> VIRTIO_NET_F_CTRL_VQ & 1:
             return 2 * self.queue_pairs
