@@ -11,8 +11,8 @@ import pytest
 
 from virtio_msix.guest.sim import SimOptions, make_frame, run_sim
 from virtio_msix.guest.virtio_net import start_xmit
+from virtio_msix.host.backends import LoopbackBackend, PcapWriter, ResponderBackend, inet_checksum
 from virtio_msix.virtio import make_virtio_net_pci
-from virtio_msix.virtio.backends import LoopbackBackend, PcapWriter, ResponderBackend, inet_checksum
 from virtio_msix.virtio.net import QEMU_72_USER_NETDEV_FEATURES, VirtioNet, feature_names
 
 

@@ -180,3 +180,28 @@ def test_device_config_past_end_reads_ones():
     assert dev.bar_read(4, 0x2008, 4) == 0xFFFFFFFF
     # An unaligned access is cut into aligned pieces, as the bus does: 2 bytes in, 2 past.
     assert dev.bar_read(4, 0x2006, 4) == 0xFFFF1716
+
+
+def test_every_register_has_its_handlers_or_construction_fails():
+    """The register tables dispatch to _common_r_NAME/_common_w_NAME methods: a misspelt or
+    missing handler is an error when the device is built, never a register that reads 0."""
+    import pytest
+
+    from virtio_msix.virtio import make_virtio_net_pci
+    from virtio_msix.virtio.pci import VirtioPciDevice
+    from virtio_msix.virtio.regs import COMMON_CFG, LEGACY_CFG
+
+    dev = make_virtio_net_pci()
+    for table, handlers in ((COMMON_CFG, dev._common_handlers),
+                            (LEGACY_CFG, dev._legacy_handlers)):  # fmt: skip
+        for reg in table:
+            read, write = handlers[reg.offset]
+            assert read is not None or reg.name == "queue_notify", reg.name
+            assert (write is not None) == (reg.access == "rw"), reg.name
+
+    class Misspelt(VirtioPciDevice):
+        _common_w_queue_enabel = VirtioPciDevice._common_w_queue_enable
+        _common_w_queue_enable = None  # type: ignore[assignment]
+
+    with pytest.raises(TypeError, match="queue_enable is rw"):
+        Misspelt(make_virtio_net_pci().device, vectors=2)

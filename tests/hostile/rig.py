@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import struct
 
+from virtio_msix.host.backends import LoopbackBackend
 from virtio_msix.virtio import make_virtio_net_pci
-from virtio_msix.virtio.backends import LoopbackBackend
 from virtio_msix.virtio.memory import GuestMemory
 from virtio_msix.virtio.net import (
     VIRTIO_NET_F_CTRL_VLAN,

@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import cliargs
 from ..cliargs import fail
+from ..host.views import render_event_vectors, render_msix_table
 from ..trace import Recorder
 from ..trace.pcapng import PcapngWriter
 from ..trace.recorder import JsonlWriter
@@ -90,16 +91,12 @@ def render(res: SimResult, s: Style) -> str:
     out.append("")
     out.append(s.head("MSI-X table after probe"))
     if res.table_after_probe:
-        rows = [[str(r["entry"]), f"{r['address']:#010x}", f"{r['data']:#06x}", r["decoded"],
-                 "yes" if r["masked"] else "no", "yes" if r["pending"] else "no"]
-                for r in res.table_after_probe]  # fmt: skip
-        out.append(table(rows, ["entry", "address", "data", "decoded", "masked", "pending"]))
+        out.append(render_msix_table(res.table_after_probe))
     else:
         out.append(s.dim("  (no MSI-X capability: the device has vectors=0)"))
     out.append("")
     out.append(s.head("Event → vector (msix_config, queue_msix_vector)"))
-    out.append(table([[name, "NO_VECTOR" if v == 0xFFFF else str(v)] for name, v in res.event_vectors],
-                     ["event", "vector"]))  # fmt: skip
+    out.append(render_event_vectors(res.event_vectors))
     out.append("")
     out.append(s.head(f"/proc/interrupts after {o.packets} packets each way"))
     rows = [[f"{r['irq']}:", *[str(c) for c in r["counts"]], r["chip"], r["hwirq"], r["name"]]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..host.phases import probe_window
 from ..virtio.regs import COMMON
 
 RING_ADDRESS_OFFSETS = {
@@ -58,17 +59,7 @@ def format_key(k: tuple | None) -> str:
 
 
 def virtio_phase(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Accesses from the first common-config access to the first DRIVER_OK write, inclusive:
-    the part of a probe that is the virtio transport's (the PCI enumeration before it differs
-    between hosts — firmware, bus scan — and is compared separately where it is the same)."""
-    status = COMMON["device_status"].offset
-    out: list[dict[str, Any]] = []
-    for r in records:
-        if "op" not in r:
-            continue
-        if not out and r.get("space") != "common":
-            continue
-        out.append(r)
-        if r["space"] == "common" and r["op"] == "w" and r["offset"] == status and r["value"] & 0x4:
-            break
-    return out
+    """Accesses from the first common-config access to the first DRIVER_OK write, inclusive
+    (host/phases.py probe_window): the virtio transport's part of a probe; the PCI enumeration
+    before it differs between hosts (firmware, bus scan)."""
+    return probe_window(records)

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errnos import EBUSY, EINVAL, ENODEV, ENOENT, ENOMEM, ENOSPC
-from .kernel import IrqAction, IrqDesc, Kernel
+from .irqdesc import IrqAction, IrqDesc
+from .irqdomain import irq_domain_activate_irq, irq_domain_deactivate_irq, msi_domain_set_affinity
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
 
 IRQF_SHARED = 0x80
 __all__ = ["EBUSY", "EINVAL", "ENODEV", "ENOENT", "ENOMEM", "ENOSPC"]  # re-exported
@@ -48,8 +52,6 @@ def __setup_irq(k: Kernel, irq: int, desc: IrqDesc, new: IrqAction) -> int:
 
 
 def irq_activate(k: Kernel, desc: IrqDesc) -> int:
-    from .pci import irq_domain_activate_irq
-
     return irq_domain_activate_irq(k, desc, reserve=False)
 
 
@@ -70,18 +72,16 @@ def irq_enable(k: Kernel, desc: IrqDesc) -> None:
 
 
 def unmask_irq(k: Kernel, desc: IrqDesc) -> None:
-    from .pci import pci_msi_unmask_irq
-
-    if desc.msix_entry is not None:
-        pci_msi_unmask_irq(k, desc)
+    chip = desc.irq_chip
+    if chip is not None and chip.irq_unmask is not None:
+        chip.irq_unmask(k, desc)
     desc.masked = False
 
 
 def mask_irq(k: Kernel, desc: IrqDesc) -> None:
-    from .pci import pci_msi_mask_irq
-
-    if desc.msix_entry is not None:
-        pci_msi_mask_irq(k, desc)
+    chip = desc.irq_chip
+    if chip is not None and chip.irq_mask is not None:
+        chip.irq_mask(k, desc)
     desc.masked = True
 
 
@@ -91,8 +91,6 @@ def irq_setup_affinity(k: Kernel, desc: IrqDesc) -> None:
 
 
 def irq_do_set_affinity(k: Kernel, desc: IrqDesc) -> None:
-    from .pci import msi_domain_set_affinity
-
     if desc.msix_entry is not None:
         msi_domain_set_affinity(k, desc)
 
@@ -116,8 +114,6 @@ def free_irq(k: Kernel, irq: int, dev_id: Any) -> None:
         # irq_shutdown: mask; then the domain deactivates (the message is cleared on x86).
         mask_irq(k, desc)
         desc.started = False
-        from .pci import irq_domain_deactivate_irq
-
         irq_domain_deactivate_irq(k, desc)
 
 

@@ -9,17 +9,17 @@ address — exactly as a CPU would.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
+from ..abi.uml import UML_MSI_ADDRESS
 from ..irq.x86 import MANAGED_IRQ_SHUTDOWN_VECTOR, MsiMessage, X86Interrupts
 from ..pci.bus import PciBus
 from ..virtio.memory import GuestMemory
 from . import backtrace
 from .errnos import ENOSPC
+from .irqcore import handle_edge_irq
+from .irqdesc import IrqAction, IrqChip, IrqDesc  # noqa: F401  (named here for importers)
 
 PAGE_SIZE = 4096
-UML_MSI_ADDRESS = 0xA0000  # arch/um/drivers/virt-pci.c: um_pci_compose_msi_msg
 LOG_LINES = 4096
 UM_MAX_MSI_VECTORS = 32  # arch/um/drivers/virt-pci.c: MAX_MSI_VECTORS, for the whole bus
 
@@ -64,43 +64,6 @@ class PageAllocator:
         self._free.setdefault((rounded, align), []).append(addr)
 
 
-@dataclass
-class IrqAction:
-    name: str
-    handler: Callable[[IrqDesc], bool]
-    dev_id: Any
-    shared: bool = False
-
-
-@dataclass
-class IrqDesc:
-    """One Linux interrupt (struct irq_desc + its irq_data), as /proc/interrupts shows it."""
-
-    irq: int
-    chip: str  # "PCI-MSIX" (shown as PCI-MSI), "IO-APIC", "UML-MSI"...
-    hwirq: int
-    trigger: str = "edge"
-    msi_index: int | None = None
-    msix_entry: Any = None  # the MSI-X entry this interrupt programs
-    cpu: int = 0
-    vector: int | None = None  # x86 vector once activated
-    activated: bool = False
-    started: bool = False
-    masked: bool = True
-    move_pending: bool = False
-    actions: list[IrqAction] = field(default_factory=list)
-    counts: list[int] = field(default_factory=list)
-    message: MsiMessage | None = None
-
-    @property
-    def name(self) -> str:
-        return ", ".join(a.name for a in self.actions)
-
-    @property
-    def short(self) -> str:
-        return f"irq{self.irq}"
-
-
 class Kernel:
     """State shared by every modelled kernel function (passed as ``k``)."""
 
@@ -136,7 +99,6 @@ class Kernel:
         self.backtraces: list[tuple[backtrace.Backtrace, list[dict]]] = []
         self.in_interrupt = 0
         self.irqs_disabled = False
-        self.softirq: list[Callable[[], None]] = []
         self.pending_msi: list[tuple[int, int]] = []
         self.intx_level = False
         self.intx_irq = 0
@@ -276,8 +238,6 @@ class Kernel:
 
     def handle_irq(self, desc: IrqDesc) -> None:
         """The generic flow handler: count, run the actions (handle_edge_irq/fasteoi)."""
-        from .irqcore import handle_edge_irq
-
         handle_edge_irq(self, desc)
 
     def deliver_msi(self, address: int, data: int) -> None:
@@ -290,10 +250,6 @@ class Kernel:
             self.printk(f"spurious MSI address {address:#x} data {data:#x}")
             return
         self.handle_irq(desc)
-
-    def run_softirqs(self) -> None:
-        while self.softirq:
-            self.softirq.pop(0)()
 
     def record_backtrace(self, title: str) -> None:
         if self.want_backtraces:

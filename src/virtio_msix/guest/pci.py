@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..irq.x86 import MsiMessage
 from ..pci.regs import (
     HEADER,
     MSIX,
@@ -17,7 +16,11 @@ from ..pci.regs import (
     PCI_COMMAND_MEMORY,
     PCI_COMMAND_SERR,
     PCI_MSIX_ENTRY_CTRL_MASKBIT,
+    PCI_MSIX_ENTRY_DATA,
+    PCI_MSIX_ENTRY_LOWER_ADDR,
     PCI_MSIX_ENTRY_SIZE,
+    PCI_MSIX_ENTRY_UPPER_ADDR,
+    PCI_MSIX_ENTRY_VECTOR_CTRL,
     PCI_MSIX_FLAGS_ENABLE,
     PCI_MSIX_FLAGS_MASKALL,
     PCI_MSIX_FLAGS_QSIZE,
@@ -25,7 +28,9 @@ from ..pci.regs import (
     bar_offset,
 )
 from .errnos import EINVAL, ENOMEM, ENOSPC, ERANGE
-from .kernel import IrqDesc, Kernel
+from .irqdesc import IrqChip, IrqDesc
+from .irqdomain import irq_domain_activate_irq, irq_domain_deactivate_irq
+from .kernel import Kernel
 
 PCI_STATUS = HEADER["status"].offset
 PCI_COMMAND = HEADER["command"].offset
@@ -34,10 +39,6 @@ PCI_INTERRUPT_PIN = HEADER["interrupt_pin"].offset
 PCI_LATENCY_TIMER = HEADER["latency_timer"].offset
 PCI_MSIX_FLAGS = MSIX["message_control"].offset
 PCI_MSIX_TABLE = MSIX["table_offset_bir"].offset
-PCI_MSIX_ENTRY_LOWER_ADDR = 0x0
-PCI_MSIX_ENTRY_UPPER_ADDR = 0x4
-PCI_MSIX_ENTRY_DATA = 0x8
-PCI_MSIX_ENTRY_VECTOR_CTRL = 0xC
 PCI_FIND_CAP_TTL = 48
 PCI_IRQ_LEGACY, PCI_IRQ_MSI, PCI_IRQ_MSIX, PCI_IRQ_AFFINITY = 1, 2, 4, 8
 
@@ -436,40 +437,12 @@ def __msi_domain_alloc_irqs(k: Kernel, dev: PciDev, nvec: int) -> int:
         allocated += 1
         irq.msi_index = desc.msi_index
         irq.msix_entry = (dev, desc)
+        irq.irq_chip = PCI_MSIX_CHIP
         desc.irq = irq
         irq_domain_activate_irq(k, irq, reserve)
         if reserve:
             irq.activated = False  # msi_init_virq: a reservation is not an activation
     return 0
-
-
-def irq_domain_activate_irq(k: Kernel, desc: IrqDesc, reserve: bool) -> int:
-    if desc.activated:
-        return 0
-    ret = __irq_domain_activate_irq(k, desc, reserve)
-    if not ret:
-        desc.activated = True
-    return ret
-
-
-def __irq_domain_activate_irq(k: Kernel, desc: IrqDesc, reserve: bool) -> int:
-    # Parent first: the x86 vector domain picks the vector (none while reserving).
-    if not reserve:
-        ret = k.assign_vector(desc)
-        if ret:
-            return ret  # the parent failed: the entry's message is not written
-    if desc.msix_entry is not None:
-        msi_domain_activate(k, desc, reserve)
-    return 0
-
-
-def msi_domain_activate(k: Kernel, desc: IrqDesc, reserve: bool) -> None:
-    msg = k.compose_msi_msg(desc, reserve)
-    irq_chip_write_msi_msg(k, desc, msg)
-
-
-def irq_chip_write_msi_msg(k: Kernel, desc: IrqDesc, msg) -> None:
-    pci_msi_domain_write_msg(k, desc, msg)
 
 
 def pci_msi_domain_write_msg(k: Kernel, desc: IrqDesc, msg) -> None:
@@ -491,26 +464,6 @@ def __pci_write_msi_msg(k: Kernel, desc: IrqDesc, msg) -> None:
         k.writel(mdesc.msix_ctrl, base + PCI_MSIX_ENTRY_VECTOR_CTRL)
     k.readl(base + PCI_MSIX_ENTRY_DATA)  # make sure the writes reached the device
     desc.message = msg
-
-
-def msi_domain_set_affinity(k: Kernel, desc: IrqDesc) -> None:
-    # The vector stays where it is (one CPU set); the message is written again.
-    msg = k.compose_msi_msg(desc)
-    irq_chip_write_msi_msg(k, desc, msg)
-
-
-def irq_domain_deactivate_irq(k: Kernel, desc: IrqDesc) -> None:
-    if not desc.activated:
-        return
-    desc.activated = False
-    if desc.msix_entry is not None:
-        msi_domain_deactivate(k, desc)
-    k.release_vector(desc)
-
-
-def msi_domain_deactivate(k: Kernel, desc: IrqDesc) -> None:
-    """kernel/irq/msi.c: a deactivated entry gets an all-zero message."""
-    irq_chip_write_msi_msg(k, desc, MsiMessage(0, 0))
 
 
 def pci_msix_write_vector_ctrl(k: Kernel, dev: PciDev, mdesc: MsiDesc, ctrl: int) -> None:
@@ -565,3 +518,14 @@ def pci_disable_msix(k: Kernel, dev: PciDev) -> None:
     pci_intx(k, dev, True)
     dev.msix_enabled = False
     free_msi_irqs(k, dev)
+
+
+# The PCI-MSI chip (drivers/pci/msi/irqdomain.c pci_msi_domain_chip): how the interrupt core
+# and the MSI domain reach an MSI-X entry.
+PCI_MSIX_CHIP = IrqChip(
+    "PCI-MSIX",
+    irq_mask=pci_msi_mask_irq,
+    irq_unmask=pci_msi_unmask_irq,
+    irq_write_msi_msg=pci_msi_domain_write_msg,
+)
+

@@ -12,16 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..pci.bus import PciBus
-from ..pci.function import PciFunction
+from ..host.backends import LoopbackBackend
 from ..trace import Recorder
 from ..virtio import VirtioPciDevice, make_virtio_net_pci
-from ..virtio.backends import LoopbackBackend
-from ..virtio.memory import GuestMemory
+from ..virtio.describe import describe
 from ..virtio.regs import COMMON, VIRTIO_MSI_NO_VECTOR
 from .irqcore import mask_irq, unmask_irq
 from .kernel import IrqDesc, Kernel
-from .pci import Firmware, PciDev, pci_clear_master
+from .machine import Machine
+from .pci import PciDev, pci_clear_master
+from .views import interrupts_view, table_view
 from .virtio_net import (
     VIRTIO_NET_DRIVER,
     VirtnetInfo,
@@ -29,7 +29,7 @@ from .virtio_net import (
     virtnet_config_changed,
     virtnet_open,
 )
-from .virtio_pci import VirtioBus, VirtioPciDev, irq_desc_of, pci_device_probe, virtio_pci_remove
+from .virtio_pci import VpDev, irq_desc_of, virtio_pci_remove
 
 SLOT = 3  # the slot the QEMU captures use (-device ...,addr=0x3)
 INTX_IRQ = {"x86": 23}  # q35 routes slot 3 INTA to GSI 23 (captured); UML's PCI IRQ
@@ -95,7 +95,7 @@ class SimResult:
     device: VirtioPciDevice
     recorder: Recorder
     pci_dev: PciDev
-    vp: VirtioPciDev
+    vp: VpDev
     net: VirtnetInfo | None
     probe_rc: int
     table_after_probe: list[dict[str, Any]] = field(default_factory=list)
@@ -112,63 +112,6 @@ class SimResult:
         return [r for r in self.recorder.records if r.get("phase") == "probe" and "op" in r]
 
 
-def _phase_tagger(recorder: Recorder) -> dict[str, str]:
-    state = {"phase": "enumeration"}
-    status = COMMON["device_status"].offset
-
-    def tag(rec: dict[str, Any]) -> None:
-        rec["phase"] = state["phase"]
-        if (
-            state["phase"] == "probe"
-            and rec.get("space") == "common"
-            and rec.get("op") == "w"
-            and rec.get("offset") == status
-            and rec.get("value", 0) & 0x4
-        ):
-            state["phase"] = "run"
-
-    recorder.subscribe(tag, first=True)  # before writers that stream the tagged records
-    return state
-
-
-def table_view(k: Kernel, device: VirtioPciDevice) -> list[dict[str, Any]]:
-    if device.msix is None:
-        return []
-    rows = device.msix.table_rows()
-    for row in rows:
-        address, data = row["address"], row["data"]
-        if k.x86 is not None:
-            from ..irq.x86 import decode_msi
-
-            d = decode_msi(address, data)
-            row["decoded"] = (
-                f"{'logical' if d.logical else 'physical'} dest {d.dest:#x} vector {d.vector:#04x}"
-                if d.valid and address
-                else "-"
-            )
-        else:
-            row["decoded"] = f"UML irq {data}" if address == 0xA0000 else "-"
-    return rows
-
-
-def interrupts_view(k: Kernel) -> list[dict[str, Any]]:
-    rows = []
-    for irq in sorted(k.irqs):
-        d = k.irqs[irq]
-        if not d.actions:
-            continue
-        chip = {"PCI-MSIX": "PCI-MSI", "IO-APIC": "IO-APIC", "UM-MSI": "UM virtio PCIe MSI",
-                "dummy": "dummy"}[d.chip]  # fmt: skip
-        kind = (
-            f"{d.hwirq}-{d.trigger}"
-            if k.arch == "x86"
-            else (str(d.hwirq) if d.chip == "UM-MSI" else "")
-        )
-        rows.append({"irq": irq, "counts": list(d.counts), "chip": chip, "hwirq": kind, "name": d.name,
-                     "vector": d.vector, "cpu": d.cpu})  # fmt: skip
-    return rows
-
-
 def run_sim(
     opts: SimOptions,
     recorder: Recorder | None = None,
@@ -179,41 +122,25 @@ def run_sim(
     listeners that stream them to files); ``capture`` sees every frame the driver sends
     (True) or receives (False); ``irq_hook`` every handler run (desc, start, end in
     monotonic ns)."""
-    memory = GuestMemory(opts.memory_mb << 20)
     recorder = recorder if recorder is not None else Recorder()
-    phase = _phase_tagger(recorder)
-    backend = LoopbackBackend(swap_macs=False)
     device = make_virtio_net_pci(
         vectors=opts.vectors,
         queue_pairs=opts.queue_pairs,
         disable_legacy=opts.disable_legacy,
-        memory=memory,
         recorder=recorder,
-        backend=backend,
+        backend=LoopbackBackend(swap_macs=False),
     )
-    bus = PciBus()
-    function: PciFunction = device
+    refusal = None
     if opts.refuse_vectors_from is not None or opts.refuse_config_vector:
-        function = VectorRefusal(device, opts.refuse_vectors_from, opts.refuse_config_vector)  # type: ignore[assignment]
-    bus.attach(SLOT, function)
-    k = Kernel(bus, memory, cpus=opts.cpus, arch=opts.arch, backtraces=opts.backtraces)
+        refusal = VectorRefusal(device, opts.refuse_vectors_from, opts.refuse_config_vector)
+    machine = Machine(device, cpus=opts.cpus, arch=opts.arch, memory_mb=opts.memory_mb,
+                      driver=VIRTIO_NET_DRIVER, recorder=recorder, backtraces=opts.backtraces,
+                      bus_function=refusal)  # fmt: skip
+    k, dev = machine.kernel, machine.pci_dev
     k.irq_hook = irq_hook
-    device.sink = k
-    if opts.arch == "um":
-        # virt-pci allocates the bus's one INTx descriptor at its own probe, before the scan
-        # finds our function (um_pci_virtio_probe: irq_alloc_desc; every pin maps to it).
-        k.intx_irq = k.irq_alloc_desc("dummy", 0, "simple").irq
-    else:
-        k.intx_irq = INTX_IRQ[opts.arch]
-
-    devs = Firmware(arch=opts.arch).scan(k, intx_irq=k.intx_irq)
-    dev = next(d for d in devs if d.slot == SLOT)
-    vbus = VirtioBus()
-    vbus.drivers.append(VIRTIO_NET_DRIVER)
-    phase["phase"] = "probe"
-    probe_rc = pci_device_probe(k, vbus, dev)
-    vp = k.vp_devices[-1] if getattr(k, "vp_devices", None) else VirtioPciDev(dev, 0)
-    phase["phase"] = "run"
+    probe_rc = machine.run_probe()
+    assert machine.vp is not None
+    vp = machine.vp
     vi: VirtnetInfo | None = vp.priv if probe_rc == 0 else None
     names = []
     if vi is not None:
@@ -221,8 +148,6 @@ def run_sim(
             ["control"] if vi.cvq is not None else []
         )
     res = SimResult(opts, k, device, recorder, dev, vp, vi, probe_rc)
-    from ..devcli import describe
-
     res.capabilities = describe(device)["capabilities"]
     res.table_after_probe = table_view(k, device)
     res.event_vectors = device.event_vectors(names)

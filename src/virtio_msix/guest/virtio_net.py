@@ -14,62 +14,65 @@ from .irqcore import EINVAL, irq_set_affinity_hint
 from .kernel import Kernel
 from .virtio_pci import (
     VirtioDriver,
-    VirtioPciDev,
+    VpDev,
     del_vq,
     irq_desc_of,
     virtio_cread16,
     virtio_cread_bytes,
+    virtio_device_ready,
     virtio_find_vqs_ctx,
     vp_del_vqs,
     vp_reset,
 )
-from .vring import Virtqueue
+from .vring import VringVirtqueue
 
 # The driver's feature table in Linux 6.1 (VIRTNET_FEATURES).
 VIRTNET_FEATURES = (
-    0,
-    1,
-    5,
-    11,
-    14,
-    12,
-    13,
-    7,
-    8,
-    9,
-    10,
-    15,
-    16,
-    17,
-    18,
-    19,
-    21,
-    22,
-    23,
-    3,
-    2,
-    63,
-    62,
-    60,
-    57,
-    53,
+    dev_net.VIRTIO_NET_F_CSUM,
+    dev_net.VIRTIO_NET_F_GUEST_CSUM,
+    dev_net.VIRTIO_NET_F_MAC,
+    dev_net.VIRTIO_NET_F_HOST_TSO4,
+    dev_net.VIRTIO_NET_F_HOST_UFO,
+    dev_net.VIRTIO_NET_F_HOST_TSO6,
+    dev_net.VIRTIO_NET_F_HOST_ECN,
+    dev_net.VIRTIO_NET_F_GUEST_TSO4,
+    dev_net.VIRTIO_NET_F_GUEST_TSO6,
+    dev_net.VIRTIO_NET_F_GUEST_ECN,
+    dev_net.VIRTIO_NET_F_GUEST_UFO,
+    dev_net.VIRTIO_NET_F_MRG_RXBUF,
+    dev_net.VIRTIO_NET_F_STATUS,
+    dev_net.VIRTIO_NET_F_CTRL_VQ,
+    dev_net.VIRTIO_NET_F_CTRL_RX,
+    dev_net.VIRTIO_NET_F_CTRL_VLAN,
+    dev_net.VIRTIO_NET_F_GUEST_ANNOUNCE,
+    dev_net.VIRTIO_NET_F_MQ,
+    dev_net.VIRTIO_NET_F_CTRL_MAC_ADDR,
+    dev_net.VIRTIO_NET_F_MTU,
+    dev_net.VIRTIO_NET_F_CTRL_GUEST_OFFLOADS,
+    dev_net.VIRTIO_NET_F_SPEED_DUPLEX,
+    dev_net.VIRTIO_NET_F_STANDBY,
+    dev_net.VIRTIO_NET_F_RSS,
+    dev_net.VIRTIO_NET_F_HASH_REPORT,
+    dev_net.VIRTIO_NET_F_NOTF_COAL,
 )
+# struct virtio_net_config offsets (one table: the device's CONFIG_FIELDS).
+CONFIG_OFFSET = {name: offset for name, offset, _size, _bit in dev_net.CONFIG_FIELDS}
 MIN_MTU = 68
-HDR_LEN = 12
+HDR_LEN = dev_net.HDR_LEN  # struct virtio_net_hdr_mrg_rxbuf
 RX_BUF_SIZE = 1536 + HDR_LEN  # GOOD_PACKET_LEN + header: one buffer per frame (mergeable)
 RECEIVED_KEPT = 64
 
 
 @dataclass
 class VirtnetInfo:
-    vp: VirtioPciDev
+    vp: VpDev
     mac: bytes = b""
     max_queue_pairs: int = 1
     curr_queue_pairs: int = 1
     mtu: int = 1500
-    rq: list[Virtqueue] = field(default_factory=list)
-    sq: list[Virtqueue] = field(default_factory=list)
-    cvq: Virtqueue | None = None
+    rq: list[VringVirtqueue] = field(default_factory=list)
+    sq: list[VringVirtqueue] = field(default_factory=list)
+    cvq: VringVirtqueue | None = None
     link_up: bool = False
     # The last frames handed up (the stack's socket buffers are not modelled: older ones go).
     received: deque[bytes] = field(default_factory=lambda: deque(maxlen=RECEIVED_KEPT))
@@ -84,7 +87,7 @@ class VirtnetInfo:
     capture: Callable[[bytes, bool], None] | None = None
 
 
-def virtnet_validate(k: Kernel, vp: VirtioPciDev) -> int:
+def virtnet_validate(k: Kernel, vp: VpDev) -> int:
     if not vp.has_feature(dev_net.VIRTIO_NET_F_CTRL_VQ):
         for bit in (dev_net.VIRTIO_NET_F_CTRL_RX, dev_net.VIRTIO_NET_F_CTRL_VLAN,
                     dev_net.VIRTIO_NET_F_GUEST_ANNOUNCE, dev_net.VIRTIO_NET_F_MQ,
@@ -92,27 +95,25 @@ def virtnet_validate(k: Kernel, vp: VirtioPciDev) -> int:
             if vp.has_feature(bit):
                 return -EINVAL
     if vp.has_feature(dev_net.VIRTIO_NET_F_MTU):
-        mtu = virtio_cread16(k, vp, 10)
+        mtu = virtio_cread16(k, vp, CONFIG_OFFSET["mtu"])
         if mtu < MIN_MTU:
             vp.features &= ~(1 << dev_net.VIRTIO_NET_F_MTU)
     return 0
 
 
-def virtnet_probe(k: Kernel, vp: VirtioPciDev) -> int:
+def virtnet_probe(k: Kernel, vp: VpDev) -> int:
     vi = VirtnetInfo(vp)
     vp.priv = vi
     if vp.has_feature(dev_net.VIRTIO_NET_F_MQ) and vp.has_feature(dev_net.VIRTIO_NET_F_CTRL_VQ):
-        pairs = virtio_cread16(k, vp, 8)
+        pairs = virtio_cread16(k, vp, CONFIG_OFFSET["max_virtqueue_pairs"])
         vi.max_queue_pairs = pairs if 1 <= pairs <= 0x8000 else 1
     if vp.has_feature(dev_net.VIRTIO_NET_F_MAC):
-        vi.mac = virtio_cread_bytes(k, vp, 0, 6)
+        vi.mac = virtio_cread_bytes(k, vp, CONFIG_OFFSET["mac"], 6)
     if vp.has_feature(dev_net.VIRTIO_NET_F_MTU):
-        vi.mtu = virtio_cread16(k, vp, 10)
+        vi.mtu = virtio_cread16(k, vp, CONFIG_OFFSET["mtu"])
     err = init_vqs(k, vi)
     if err:
         return err
-    from .virtio_pci import virtio_device_ready
-
     virtio_device_ready(k, vp)
     vi.curr_queue_pairs = min(vi.max_queue_pairs, k.cpus)
     _virtnet_set_queues(k, vi, vi.curr_queue_pairs)
@@ -170,10 +171,10 @@ def virtnet_set_affinity(k: Kernel, vi: VirtnetInfo) -> None:
 
 
 # -- after DRIVER_OK: link, RX buffers, control commands, TX ------------------------------------------------
-def virtnet_config_changed(k: Kernel, vp: VirtioPciDev) -> None:
+def virtnet_config_changed(k: Kernel, vp: VpDev) -> None:
     vi: VirtnetInfo = vp.priv
     if vi is not None and vp.has_feature(dev_net.VIRTIO_NET_F_STATUS):
-        status = virtio_cread16(k, vp, 6)
+        status = virtio_cread16(k, vp, CONFIG_OFFSET["status"])
         vi.link_up = bool(status & dev_net.VIRTIO_NET_S_LINK_UP)
 
 
@@ -283,7 +284,7 @@ def skb_recv_done(k: Kernel, vi: VirtnetInfo, qp: int) -> None:
         try_fill_recv(k, vi, qp)
 
 
-def virtnet_remove(k: Kernel, vp: VirtioPciDev) -> None:
+def virtnet_remove(k: Kernel, vp: VpDev) -> None:
     """Reset the device, free the buffers it still held, then give back every queue and
     interrupt (remove_vq_common)."""
     vp_reset(k, vp)
@@ -301,7 +302,7 @@ def free_unused_bufs(k: Kernel, vi: VirtnetInfo | None) -> None:
             k.pages.free(buf)
 
 
-def virtnet_del_vqs(k: Kernel, vp: VirtioPciDev) -> None:
+def virtnet_del_vqs(k: Kernel, vp: VpDev) -> None:
     vp_del_vqs(k, vp)
 
 

@@ -9,11 +9,28 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..abi.virtio import (
+    ACKNOWLEDGE,
+    DRIVER,
+    DRIVER_OK,
+    FAILED,
+    FEATURES_OK,
+    VIRTIO_F_ACCESS_PLATFORM,
+    VIRTIO_F_EVENT_IDX,
+    VIRTIO_F_INDIRECT_DESC,
+    VIRTIO_F_ORDER_PLATFORM,
+    VIRTIO_F_RING_PACKED,
+    VIRTIO_F_RING_RESET,
+    VIRTIO_F_VERSION_1,
+    VIRTIO_TRANSPORT_F_END,
+    VIRTIO_TRANSPORT_F_START,
+)
 from ..pci.regs import PCI_CAP_ID_VNDR
-from ..virtio.device import ACKNOWLEDGE, DRIVER, DRIVER_OK, FAILED, FEATURES_OK
 from ..virtio.regs import (
     CAP,
     COMMON,
+    COMMON_CFG_LEN,
+    MODERN_COMMON_CFG_LEN,
     NOTIFY_OFF_MULTIPLIER,
     VIRTIO_MSI_NO_VECTOR,
     VIRTIO_PCI_CAP_COMMON_CFG,
@@ -46,16 +63,18 @@ from .pci import (
     pci_read_config_dword,
     pci_set_master,
 )
-from .vring import Virtqueue, vring_interrupt
+from .vring import VringVirtqueue, vring_interrupt
 
 PAGE_SIZE = 4096
-VIRTIO_TRANSPORT_F_START, VIRTIO_TRANSPORT_F_END = 28, 41
 # drivers/virtio/virtio_ring.c vring_transport_features: the ring features the core keeps.
-VRING_TRANSPORT_FEATURES = (28, 29, 32, 33, 34, 36)
-VIRTIO_F_VERSION_1 = 32
-VIRTIO_F_SR_IOV = 37
-VIRTIO_F_RING_RESET = 40
-VP_MSIX_CONFIG_VECTOR = 0
+VRING_TRANSPORT_FEATURES = (
+    VIRTIO_F_INDIRECT_DESC,
+    VIRTIO_F_EVENT_IDX,
+    VIRTIO_F_VERSION_1,
+    VIRTIO_F_ACCESS_PLATFORM,
+    VIRTIO_F_RING_PACKED,
+    VIRTIO_F_ORDER_PLATFORM,
+)
 VP_MSIX_VQ_VECTOR = 1
 ISR_QUEUE, ISR_CONFIG = 0x1, 0x2
 
@@ -85,21 +104,22 @@ class VirtioDriver:
     name: str
     device_id: int
     feature_table: tuple[int, ...]
-    probe: Callable[[Kernel, VirtioPciDev], int]
-    remove: Callable[[Kernel, VirtioPciDev], None]
-    validate: Callable[[Kernel, VirtioPciDev], int] | None = None
-    config_changed: Callable[[Kernel, VirtioPciDev], None] | None = None
+    probe: Callable[[Kernel, VpDev], int]
+    remove: Callable[[Kernel, VpDev], None]
+    validate: Callable[[Kernel, VpDev], int] | None = None
+    config_changed: Callable[[Kernel, VpDev], None] | None = None
 
 
 @dataclass
 class VpVqInfo:
-    vq: Virtqueue
+    vq: VringVirtqueue
     msix_vector: int
 
 
 @dataclass
-class VirtioPciDev:
-    """struct virtio_pci_device + its struct virtio_device."""
+class VpDev:
+    """The driver's side: struct virtio_pci_device (Linux's vp_dev) + its struct virtio_device.
+    The device model it drives is virtio/pci.py's VirtioPciDevice."""
 
     pci_dev: PciDev
     index: int
@@ -107,7 +127,7 @@ class VirtioPciDev:
     device_id: int = 0
     features: int = 0
     device_features: int = 0
-    vqs: list[Virtqueue] = field(default_factory=list)
+    vqs: list[VringVirtqueue] = field(default_factory=list)
     vq_info: dict[int, VpVqInfo] = field(default_factory=dict)
     msix_enabled: bool = False
     msix_vectors: int = 0
@@ -133,24 +153,24 @@ class VirtioPciDev:
 
 
 # -- register access helpers (virtio_pci_modern_dev.c) -----------------------------------------------
-def vp_modern_get_status(k: Kernel, vp: VirtioPciDev) -> int:
+def vp_modern_get_status(k: Kernel, vp: VpDev) -> int:
     return k.readb(vp.mdev.common + _cc("device_status"))
 
 
-def vp_modern_set_status(k: Kernel, vp: VirtioPciDev, status: int) -> None:
+def vp_modern_set_status(k: Kernel, vp: VpDev, status: int) -> None:
     k.writeb(status, vp.mdev.common + _cc("device_status"))
 
 
-def vp_get_status(k: Kernel, vp: VirtioPciDev) -> int:
+def vp_get_status(k: Kernel, vp: VpDev) -> int:
     return vp_modern_get_status(k, vp)
 
 
-def vp_set_status(k: Kernel, vp: VirtioPciDev, status: int) -> None:
+def vp_set_status(k: Kernel, vp: VpDev, status: int) -> None:
     assert status != 0  # reset goes through vp_reset
     vp_modern_set_status(k, vp, status)
 
 
-def vp_reset(k: Kernel, vp: VirtioPciDev) -> None:
+def vp_reset(k: Kernel, vp: VpDev) -> None:
     vp_modern_set_status(k, vp, 0)
     # §2.4.2: wait for the device to read back 0 before re-initialising.
     for _ in range(1000):
@@ -158,11 +178,11 @@ def vp_reset(k: Kernel, vp: VirtioPciDev) -> None:
             break
 
 
-def virtio_add_status(k: Kernel, vp: VirtioPciDev, status: int) -> None:
+def virtio_add_status(k: Kernel, vp: VpDev, status: int) -> None:
     vp_set_status(k, vp, vp_get_status(k, vp) | status)
 
 
-def vp_modern_get_features(k: Kernel, vp: VirtioPciDev) -> int:
+def vp_modern_get_features(k: Kernel, vp: VpDev) -> int:
     c = vp.mdev.common
     k.writel(0, c + _cc("device_feature_select"))
     features = k.readl(c + _cc("device_feature"))
@@ -170,7 +190,7 @@ def vp_modern_get_features(k: Kernel, vp: VirtioPciDev) -> int:
     return features | k.readl(c + _cc("device_feature")) << 32
 
 
-def vp_modern_set_features(k: Kernel, vp: VirtioPciDev, features: int) -> None:
+def vp_modern_set_features(k: Kernel, vp: VpDev, features: int) -> None:
     c = vp.mdev.common
     k.writel(0, c + _cc("driver_feature_select"))
     k.writel(features & 0xFFFFFFFF, c + _cc("driver_feature"))
@@ -178,50 +198,50 @@ def vp_modern_set_features(k: Kernel, vp: VirtioPciDev, features: int) -> None:
     k.writel(features >> 32, c + _cc("driver_feature"))
 
 
-def vp_modern_config_vector(k: Kernel, vp: VirtioPciDev, vector: int) -> int:
+def vp_modern_config_vector(k: Kernel, vp: VpDev, vector: int) -> int:
     c = vp.mdev.common
     k.writew(vector, c + _cc("msix_config"))
     # The device answers NO_VECTOR when it could not map it (§4.1.5.1.2.1).
     return k.readw(c + _cc("msix_config"))
 
 
-def vp_modern_queue_vector(k: Kernel, vp: VirtioPciDev, index: int, vector: int) -> int:
+def vp_modern_queue_vector(k: Kernel, vp: VpDev, index: int, vector: int) -> int:
     c = vp.mdev.common
     k.writew(index, c + _cc("queue_select"))
     k.writew(vector, c + _cc("queue_msix_vector"))
     return k.readw(c + _cc("queue_msix_vector"))
 
 
-def vp_modern_get_num_queues(k: Kernel, vp: VirtioPciDev) -> int:
+def vp_modern_get_num_queues(k: Kernel, vp: VpDev) -> int:
     return k.readw(vp.mdev.common + _cc("num_queues"))
 
 
-def vp_modern_get_queue_size(k: Kernel, vp: VirtioPciDev, index: int) -> int:
+def vp_modern_get_queue_size(k: Kernel, vp: VpDev, index: int) -> int:
     c = vp.mdev.common
     k.writew(index, c + _cc("queue_select"))
     return k.readw(c + _cc("queue_size"))
 
 
-def vp_modern_get_queue_enable(k: Kernel, vp: VirtioPciDev, index: int) -> bool:
+def vp_modern_get_queue_enable(k: Kernel, vp: VpDev, index: int) -> bool:
     c = vp.mdev.common
     k.writew(index, c + _cc("queue_select"))
     return bool(k.readw(c + _cc("queue_enable")))
 
 
-def vp_modern_set_queue_enable(k: Kernel, vp: VirtioPciDev, index: int, enable: bool) -> None:
+def vp_modern_set_queue_enable(k: Kernel, vp: VpDev, index: int, enable: bool) -> None:
     c = vp.mdev.common
     k.writew(index, c + _cc("queue_select"))
     k.writew(int(enable), c + _cc("queue_enable"))
 
 
-def vp_modern_set_queue_size(k: Kernel, vp: VirtioPciDev, index: int, size: int) -> None:
+def vp_modern_set_queue_size(k: Kernel, vp: VpDev, index: int, size: int) -> None:
     c = vp.mdev.common
     k.writew(index, c + _cc("queue_select"))
     k.writew(size, c + _cc("queue_size"))
 
 
 def vp_modern_queue_address(
-    k: Kernel, vp: VirtioPciDev, index: int, desc: int, avail: int, used: int
+    k: Kernel, vp: VpDev, index: int, desc: int, avail: int, used: int
 ) -> None:
     c = vp.mdev.common
     k.writew(index, c + _cc("queue_select"))
@@ -231,18 +251,18 @@ def vp_modern_queue_address(
         k.writel(addr >> 32, c + _cc(f"{name}_hi"))
 
 
-def vp_modern_map_vq_notify(k: Kernel, vp: VirtioPciDev, index: int) -> int:
+def vp_modern_map_vq_notify(k: Kernel, vp: VpDev, index: int) -> int:
     c = vp.mdev.common
     k.writew(index, c + _cc("queue_select"))
     off = k.readw(c + _cc("queue_notify_off"))
     return vp.mdev.notify_base + off * vp.mdev.notify_offset_multiplier
 
 
-def vp_generation(k: Kernel, vp: VirtioPciDev) -> int:
+def vp_generation(k: Kernel, vp: VpDev) -> int:
     return k.readb(vp.mdev.common + _cc("config_generation"))
 
 
-def vp_get(k: Kernel, vp: VirtioPciDev, offset: int, length: int) -> bytes:
+def vp_get(k: Kernel, vp: VpDev, offset: int, length: int) -> bytes:
     """Device config bytes with the access sizes Linux uses (1, 2, 4; 8 as two 4)."""
     base = vp.mdev.device + offset
     if length == 1:
@@ -256,7 +276,7 @@ def vp_get(k: Kernel, vp: VirtioPciDev, offset: int, length: int) -> bytes:
     return bytes(k.readb(base + i) for i in range(length))
 
 
-def virtio_cread_bytes(k: Kernel, vp: VirtioPciDev, offset: int, length: int) -> bytes:
+def virtio_cread_bytes(k: Kernel, vp: VpDev, offset: int, length: int) -> bytes:
     """__virtio_cread_many: byte reads bracketed by config_generation until it is stable."""
     while True:
         old = vp_generation(k, vp)
@@ -265,12 +285,12 @@ def virtio_cread_bytes(k: Kernel, vp: VirtioPciDev, offset: int, length: int) ->
             return data
 
 
-def virtio_cread16(k: Kernel, vp: VirtioPciDev, offset: int) -> int:
+def virtio_cread16(k: Kernel, vp: VpDev, offset: int) -> int:
     return int.from_bytes(vp_get(k, vp, offset, 2), "little")
 
 
 # -- capability discovery (virtio_pci_modern_dev.c) ---------------------------------------------------
-def virtio_pci_find_capability(k: Kernel, dev: PciDev, cfg_type: int, vp: VirtioPciDev) -> int:
+def virtio_pci_find_capability(k: Kernel, dev: PciDev, cfg_type: int, vp: VpDev) -> int:
     pos = pci_find_capability(k, dev, PCI_CAP_ID_VNDR)
     while pos > 0:
         typ = pci_read_config_byte(k, dev, pos + CAP["cfg_type"].offset)
@@ -300,7 +320,7 @@ def vp_modern_map_capability(
     return res.start + offset + start, length
 
 
-def vp_modern_probe(k: Kernel, vp: VirtioPciDev) -> int:
+def vp_modern_probe(k: Kernel, vp: VpDev) -> int:
     dev = vp.pci_dev
     if not 0x1000 <= dev.device <= 0x107F:
         return -ENODEV
@@ -316,7 +336,7 @@ def vp_modern_probe(k: Kernel, vp: VirtioPciDev) -> int:
         return -EINVAL
     device = virtio_pci_find_capability(k, dev, VIRTIO_PCI_CAP_DEVICE_CFG, vp)
     m = vp.mdev
-    mapped = vp_modern_map_capability(k, dev, common, 56, 4, 0, 64)
+    mapped = vp_modern_map_capability(k, dev, common, COMMON_CFG_LEN, 4, 0, MODERN_COMMON_CFG_LEN)
     if mapped is None:
         return -EINVAL
     m.common = mapped[0]
@@ -348,7 +368,7 @@ class VirtioBus:
 
     def __init__(self) -> None:
         self.drivers: list[VirtioDriver] = []
-        self.devices: list[VirtioPciDev] = []
+        self.devices: list[VpDev] = []
         self.next_index = 0
 
 
@@ -369,7 +389,7 @@ def local_pci_probe(k: Kernel, bus: VirtioBus, dev: PciDev) -> int:
 
 
 def virtio_pci_probe(k: Kernel, bus: VirtioBus, dev: PciDev) -> int:
-    vp = VirtioPciDev(dev, bus.next_index)
+    vp = VpDev(dev, bus.next_index)
     bus.next_index += 1
     rc = pci_enable_device(k, dev)
     if rc:
@@ -383,7 +403,7 @@ def virtio_pci_probe(k: Kernel, bus: VirtioBus, dev: PciDev) -> int:
     return register_virtio_device(k, bus, vp)
 
 
-def register_virtio_device(k: Kernel, bus: VirtioBus, vp: VirtioPciDev) -> int:
+def register_virtio_device(k: Kernel, bus: VirtioBus, vp: VpDev) -> int:
     # Always start by resetting the device, in case a previous driver messed it up.
     vp_reset(k, vp)
     virtio_add_status(k, vp, ACKNOWLEDGE)
@@ -391,23 +411,23 @@ def register_virtio_device(k: Kernel, bus: VirtioBus, vp: VirtioPciDev) -> int:
     return device_add(k, bus, vp)
 
 
-def device_add(k: Kernel, bus: VirtioBus, vp: VirtioPciDev) -> int:
+def device_add(k: Kernel, bus: VirtioBus, vp: VpDev) -> int:
     return bus_probe_device(k, bus, vp)
 
 
-def bus_probe_device(k: Kernel, bus: VirtioBus, vp: VirtioPciDev) -> int:
+def bus_probe_device(k: Kernel, bus: VirtioBus, vp: VpDev) -> int:
     return device_initial_probe(k, bus, vp)
 
 
-def device_initial_probe(k: Kernel, bus: VirtioBus, vp: VirtioPciDev) -> int:
+def device_initial_probe(k: Kernel, bus: VirtioBus, vp: VpDev) -> int:
     return __device_attach(k, bus, vp)
 
 
-def __device_attach(k: Kernel, bus: VirtioBus, vp: VirtioPciDev) -> int:
+def __device_attach(k: Kernel, bus: VirtioBus, vp: VpDev) -> int:
     return bus_for_each_drv(k, bus, vp)
 
 
-def bus_for_each_drv(k: Kernel, bus: VirtioBus, vp: VirtioPciDev) -> int:
+def bus_for_each_drv(k: Kernel, bus: VirtioBus, vp: VpDev) -> int:
     for drv in bus.drivers:
         rc = __device_attach_driver(k, drv, vp)
         if rc:
@@ -415,22 +435,22 @@ def bus_for_each_drv(k: Kernel, bus: VirtioBus, vp: VirtioPciDev) -> int:
     return 0
 
 
-def __device_attach_driver(k: Kernel, drv: VirtioDriver, vp: VirtioPciDev) -> int:
+def __device_attach_driver(k: Kernel, drv: VirtioDriver, vp: VpDev) -> int:
     if drv.device_id != vp.device_id:
         return 0
     rc = driver_probe_device(k, drv, vp)
     return 1 if rc == 0 else rc
 
 
-def driver_probe_device(k: Kernel, drv: VirtioDriver, vp: VirtioPciDev) -> int:
+def driver_probe_device(k: Kernel, drv: VirtioDriver, vp: VpDev) -> int:
     return __driver_probe_device(k, drv, vp)
 
 
-def __driver_probe_device(k: Kernel, drv: VirtioDriver, vp: VirtioPciDev) -> int:
+def __driver_probe_device(k: Kernel, drv: VirtioDriver, vp: VpDev) -> int:
     return really_probe(k, drv, vp)
 
 
-def really_probe(k: Kernel, drv: VirtioDriver, vp: VirtioPciDev) -> int:
+def really_probe(k: Kernel, drv: VirtioDriver, vp: VpDev) -> int:
     vp.driver = drv
     rc = call_driver_probe(k, drv, vp)
     if rc:
@@ -439,11 +459,11 @@ def really_probe(k: Kernel, drv: VirtioDriver, vp: VirtioPciDev) -> int:
     return rc
 
 
-def call_driver_probe(k: Kernel, drv: VirtioDriver, vp: VirtioPciDev) -> int:
+def call_driver_probe(k: Kernel, drv: VirtioDriver, vp: VpDev) -> int:
     return virtio_dev_probe(k, drv, vp)
 
 
-def virtio_dev_probe(k: Kernel, drv: VirtioDriver, vp: VirtioPciDev) -> int:
+def virtio_dev_probe(k: Kernel, drv: VirtioDriver, vp: VpDev) -> int:
     virtio_add_status(k, vp, DRIVER)
     device_features = vp_modern_get_features(k, vp)
     vp.device_features = device_features
@@ -472,7 +492,7 @@ def virtio_dev_probe(k: Kernel, drv: VirtioDriver, vp: VirtioPciDev) -> int:
     return 0
 
 
-def vp_finalize_features(k: Kernel, vp: VirtioPciDev) -> int:
+def vp_finalize_features(k: Kernel, vp: VpDev) -> int:
     features = vp.features
     for bit in range(VIRTIO_TRANSPORT_F_START, VIRTIO_TRANSPORT_F_END):
         if bit not in VRING_TRANSPORT_FEATURES:
@@ -486,7 +506,7 @@ def vp_finalize_features(k: Kernel, vp: VirtioPciDev) -> int:
     return 0
 
 
-def virtio_features_ok(k: Kernel, vp: VirtioPciDev) -> int:
+def virtio_features_ok(k: Kernel, vp: VpDev) -> int:
     virtio_add_status(k, vp, FEATURES_OK)
     if not vp_get_status(k, vp) & FEATURES_OK:
         k.printk(f"{vp.name}: device refuses features: {vp.features:#x}")
@@ -494,21 +514,21 @@ def virtio_features_ok(k: Kernel, vp: VirtioPciDev) -> int:
     return 0
 
 
-def virtio_device_ready(k: Kernel, vp: VirtioPciDev) -> None:
+def virtio_device_ready(k: Kernel, vp: VpDev) -> None:
     status = vp_get_status(k, vp)
     vp_set_status(k, vp, status | DRIVER_OK)
 
 
 # -- virtqueues and their interrupts (virtio_pci_common.c) --------------------------------------------------
 def virtio_find_vqs_ctx(
-    k: Kernel, vp: VirtioPciDev, names: list[str], callbacks: list
-) -> list[Virtqueue] | int:
+    k: Kernel, vp: VpDev, names: list[str], callbacks: list
+) -> list[VringVirtqueue] | int:
     return vp_modern_find_vqs(k, vp, names, callbacks)
 
 
 def vp_modern_find_vqs(
-    k: Kernel, vp: VirtioPciDev, names: list[str], callbacks: list
-) -> list[Virtqueue] | int:
+    k: Kernel, vp: VpDev, names: list[str], callbacks: list
+) -> list[VringVirtqueue] | int:
     vqs = vp_find_vqs(k, vp, names, callbacks)
     if isinstance(vqs, int):
         return vqs
@@ -519,8 +539,8 @@ def vp_modern_find_vqs(
 
 
 def vp_find_vqs(
-    k: Kernel, vp: VirtioPciDev, names: list[str], callbacks: list
-) -> list[Virtqueue] | int:
+    k: Kernel, vp: VpDev, names: list[str], callbacks: list
+) -> list[VringVirtqueue] | int:
     err = vp_find_vqs_msix(k, vp, names, callbacks, per_vq_vectors=True)
     vp.ladder.append(f"vp_find_vqs_msix(per_vq_vectors=true): {_rc(err)}")
     if not isinstance(err, int):
@@ -541,8 +561,8 @@ def _rc(result: object) -> str:
 
 
 def vp_find_vqs_msix(
-    k: Kernel, vp: VirtioPciDev, names: list[str], callbacks: list, per_vq_vectors: bool
-) -> list[Virtqueue] | int:
+    k: Kernel, vp: VpDev, names: list[str], callbacks: list, per_vq_vectors: bool
+) -> list[VringVirtqueue] | int:
     if per_vq_vectors:
         nvectors = 1 + sum(1 for n, cb in zip(names, callbacks, strict=True) if n and cb)
     else:
@@ -553,7 +573,7 @@ def vp_find_vqs_msix(
         return err
     vp.per_vq_vectors = per_vq_vectors
     allocated = vp.msix_used_vectors
-    vqs: list[Virtqueue] = []
+    vqs: list[VringVirtqueue] = []
     for i, (name, cb) in enumerate(zip(names, callbacks, strict=True)):
         if cb is None:
             msix_vec = VIRTIO_MSI_NO_VECTOR
@@ -581,7 +601,7 @@ def vp_find_vqs_msix(
 
 
 def vp_request_msix_vectors(
-    k: Kernel, vp: VirtioPciDev, nvectors: int, per_vq_vectors: bool
+    k: Kernel, vp: VpDev, nvectors: int, per_vq_vectors: bool
 ) -> int:
     vp.msix_vectors = nvectors
     vp.msix_names = [""] * nvectors
@@ -620,8 +640,8 @@ def vp_request_msix_vectors(
 
 
 def vp_find_vqs_intx(
-    k: Kernel, vp: VirtioPciDev, names: list[str], callbacks: list
-) -> list[Virtqueue] | int:
+    k: Kernel, vp: VpDev, names: list[str], callbacks: list
+) -> list[VringVirtqueue] | int:
     k.legacy_irq(vp.pci_dev.irq)
     err = request_irq(k, vp.pci_dev.irq, lambda d: vp_interrupt(k, vp), IRQF_SHARED, vp.name, vp)
     if err:
@@ -640,8 +660,8 @@ def vp_find_vqs_intx(
 
 
 def vp_setup_vq(
-    k: Kernel, vp: VirtioPciDev, index: int, callback, name: str, msix_vec: int
-) -> Virtqueue | int:
+    k: Kernel, vp: VpDev, index: int, callback, name: str, msix_vec: int
+) -> VringVirtqueue | int:
     vq = setup_vq(k, vp, index, callback, name, msix_vec)
     if isinstance(vq, int):
         return vq
@@ -651,8 +671,8 @@ def vp_setup_vq(
 
 
 def setup_vq(
-    k: Kernel, vp: VirtioPciDev, index: int, callback, name: str, msix_vec: int
-) -> Virtqueue | int:
+    k: Kernel, vp: VpDev, index: int, callback, name: str, msix_vec: int
+) -> VringVirtqueue | int:
     if index >= vp_modern_get_num_queues(k, vp):
         return -EINVAL
     num = vp_modern_get_queue_size(k, vp, index)
@@ -660,7 +680,8 @@ def setup_vq(
         return -ENOENT
     if num & (num - 1):
         return -EINVAL
-    vq = Virtqueue(k, index, num, name, callback, lambda q: vp_notify(k, q), vp.has_feature(29))
+    vq = VringVirtqueue(k, index, num, name, callback, lambda q: vp_notify(k, q),
+                   vp.has_feature(VIRTIO_F_EVENT_IDX))  # fmt: skip
     vp_modern_set_queue_size(k, vp, index, num)
     vp_modern_queue_address(k, vp, index, vq.desc, vq.avail, vq.used)
     if msix_vec != VIRTIO_MSI_NO_VECTOR:
@@ -672,18 +693,18 @@ def setup_vq(
     return vq
 
 
-def vp_notify(k: Kernel, vq: Virtqueue) -> bool:
+def vp_notify(k: Kernel, vq: VringVirtqueue) -> bool:
     # Write the queue's index to its notify address (§4.1.4.4).
     k.writew(vq.index, vq.priv)
     return True
 
 
-def del_vq(k: Kernel, vp: VirtioPciDev, vq: Virtqueue) -> None:
+def del_vq(k: Kernel, vp: VpDev, vq: VringVirtqueue) -> None:
     if vp.msix_enabled:
         vp_modern_queue_vector(k, vp, vq.index, VIRTIO_MSI_NO_VECTOR)
 
 
-def vp_del_vqs(k: Kernel, vp: VirtioPciDev) -> None:
+def vp_del_vqs(k: Kernel, vp: VpDev) -> None:
     for vq in list(vp.vqs):
         info = vp.vq_info.get(vq.index)
         if vp.per_vq_vectors and info and info.msix_vector != VIRTIO_MSI_NO_VECTOR:
@@ -711,14 +732,14 @@ def vp_del_vqs(k: Kernel, vp: VirtioPciDev) -> None:
 
 
 # -- interrupt handlers -----------------------------------------------------------------------------------
-def vp_config_changed(k: Kernel, vp: VirtioPciDev) -> bool:
+def vp_config_changed(k: Kernel, vp: VpDev) -> bool:
     vp.config_changes += 1
     if vp.driver is not None and vp.driver.config_changed is not None:
         vp.driver.config_changed(k, vp)
     return True
 
 
-def vp_vring_interrupt(k: Kernel, vp: VirtioPciDev) -> bool:
+def vp_vring_interrupt(k: Kernel, vp: VpDev) -> bool:
     handled = False
     for vq in vp.vqs:
         if vq.callback is not None and vring_interrupt(None, vq):
@@ -726,7 +747,7 @@ def vp_vring_interrupt(k: Kernel, vp: VirtioPciDev) -> bool:
     return handled
 
 
-def vp_interrupt(k: Kernel, vp: VirtioPciDev) -> bool:
+def vp_interrupt(k: Kernel, vp: VpDev) -> bool:
     """INTx: reading ISR tells which kind of event it was and de-asserts the line."""
     isr = k.readb(vp.mdev.isr)
     if not isr:
@@ -737,12 +758,12 @@ def vp_interrupt(k: Kernel, vp: VirtioPciDev) -> bool:
     return True
 
 
-def virtio_pci_remove(k: Kernel, vp: VirtioPciDev) -> None:
+def virtio_pci_remove(k: Kernel, vp: VpDev) -> None:
     if vp.driver is not None:
         vp.driver.remove(k, vp)
         vp.driver = None
 
 
-def irq_desc_of(k: Kernel, vp: VirtioPciDev, vector: int) -> IrqDesc | None:
+def irq_desc_of(k: Kernel, vp: VpDev, vector: int) -> IrqDesc | None:
     irq = pci_irq_vector(k, vp.pci_dev, vector)
     return k.irqs.get(irq)

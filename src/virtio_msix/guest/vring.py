@@ -7,24 +7,28 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from ..virtio.queue import VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
+from ..abi import ring
+from ..abi.ring import (
+    DESC,
+    USED_ELEM,
+    VRING_AVAIL_F_NO_INTERRUPT,
+    VRING_DESC_F_NEXT,
+    VRING_DESC_F_WRITE,
+    VRING_USED_F_NO_NOTIFY,
+    vring_layout,
+    vring_need_event,
+    vring_size,
+)
+from ..abi.virtio import VIRTIO_MSI_NO_VECTOR
 from .errnos import ENOSPC
 from .kernel import Kernel
 
 SMP_CACHE_BYTES = 64
 
 
-def vring_size(num: int, align: int) -> int:
-    avail_end = 16 * num + 6 + 2 * num
-    return ((avail_end + align - 1) & ~(align - 1)) + 6 + 8 * num
-
-
-def vring_need_event(event_idx: int, new: int, old: int) -> bool:
-    return ((new - event_idx - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
-
-
-class Virtqueue:
-    """struct vring_virtqueue (split)."""
+class VringVirtqueue:
+    """The driver's side of a split virtqueue: struct vring_virtqueue. The device's side is
+    virtio/queue.py's VirtQueue."""
 
     def __init__(
         self,
@@ -32,8 +36,8 @@ class Virtqueue:
         index: int,
         num: int,
         name: str,
-        callback: Callable[[Virtqueue], None] | None,
-        notify: Callable[[Virtqueue], bool],
+        callback: Callable[[VringVirtqueue], None] | None,
+        notify: Callable[[VringVirtqueue], bool],
         event_idx: bool,
     ) -> None:
         self.k = k
@@ -47,16 +51,15 @@ class Virtqueue:
         size = vring_size(num, SMP_CACHE_BYTES)
         self.base = k.pages.alloc(size)
         k.memory.write(self.base, bytes(size))
-        self.desc = self.base
-        self.avail = self.desc + 16 * num
-        self.used = (self.avail + 6 + 2 * num + SMP_CACHE_BYTES - 1) & ~(SMP_CACHE_BYTES - 1)
+        _, avail, used = vring_layout(num, SMP_CACHE_BYTES)  # vring_init
+        self.desc, self.avail, self.used = self.base, self.base + avail, self.base + used
         self.free = list(range(num))
         self.data: dict[int, tuple[Any, int]] = {}  # head → (token, descriptor count)
         self.avail_idx_shadow = 0
         self.last_used_idx = 0
         self.num_added = 0
         self.priv: int = 0  # notify address
-        self.msix_vector = 0xFFFF
+        self.msix_vector = VIRTIO_MSI_NO_VECTOR
 
     @property
     def short(self) -> str:
@@ -74,15 +77,15 @@ class Virtqueue:
                 VRING_DESC_F_NEXT if i + 1 < total else 0
             )
             nxt = descs[i + 1] if i + 1 < total else 0
-            mem.write(self.desc + 16 * descs[i], struct.pack("<QIHH", addr, length, flags, nxt))
+            mem.write(self.desc + ring.DESC_SIZE * descs[i], DESC.pack(addr, length, flags, nxt))
         head = descs[0]
         self.data[head] = (token, total)
         self._chain = getattr(self, "_chain", {})
         self._chain[head] = descs
         slot = self.avail_idx_shadow % self.num
-        mem.write(self.avail + 4 + 2 * slot, struct.pack("<H", head))
+        mem.write(self.avail + ring.avail_entry(slot), struct.pack("<H", head))
         self.avail_idx_shadow = (self.avail_idx_shadow + 1) & 0xFFFF
-        mem.write(self.avail + 2, struct.pack("<H", self.avail_idx_shadow))
+        mem.write(self.avail + ring.AVAIL_IDX, struct.pack("<H", self.avail_idx_shadow))
         self.num_added += 1
         return 0
 
@@ -92,10 +95,10 @@ class Virtqueue:
         old = (new - self.num_added) & 0xFFFF
         self.num_added = 0
         if self.event_idx:
-            avail_event = struct.unpack("<H", mem.read(self.used + 4 + 8 * self.num, 2))[0]
+            avail_event = struct.unpack("<H", mem.read(self.used + ring.avail_event(self.num), 2))[0]
             return vring_need_event(avail_event, new, old)
-        flags = struct.unpack("<H", mem.read(self.used, 2))[0]
-        return not flags & 1  # VRING_USED_F_NO_NOTIFY
+        flags = struct.unpack("<H", mem.read(self.used + ring.USED_FLAGS, 2))[0]
+        return not flags & VRING_USED_F_NO_NOTIFY
 
     def kick(self) -> bool:
         if self.kick_prepare():
@@ -104,7 +107,7 @@ class Virtqueue:
 
     # -- reaping -------------------------------------------------------------------------------------
     def more_used(self) -> bool:
-        idx = struct.unpack("<H", self.k.memory.read(self.used + 2, 2))[0]
+        idx = struct.unpack("<H", self.k.memory.read(self.used + ring.USED_IDX, 2))[0]
         return idx != self.last_used_idx
 
     def get_buf(self) -> tuple[Any, int] | None:
@@ -112,7 +115,7 @@ class Virtqueue:
             return None
         mem = self.k.memory
         slot = self.last_used_idx % self.num
-        head, length = struct.unpack("<II", mem.read(self.used + 4 + 8 * slot, 8))
+        head, length = USED_ELEM.unpack(mem.read(self.used + ring.used_entry(slot), USED_ELEM.size))
         if head not in self.data:
             self.broken = True  # the device returned a buffer we never gave it
             return None
@@ -120,7 +123,7 @@ class Virtqueue:
         self.free.extend(self._chain.pop(head))
         self.last_used_idx = (self.last_used_idx + 1) & 0xFFFF
         if self.event_idx:
-            mem.write(self.avail + 4 + 2 * self.num, struct.pack("<H", self.last_used_idx))
+            mem.write(self.avail + ring.used_event(self.num), struct.pack("<H", self.last_used_idx))
         return token, length
 
     def detach_unused_buf(self) -> Any:
@@ -136,17 +139,19 @@ class Virtqueue:
     def enable_cb(self) -> bool:
         mem = self.k.memory
         if self.event_idx:
-            mem.write(self.avail + 4 + 2 * self.num, struct.pack("<H", self.last_used_idx))
+            mem.write(self.avail + ring.used_event(self.num), struct.pack("<H", self.last_used_idx))
         else:
-            mem.write(self.avail, struct.pack("<H", 0))
+            mem.write(self.avail + ring.AVAIL_FLAGS, struct.pack("<H", 0))
         return not self.more_used()
 
     def disable_cb(self) -> None:
         if not self.event_idx:
-            self.k.memory.write(self.avail, struct.pack("<H", 1))  # VRING_AVAIL_F_NO_INTERRUPT
+            self.k.memory.write(
+                self.avail + ring.AVAIL_FLAGS, struct.pack("<H", VRING_AVAIL_F_NO_INTERRUPT)
+            )
 
 
-def vring_interrupt(desc: Any, vq: Virtqueue | None = None) -> bool:
+def vring_interrupt(desc: Any, vq: VringVirtqueue | None = None) -> bool:
     """The per-queue MSI-X handler: nothing to do unless the device used buffers."""
     if vq is None:
         return False

@@ -25,7 +25,6 @@ FIRST_EXTERNAL_VECTOR = 0x20
 # parks "reserved" MSI messages on until a real vector is assigned.
 FIRST_SYSTEM_VECTOR = 0xEC
 MANAGED_IRQ_SHUTDOWN_VECTOR = 0xEF
-NR_VECTORS = 256
 # On the captured Debian guest (QEMU q35, one CPU) the legacy IO-APIC interrupts held 0x20-0x25
 # when virtio_pci loaded: its first three MSI-X vectors were 0x26, 0x27, 0x28.
 BOOT_USED_VECTORS = tuple(range(0x20, 0x26))

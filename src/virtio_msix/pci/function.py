@@ -91,6 +91,7 @@ class PciFunction:
         self.bars: list[Bar | None] = [None] * 7  # 0..5 and the ROM at index 6
         self.msix: Msix | None = None
         self.irq_level = False
+        self._intx_out = False  # the level on the pin (irq_level unless INTX_DISABLE)
         self.msi_dropped = 0  # MSIs not sent because Bus Master was off
         self._caps: list[tuple[int, int, int]] = []  # (offset, id, length), list order
         self._write_hooks: list[tuple[int, int, ConfigHook]] = []
@@ -201,13 +202,15 @@ class PciFunction:
 
     def add_msix(self, nvectors: int, bar: int, table_offset: int, pba_offset: int) -> Msix:
         cap = self.add_capability(PCI_CAP_ID_MSIX, MSIX_CAP_LEN)
-        msix = Msix(self, cap, nvectors, bar, table_offset, pba_offset)
+        msix = Msix(cap, nvectors, bar, table_offset, pba_offset, send=self.send_msi,
+                    record_event=self.record_event,
+                    intx_off=lambda: self.set_irq_level(False))  # fmt: skip
         self.set_config(cap + MSIX["message_control"].offset, 2, nvectors - 1)
         self.set_config(cap + MSIX["table_offset_bir"].offset, 4, table_offset | bar)
         self.set_config(cap + MSIX["pba_offset_bir"].offset, 4, pba_offset | bar)
         ctrl = cap + MSIX["message_control"].offset
         self._set_masks(ctrl, 2, MSIX["message_control"].wmask, 0)
-        self.on_config_write(ctrl, 2, lambda off, size: msix.control_written())
+        self.on_config_write(ctrl, 2, lambda off, size: msix.control_written(self.config_word(ctrl)))
         target = self.bars[bar]
         if target is None:
             raise ValueError(f"MSI-X table BAR {bar} does not exist")
@@ -335,7 +338,7 @@ class PciFunction:
 
     def _update_intx_output(self) -> None:
         out = self.irq_level and not self.command & PCI_COMMAND_INTX_DISABLE
-        if getattr(self, "_intx_out", False) == out:
+        if self._intx_out == out:
             return
         self._intx_out = out
         self.recorder.event("intx", level=int(out))
@@ -359,10 +362,12 @@ class PciFunction:
             self.set_config(HEADER["status"].offset, 2, PCI_STATUS_CAP_LIST)
         for bar in self.bars:
             if bar is not None:
-                off = bar_offset(bar.index) if bar.index != PCI_ROM_SLOT else 0x30
+                off = (bar_offset(bar.index) if bar.index != PCI_ROM_SLOT
+                       else HEADER["rom_address"].offset)  # fmt: skip
                 self.set_config(off, 8 if bar.is_64 else 4, bar.flags)
         self.irq_level = False
         self._update_intx_output()
         if self.msix is not None:
-            self.set_config(self.msix.cap + 2, 2, self.msix.table_size - 1)
+            ctrl = MSIX["message_control"]
+            self.set_config(self.msix.cap + ctrl.offset, ctrl.size, self.msix.table_size - 1)
             self.msix.reset()

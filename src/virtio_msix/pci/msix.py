@@ -15,20 +15,21 @@ Rules kept (the PCI spec, and QEMU's hw/pci/msix.c where the spec leaves room):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .region import Region
 from .regs import (
-    MSIX,
     PCI_MSIX_ENTRY_CTRL_MASKBIT,
+    PCI_MSIX_ENTRY_DATA,
+    PCI_MSIX_ENTRY_LOWER_ADDR,
     PCI_MSIX_ENTRY_SIZE,
+    PCI_MSIX_ENTRY_UPPER_ADDR,
+    PCI_MSIX_ENTRY_VECTOR_CTRL,
     PCI_MSIX_FLAGS_ENABLE,
     PCI_MSIX_FLAGS_MASKALL,
 )
-
-if TYPE_CHECKING:
-    from .function import PciFunction
 
 MSIX_MAX_VECTORS = 2048  # table size field is 11 bits
 
@@ -47,19 +48,34 @@ class MsixEntry:
     used: int  # how many events are mapped to it
 
 
+def _no_event(kind: str, **fields: Any) -> None:
+    pass
+
+
 class Msix:
+    """The MSI-X state of one function. It knows nothing of the function that holds it: the
+    function pushes each new Message Control value in (``control_written``), and hands it
+    ``send(address, data, vector)`` — the function's MSI path, which owns the Bus Master rule
+    and the interrupt sink — ``record_event`` for its trace, and ``intx_off`` (enabling MSI-X
+    takes the function off INTx)."""
+
     def __init__(
         self,
-        function: PciFunction,
         cap_offset: int,
         nvectors: int,
         bar: int,
         table_offset: int,
         pba_offset: int,
+        send: Callable[[int, int, int], None],
+        record_event: Callable[..., None] = _no_event,
+        intx_off: Callable[[], None] = lambda: None,
     ) -> None:
         if not 1 <= nvectors <= MSIX_MAX_VECTORS:
             raise ValueError(f"MSI-X table size must be 1..{MSIX_MAX_VECTORS}, got {nvectors}")
-        self.function = function
+        self._send_msi = send
+        self._record_event = record_event
+        self._intx_off = intx_off
+        self.control = nvectors - 1  # Message Control as config space holds it
         self.cap = cap_offset
         self.table_size = nvectors
         self.bar = bar
@@ -98,11 +114,7 @@ class Msix:
             impl_max=4,
         )
 
-    # -- capability state, from config space -------------------------------------------------
-    @property
-    def control(self) -> int:
-        return self.function.config_word(self.cap + MSIX["message_control"].offset)
-
+    # -- capability state (Message Control, pushed in by the function) ---------------------------
     @property
     def enabled(self) -> bool:
         return bool(self.control & PCI_MSIX_FLAGS_ENABLE)
@@ -116,7 +128,7 @@ class Msix:
 
     # -- per-vector state ----------------------------------------------------------------------
     def _ctrl(self, v: int) -> int:
-        off = v * PCI_MSIX_ENTRY_SIZE + 12
+        off = v * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL
         return int.from_bytes(self.table[off : off + 4], "little")
 
     def entry_masked(self, v: int) -> bool:
@@ -137,10 +149,13 @@ class Msix:
 
     def message(self, v: int) -> tuple[int, int]:
         base = v * PCI_MSIX_ENTRY_SIZE
-        lo = int.from_bytes(self.table[base : base + 4], "little")
-        hi = int.from_bytes(self.table[base + 4 : base + 8], "little")
-        data = int.from_bytes(self.table[base + 8 : base + 12], "little")
+        lo = self._dword(base + PCI_MSIX_ENTRY_LOWER_ADDR)
+        hi = self._dword(base + PCI_MSIX_ENTRY_UPPER_ADDR)
+        data = self._dword(base + PCI_MSIX_ENTRY_DATA)
         return hi << 32 | lo, data
+
+    def _dword(self, off: int) -> int:
+        return int.from_bytes(self.table[off : off + 4], "little")
 
     @property
     def entries(self) -> list[MsixEntry]:
@@ -193,11 +208,11 @@ class Msix:
     # -- delivery ----------------------------------------------------------------------------
     def notify(self, v: int) -> None:
         if not 0 <= v < self.table_size or not self.use_count[v]:
-            self.function.record_event("msi-dropped", vector=v, reason="vector not in use")
+            self._record_event("msi-dropped", vector=v, reason="vector not in use")
             return
         if self.is_masked(v):
             if not self.pending(v):
-                self.function.record_event("msix-pending", vector=v)
+                self._record_event("msix-pending", vector=v)
             self._set_pending(v, True)
             return
         self._send(v)
@@ -205,7 +220,7 @@ class Msix:
     def _send(self, v: int) -> None:
         address, data = self.message(v)
         self.sent[v] += 1
-        self.function.send_msi(address, data, vector=v)
+        self._send_msi(address, data, v)
 
     def _mask_update(self, v: int, was_masked: bool) -> None:
         if self.is_masked(v) == was_masked:
@@ -228,14 +243,16 @@ class Msix:
         return int.from_bytes(self.pba[offset : offset + size], "little")
 
     # -- capability writes and reset ---------------------------------------------------------
-    def control_written(self) -> None:
-        """Config space changed the message control: re-evaluate every vector's mask."""
+    def control_written(self, value: int) -> None:
+        """Config space changed the message control to ``value``: re-evaluate every vector's
+        mask."""
+        self.control = value
         was = self.function_masked
         self.function_masked = self._compute_function_masked()
         if not self.enabled:
             return
         # Enabling MSI-X takes the function off INTx (QEMU deasserts the pin here too).
-        self.function.set_irq_level(False)
+        self._intx_off()
         if self.function_masked == was:
             return
         for v in range(self.table_size):
@@ -245,7 +262,10 @@ class Msix:
         """Function-level reset: every entry zero and masked, nothing pending, nothing used."""
         self.table[:] = bytes(len(self.table))
         for v in range(self.table_size):
-            self.table[v * PCI_MSIX_ENTRY_SIZE + 12] = PCI_MSIX_ENTRY_CTRL_MASKBIT
+            self.table[v * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL] = (
+                PCI_MSIX_ENTRY_CTRL_MASKBIT
+            )
         self.pba[:] = bytes(self.pba_size)
         self.use_count = [0] * self.table_size
+        self.control = self.table_size - 1  # Enable and Function Mask clear
         self.function_masked = True

@@ -10,6 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..abi.msix import (  # noqa: F401  (the entry layout; re-exported)
+    PCI_MSIX_ENTRY_CTRL_MASKBIT,
+    PCI_MSIX_ENTRY_DATA,
+    PCI_MSIX_ENTRY_LOWER_ADDR,
+    PCI_MSIX_ENTRY_SIZE,
+    PCI_MSIX_ENTRY_UPPER_ADDR,
+    PCI_MSIX_ENTRY_VECTOR_CTRL,
+)
+
 
 @dataclass(frozen=True)
 class Reg:
@@ -107,11 +116,9 @@ PCI_MSIX_FLAGS_QSIZE = 0x07FF
 
 # One MSI-X table entry (PCI 3.0 §6.8.2.6-9).
 MSIX_ENTRY: tuple[Reg, ...] = (
-    Reg("msg_addr_lo", 0x0, 4, "rw", wmask=0xFFFFFFFF),
-    Reg("msg_addr_hi", 0x4, 4, "rw", wmask=0xFFFFFFFF),
-    Reg("msg_data", 0x8, 4, "rw", wmask=0xFFFFFFFF),
-    Reg("vector_control", 0xC, 4, "rw", wmask=0xFFFFFFFF),
+    Reg("msg_addr_lo", PCI_MSIX_ENTRY_LOWER_ADDR, 4, "rw", wmask=0xFFFFFFFF),
+    Reg("msg_addr_hi", PCI_MSIX_ENTRY_UPPER_ADDR, 4, "rw", wmask=0xFFFFFFFF),
+    Reg("msg_data", PCI_MSIX_ENTRY_DATA, 4, "rw", wmask=0xFFFFFFFF),
+    Reg("vector_control", PCI_MSIX_ENTRY_VECTOR_CTRL, 4, "rw", wmask=0xFFFFFFFF),
 )
 MSIX_ENTRY_FIELDS = {r.name: r for r in MSIX_ENTRY}
-PCI_MSIX_ENTRY_SIZE = 16
-PCI_MSIX_ENTRY_CTRL_MASKBIT = 0x1

@@ -14,7 +14,6 @@ no driver performs; the marker itself is dropped.
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -24,6 +23,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..host.phases import is_driver_ok_write
+from ..trace.recorder import write_jsonl
 from .debian import MODULES, DebianKernel, build_initramfs, fetch_kernel, require
 
 SLOT = 3  # -device ...,addr=0x3: the same devfn on q35 and pc
@@ -152,13 +153,7 @@ def convert(lines: Iterable[str], slot: int = SLOT) -> Iterator[dict[str, Any]]:
                 continue
         rec["phase"] = phase
         yield rec
-        if (
-            phase == "probe"
-            and rec["space"] == "common"
-            and op == "w"
-            and rec["offset"] == 0x14
-            and value & 0x4
-        ):
+        if phase == "probe" and is_driver_ok_write(rec):
             phase = "run"
 
 
@@ -234,9 +229,7 @@ def capture(
             )
         with open(work / "trace.log", errors="replace") as f:
             records = list(convert(f))
-    with open(out, "w") as f:
-        for rec in records:
-            f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+    write_jsonl(records, out)
     out.with_suffix(".console.txt").write_text(console)
     meta = {
         "kernel": kernel.package,

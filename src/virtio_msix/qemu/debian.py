@@ -6,11 +6,13 @@ unpacked with ``dpkg-deb`` under the cache directory.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+# Host-environment helpers live in host/env.py; named here too for existing importers.
+from ..host.env import PrerequisiteMissing, cache_dir, require  # noqa: F401
 
 # Load order: each module after what it depends on (modinfo -F depends on Debian's 6.1 build).
 # virtio_net before virtio_pci, so that the device is probed straight through to virtnet_probe
@@ -28,22 +30,6 @@ MODULES = (
 BUSYBOX_APPLETS = (
     "sh mount cat echo sleep insmod ip ping poweroff dd ls grep head awk sed seq true".split()
 )
-
-
-class PrerequisiteMissing(RuntimeError):
-    """A program or package this needs is not on the machine (names the Debian package)."""
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("VIRTIO_MSIX_CACHE") or os.path.expanduser("~/.cache/virtio-msix")
-    return Path(base)
-
-
-def require(program: str, package: str) -> str:
-    path = shutil.which(program)
-    if path is None:
-        raise PrerequisiteMissing(f"{program} not found: install the Debian package {package}")
-    return path
 
 
 @dataclass

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any, TextIO
 
+from ..abi.msix import FIELD_NAMES, entry_field
+
 PID = 1
 # Fixed tracks first, in a readable order; one more track per IRQ, numbered from IRQ_TID.
 TRACKS = ("cfg", "common", "isr", "device", "notify", "msix-table", "msix-pba", "legacy",
@@ -52,8 +54,8 @@ class TimelineWriter:
         if "op" in rec and space in TRACKS:
             name = f"{space} {rec['op']} +{rec['offset']:#x}/{rec['size']} = {rec['value']:#x}"
             if space == "msix-table" and rec["op"] == "w":
-                entry, field = divmod(rec["offset"], 16)
-                part = {0: "addr_lo", 4: "addr_hi", 8: "data", 12: "ctrl"}.get(field, "?")
+                entry, field = entry_field(rec["offset"])
+                part = FIELD_NAMES.get(field, "?")
                 name = f"entry {entry} {part} = {rec['value']:#x}"
             tid = TRACKS.index(space) + 1
         elif space == "msi":

@@ -20,25 +20,36 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..abi.msix import (
+    PCI_MSIX_ENTRY_CTRL_MASKBIT,
+    PCI_MSIX_ENTRY_DATA,
+    PCI_MSIX_ENTRY_LOWER_ADDR,
+    PCI_MSIX_ENTRY_UPPER_ADDR,
+    PCI_MSIX_ENTRY_VECTOR_CTRL,
+    entry_field,
+)
+from ..abi.virtio import VIRTIO_F_VERSION_1
+from ..host.backends import ResponderBackend, TapBackend
+from ..host.phases import PhaseTagger
+from ..host.views import default_vectors, device_views, queue_names
 from ..pci.sink import NullSink
 from ..trace import Recorder
 from ..virtio import make_virtio_net_pci
-from ..virtio.backends import ResponderBackend, TapBackend
+from ..virtio.device import VirtioDevice
 from ..virtio.memory import GuestMemoryError
 from ..virtio.pci import VirtioPciDevice
 from ..virtio.queue import VirtqueueError
-from ..virtio.regs import COMMON
+from ..virtio.regs import TRANSITIONAL_DEVICE_IDS
 from . import kernel as uml_kernel
 from . import procs
-from .pcidev import CMD_QUEUE, IRQ_QUEUE, UML_MSI_ADDRESS, UmlInterruptSink, VirtPciHost
-from .vhost_user import VIRTIO_F_VERSION_1, VhostUserBackend, VhostUserError
+from .pcidev import CMD_QUEUE, IRQ_QUEUE, UmlInterruptSink, VirtPciHost
+from .vhost_user import VhostUserBackend, VhostUserError
 
 # CONFIG_UML_PCI_OVER_VIRTIO_DEVICE_ID in uml.config: the virtio device id virt-pci binds to.
 PCI_OVER_VIRTIO_DEVICE_ID = 1234
@@ -50,6 +61,14 @@ TAP_GUEST_IP = "172.30.77.15"
 TAP_HOST_IP = "172.30.77.1"
 MARK = "@@vmsix"
 CONSOLE_READS_PER_PASS = 16  # of 64 KiB each, per pass of the event loop
+
+# For a device of the user's: what the kernel made of it.
+DEVICE_SCRIPT = f"""\
+echo {MARK} interrupts-before; cat /proc/interrupts; echo {MARK} end
+for d in /sys/bus/virtio/devices/*; do echo "${{d##*/}}: device $(cat $d/device)" \
+  "driver $(basename $(readlink $d/driver) 2>/dev/null)"; done
+echo {MARK} interrupts-after; cat /proc/interrupts; echo {MARK} end
+"""
 
 DEFAULT_SCRIPT = f"""\
 echo {MARK} interrupts-before; cat /proc/interrupts; echo {MARK} end
@@ -111,6 +130,10 @@ class BootOptions:
     # Run this instead of the UML kernel, with the socket path as its last argument: a stand-in
     # peer for tests that speak vhost-user themselves (tests/hostile/). None: the real kernel.
     kernel_command: list[str] | None = None
+    # A device of the user's (the public API: any VirtioDevice) instead of virtio-net; the
+    # kernel's own driver for its device id probes it. ``vectors`` defaults to config + one per
+    # queue; the default script shows /proc/interrupts and the virtio devices the kernel bound.
+    device: VirtioDevice | None = None
 
 
 @dataclass
@@ -172,25 +195,6 @@ def parse_ping(text: str) -> dict[str, Any]:
         out["rtt_ms"] = {"min": float(rtt.group(1)), "avg": float(rtt.group(2)),
                          "max": float(rtt.group(3))}  # fmt: skip
     return out
-
-
-def queue_names(queue_pairs: int) -> list[str]:
-    """virtio_net's virtqueue names (virtnet_find_vqs): input.N, output.N, then control."""
-    return [f"{k}.{i}" for i in range(queue_pairs) for k in ("input", "output")] + ["control"]
-
-
-def device_views(device: VirtioPciDevice, queue_pairs: int) -> dict[str, Any]:
-    """Our MSI-X table and the event → vector map, as the kernel has programmed them."""
-    msix = device.msix
-    table = msix.table_rows() if msix is not None else []
-    for row in table:
-        row["decoded"] = f"UML irq {row['data']}" if row["address"] == UML_MSI_ADDRESS else "-"
-    return {
-        "msix_enabled": bool(msix and msix.enabled),
-        "function_masked": bool(msix and msix.function_masked),
-        "table": table,
-        "event_vectors": device.event_vectors(queue_names(queue_pairs)),
-    }
 
 
 def kernel_cmdline(sock: Path, root: Path, memory_mb: int, work: Path | None = None) -> list[str]:
@@ -281,10 +285,10 @@ def table_writes(records: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     for r in records:
         if r.get("space") != "msix-table" or r.get("op") != "w":
             continue
-        entry, field = divmod(r["offset"], 16)
-        if field == 12:
+        entry, field = entry_field(r["offset"])
+        if field == PCI_MSIX_ENTRY_VECTOR_CTRL:
             current = None
-            if not r["value"] & 1:
+            if not r["value"] & PCI_MSIX_ENTRY_CTRL_MASKBIT:
                 unmasks.append(f"entry {entry}: vector control <- {r['value']:#x} (unmasked)")
             continue
         if current is None or current["entry"] != entry or field in current["fields"]:
@@ -294,8 +298,10 @@ def table_writes(records: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
         if r["size"] == 8:
             current["fields"][field + 4] = r["value"] >> 32
         f = current["fields"]
-        parts = [f"addr_lo {f[0]:#010x}" if 0 in f else "", f"addr_hi {f[4]:#x}" if 4 in f else "",
-                 f"data {f[8]:#x}" if 8 in f else ""]  # fmt: skip
+        lo, hi, data = PCI_MSIX_ENTRY_LOWER_ADDR, PCI_MSIX_ENTRY_UPPER_ADDR, PCI_MSIX_ENTRY_DATA
+        parts = [f"addr_lo {f[lo]:#010x}" if lo in f else "",
+                 f"addr_hi {f[hi]:#x}" if hi in f else "",
+                 f"data {f[data]:#x}" if data in f else ""]  # fmt: skip
         fills[-1] = f"entry {entry}: " + ", ".join(p for p in parts if p)
     return fills, unmasks
 
@@ -316,23 +322,6 @@ def pair_backtraces(hits: list[tuple[str, str]], records: list[dict[str, Any]]) 
             title += " (free_irq → msi_domain_deactivate: the entry's message is cleared)"
         out.append(f"{title}\n{bt}\n  → our device received: {got}\n")
     return out
-
-
-def phase_tagger(recorder: Recorder) -> None:
-    """Tag records: 'enumeration' before the first common-config access, 'probe' up to the
-    DRIVER_OK write, 'run' after (the same phases as the simulator's trace)."""
-    state = {"phase": "enumeration"}
-    status = COMMON["device_status"].offset
-
-    def tag(rec: dict[str, Any]) -> None:
-        if state["phase"] == "enumeration" and rec.get("space") == "common":
-            state["phase"] = "probe"
-        rec["phase"] = state["phase"]
-        if (state["phase"] == "probe" and rec.get("space") == "common" and rec.get("op") == "w"
-                and rec.get("offset") == status and rec.get("value", 0) & 0x4):  # fmt: skip
-            state["phase"] = "run"
-
-    recorder.subscribe(tag)
 
 
 # The first line of a kernel's death on its console (panic() prints the first; an oops or BUG
@@ -394,28 +383,37 @@ class BootSession:
     def __init__(self, opts: BootOptions) -> None:
         self.opts = opts
         self.recorder = Recorder()
-        phase_tagger(self.recorder)
-        if opts.net == "tap":
-            self.netdev: Any = _tap_with_host_address(TAP_HOST_IP)
-            self.guest_ip, self.host_ip = TAP_GUEST_IP, TAP_HOST_IP
-        elif opts.net == "responder":
-            self.netdev = ResponderBackend(host_ip=HOST_IP)
-            self.guest_ip, self.host_ip = GUEST_IP, HOST_IP
-        else:
-            raise ValueError(f"unknown --net {opts.net!r} (responder or tap)")
+        PhaseTagger(self.recorder, probe_on_common=True)
+        self.netdev: Any = None
+        self.guest_ip, self.host_ip = GUEST_IP, HOST_IP
+        if opts.device is None:
+            if opts.net == "tap":
+                self.netdev = _tap_with_host_address(TAP_HOST_IP)
+                self.guest_ip, self.host_ip = TAP_GUEST_IP, TAP_HOST_IP
+            elif opts.net == "responder":
+                self.netdev = ResponderBackend(host_ip=HOST_IP)
+            else:
+                raise ValueError(f"unknown --net {opts.net!r} (responder or tap)")
         self.vhost: VhostUserBackend | None = None
         self.host: VirtPciHost | None = None
         # The device exists before the kernel connects, so that its state is inspectable
         # whatever happens; memory and the sink are bound when the connection comes.
         self.sink_proxy = _SinkProxy()
-        self.device = make_virtio_net_pci(
-            vectors=opts.vectors,
-            queue_pairs=opts.queue_pairs,
-            disable_legacy=opts.disable_legacy,
-            sink=self.sink_proxy,
-            recorder=self.recorder,
-            backend=self.netdev,
-        )
+        if opts.device is not None:
+            vectors = default_vectors(opts.device) if opts.vectors is None else opts.vectors
+            legacy = not opts.disable_legacy and opts.device.device_id in TRANSITIONAL_DEVICE_IDS
+            self.device = VirtioPciDevice(opts.device, vectors=vectors, disable_legacy=not legacy,
+                                          sink=self.sink_proxy, recorder=self.recorder)  # fmt: skip
+        else:
+            self.device = make_virtio_net_pci(
+                vectors=opts.vectors,
+                queue_pairs=opts.queue_pairs,
+                disable_legacy=opts.disable_legacy,
+                sink=self.sink_proxy,
+                recorder=self.recorder,
+                backend=self.netdev,
+            )
+        self.queue_names = queue_names(self.device.device)
         self.console: list[str] = []
         self._partial = ""
         self.sections: dict[str, str] = {}
@@ -446,7 +444,7 @@ class BootSession:
                 self.times["init"] = time.monotonic() - self.times["start"]
             elif tag == "done":
                 self.times["done"] = time.monotonic() - self.times["start"]
-                self.snapshot = device_views(self.device, self.opts.queue_pairs)
+                self.snapshot = device_views(self.device, self.queue_names, "um")
             elif tag == "end":
                 self._section = None
             elif tag:
@@ -487,7 +485,7 @@ class BootSession:
             root = uml_kernel.make_rootfs(
                 work / "root",
                 INIT_TEMPLATE.format(
-                    mark=MARK, script=opts.script, guest_ip=self.guest_ip, host_ip=self.host_ip
+                    mark=MARK, script=self._script(), guest_ip=self.guest_ip, host_ip=self.host_ip
                 ),
                 files=opts.files,
             )
@@ -552,7 +550,7 @@ class BootSession:
         result.finished = "done" in self.times
         if not result.finished:
             # What was observed, nothing more: the device as the kernel left it.
-            self.snapshot = device_views(self.device, self.opts.queue_pairs)
+            self.snapshot = device_views(self.device, self.queue_names, "um")
             result.panic, result.console_tail = console_tail(self.console)
             if proc is not None:
                 result.error = self._fate(result, gdb_log_text if under_gdb else None)
@@ -571,6 +569,11 @@ class BootSession:
         if result.error is None and "done" not in self.times:
             result.error = "the guest did not finish its script (see the console above)"
         return result
+
+    def _script(self) -> str:
+        if self.opts.device is not None and self.opts.script == DEFAULT_SCRIPT:
+            return DEVICE_SCRIPT  # the default one brings eth0 up and pings
+        return self.opts.script
 
     def _stop(self, proc: subprocess.Popen[bytes], at_once: bool = False) -> int | None:
         """Let the kernel finish powering off (unless ``at_once``), then kill whatever is left
@@ -762,6 +765,3 @@ class _SinkProxy:
 def run_boot(opts: BootOptions) -> BootResult:
     return BootSession(opts).run()
 
-
-def console_to(stream: TextIO | None) -> TextIO | None:
-    return stream if stream is not None else sys.stdout

@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import cliargs
-from ..qemu.debian import PrerequisiteMissing
+from ..abi.msix import entry_field
+from ..host.devmodule import device_module
+from ..host.env import PrerequisiteMissing
+from ..host.views import render_event_vectors, render_msix_table
 from ..trace.pcapng import FrameTap, PcapngWriter
 from ..trace.recorder import write_jsonl
 from ..trace.text import table
@@ -93,7 +96,7 @@ def to_json(res: BootResult) -> dict[str, Any]:
 def render(res: BootResult) -> str:
     out: list[str] = []
     dev = res.device
-    out.append(f"== virtio-net [{dev.config_word(0):04x}:{dev.config_word(2):04x}] driven by the real "
+    out.append(f"== {dev.device.name} [{dev.config_word(0):04x}:{dev.config_word(2):04x}] driven by the real "
                "Linux 6.1 kernel (User-Mode Linux, virt-pci)")  # fmt: skip
     t = res.times
     if "init" in t:
@@ -116,16 +119,12 @@ def render(res: BootResult) -> str:
                    f"{'enabled' if snap['msix_enabled'] else 'disabled'}, function mask "
                    f"{'set' if snap['function_masked'] else 'clear'}; entries the kernel wrote: "
                    + (", ".join(map(str, written)) if written else "none"))  # fmt: skip
-        out.append(table([[str(r["entry"]), f"{r['address']:#010x}", f"{r['data']:#06x}",
-                           r["decoded"], "yes" if r["masked"] else "no",
-                           "yes" if r["pending"] else "no", str(r["sent"])] for r in rows],
-                         ["entry", "address", "data", "decoded", "masked", "pending", "sent"]))  # fmt: skip
+        out.append(render_msix_table(rows, sent=True))
     else:
         out.append("  (no MSI-X capability: vectors=0, the device uses INTx)")
     out.append("")
     out.append(f"Event → vector (msix_config, queue_msix_vector, {at})")
-    out.append(table([[n, "NO_VECTOR" if v == 0xFFFF else str(v)] for n, v in snap.get("event_vectors", [])],
-                     ["event", "vector"]))  # fmt: skip
+    out.append(render_event_vectors(snap.get("event_vectors", [])))
     for when in ("before", "after"):
         rows_i = [
             r
@@ -158,7 +157,7 @@ def render(res: BootResult) -> str:
     if res.after_teardown:
         t = res.after_teardown
         out.append("")
-        out.append(f"After the guest unbound the device (virtnet_remove): every entry masked: "
+        out.append(f"After the guest unbound the device (the driver's remove): every entry masked: "
                    f"{t['all_masked']}, MSI-X enabled: {t['msix_enabled']}")  # fmt: skip
         if t["msix_enabled"]:
             out.append(
@@ -194,7 +193,7 @@ def _run_with_pcap(opts: BootOptions, path: str) -> BootResult:
 
 def table_entries_written(records: list[dict[str, Any]]) -> list[int]:
     """MSI-X table entries the kernel wrote (address, data or vector control), in order."""
-    return sorted({r["offset"] // 16 for r in records
+    return sorted({entry_field(r["offset"])[0] for r in records
                    if r.get("space") == "msix-table" and r.get("op") == "w"})  # fmt: skip
 
 
@@ -217,6 +216,12 @@ def cmd_boot(args: argparse.Namespace) -> int:
     )
     if script is not None:
         opts.script = script
+    if args.device_module is not None:
+        if args.pcap:
+            print("error: --pcap records virtio-net frames; it cannot be used with "
+                  "--device-module", file=sys.stderr)  # fmt: skip
+            return 2
+        opts.device = args.device_module()
     try:
         res = run_boot(opts) if not args.pcap else _run_with_pcap(opts, args.pcap)
     except (PrerequisiteMissing, BootError) as e:
@@ -278,6 +283,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pcap", metavar="FILE", type=cliargs.output_file,
                    help="write every frame the guest sent and received through our device as "
                         "pcapng, with inbound/outbound direction flags (tshark/Wireshark)")  # fmt: skip
+    p.add_argument("--device-module", metavar="FILE", type=device_module, default=None,
+                   help="put the device a Python file's make_device() returns (a VirtioDevice, "
+                        "e.g. examples/rng.py) on the kernel's PCI bus instead of virtio-net; "
+                        "the kernel's own driver probes it")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the views as JSON")
     p.add_argument("--quiet", action="store_true", help="do not show the kernel console")
     p.add_argument("--timeout", type=cliargs.seconds, default=120.0, metavar="SECONDS",

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..qemu.debian import PrerequisiteMissing, cache_dir, require
+from ..host.env import PrerequisiteMissing, cache_dir, require
 from .procs import die_with_parent, kill_session
 
 SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")

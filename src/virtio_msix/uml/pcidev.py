@@ -27,12 +27,12 @@ from enum import IntEnum
 from typing import Any
 
 from ..pci.function import PciFunction
+from ..pci.region import split_access
 from ..virtio.memory import GuestMemoryError, Memory
 from ..virtio.queue import Element, VirtQueue, VirtqueueError
 
 CFG_SPACE_SIZE = 4096
 MAX_MMIO_LEN = 4096  # longest memcpy_fromio/toio we serve in one message
-UML_MSI_ADDRESS = 0xA0000  # um_pci_compose_msi_msg
 
 
 class PcidevOp(IntEnum):
@@ -221,19 +221,6 @@ class VirtPciHost:
         else:
             fn.cfg_write(addr, size, value)
 
-    @staticmethod
-    def _chunks(addr: int, length: int) -> list[tuple[int, int]]:
-        """Split a copy into naturally aligned accesses of 8, 4, 2 or 1 bytes."""
-        out = []
-        end = addr + length
-        while addr < end:
-            for n in (8, 4, 2, 1):
-                if addr % n == 0 and addr + n <= end:
-                    out.append((addr, n))
-                    addr += n
-                    break
-        return out
-
     def _bar_ok(self, fn: PciFunction, op: str, bar: int, addr: int, size: int) -> bool:
         """Whether [addr, +size) lies inside BAR ``bar``; if not, a counted bad message."""
         b = fn.bars[bar] if 0 <= bar < len(fn.bars) else None
@@ -252,7 +239,7 @@ class VirtPciHost:
         if size in (1, 2, 4, 8):
             return fn.bar_read(bar, addr, size).to_bytes(size, "little")
         return b"".join(fn.bar_read(bar, a, n).to_bytes(n, "little")
-                        for a, n in self._chunks(addr, size))  # fmt: skip
+                        for a, n, _ in split_access(addr, size, 8))  # fmt: skip
 
     def _mmio_write(self, fn: PciFunction, bar: int, addr: int, data: bytes) -> None:
         size = len(data)
@@ -261,7 +248,8 @@ class VirtPciHost:
         if size in (1, 2, 4, 8):
             fn.bar_write(bar, addr, size, int.from_bytes(data, "little"))
             return
-        for a, n in self._chunks(addr, size):
+        # Naturally aligned pieces of 8, 4, 2 or 1 bytes, as the CPU's copy would make them.
+        for a, n, _ in split_access(addr, size, 8):
             fn.bar_write(bar, a, n, int.from_bytes(data[a - addr : a - addr + n], "little"))
 
     # -- irq queue ---------------------------------------------------------------------------

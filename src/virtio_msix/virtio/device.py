@@ -10,30 +10,30 @@ from __future__ import annotations
 from collections import Counter
 from typing import Protocol
 
+# Status and transport feature bits (virtio 1.2 §2.1, §6): described in abi/virtio.py, named
+# here too because a device author reads them from the device contract.
+from ..abi.virtio import (  # noqa: E402,F401  (re-exported)
+    ACKNOWLEDGE,
+    DEVICE_NEEDS_RESET,
+    DRIVER,
+    DRIVER_OK,
+    FAILED,
+    FEATURES_OK,
+    VIRTIO_F_ACCESS_PLATFORM,
+    VIRTIO_F_ANY_LAYOUT,
+    VIRTIO_F_EVENT_IDX,
+    VIRTIO_F_IN_ORDER,
+    VIRTIO_F_INDIRECT_DESC,
+    VIRTIO_F_NOTIFICATION_DATA,
+    VIRTIO_F_NOTIFY_ON_EMPTY,
+    VIRTIO_F_ORDER_PLATFORM,
+    VIRTIO_F_RING_PACKED,
+    VIRTIO_F_RING_RESET,
+    VIRTIO_F_SR_IOV,
+    VIRTIO_F_VERSION_1,
+)
 from .memory import Memory
 from .queue import VirtQueue
-
-# Device status bits (virtio 1.2 §2.1).
-ACKNOWLEDGE = 0x01
-DRIVER = 0x02
-DRIVER_OK = 0x04
-FEATURES_OK = 0x08
-DEVICE_NEEDS_RESET = 0x40
-FAILED = 0x80
-
-# Transport feature bits (virtio 1.2 §6).
-VIRTIO_F_INDIRECT_DESC = 28
-VIRTIO_F_EVENT_IDX = 29
-VIRTIO_F_ANY_LAYOUT = 27
-VIRTIO_F_NOTIFY_ON_EMPTY = 24
-VIRTIO_F_VERSION_1 = 32
-VIRTIO_F_ACCESS_PLATFORM = 33
-VIRTIO_F_RING_PACKED = 34
-VIRTIO_F_IN_ORDER = 35
-VIRTIO_F_ORDER_PLATFORM = 36
-VIRTIO_F_SR_IOV = 37
-VIRTIO_F_NOTIFICATION_DATA = 38
-VIRTIO_F_RING_RESET = 40
 
 
 class TransportHooks(Protocol):
@@ -63,6 +63,9 @@ class VirtioDevice:
     # Features offered only through the legacy interface (QEMU's legacy_features, e.g.
     # VIRTIO_NET_F_GSO): the modern device_feature window hides them (§4.1.4.3).
     legacy_only_features: int = 0
+    # The names the Linux driver gives the virtqueues, in order (virtio_rng: "input"); the
+    # views label each queue's vector with them, and the simulated generic driver uses them.
+    queue_names: tuple[str, ...] = ()
 
     def __init__(self, queue_max_sizes: list[int], host_features: int, config_len: int) -> None:
         self.queues = [VirtQueue(i, size) for i, size in enumerate(queue_max_sizes)]

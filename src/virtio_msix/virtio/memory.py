@@ -46,12 +46,6 @@ class GuestMemory:
     def read_u16(self, addr: int) -> int:
         return int.from_bytes(self.read(addr, 2), "little")
 
-    def read_u32(self, addr: int) -> int:
-        return int.from_bytes(self.read(addr, 4), "little")
-
-    def read_u64(self, addr: int) -> int:
-        return int.from_bytes(self.read(addr, 8), "little")
-
     def write_u16(self, addr: int, value: int) -> None:
         self.write(addr, (value & 0xFFFF).to_bytes(2, "little"))
 

@@ -51,6 +51,7 @@ VIRTIO_NET_F_CTRL_RX_EXTRA = 20
 VIRTIO_NET_F_GUEST_ANNOUNCE = 21
 VIRTIO_NET_F_MQ = 22
 VIRTIO_NET_F_CTRL_MAC_ADDR = 23
+VIRTIO_NET_F_NOTF_COAL = 53  # Linux 6.1 offers it; QEMU 7.2 does not
 VIRTIO_NET_F_HASH_REPORT = 57
 VIRTIO_NET_F_RSS = 60
 VIRTIO_NET_F_RSC_EXT = 61
@@ -239,6 +240,12 @@ class VirtioNet(VirtioDevice):
         super().set_driver_features(features)
         for q in self.queues:
             q.event_idx = bool(self.driver_features >> VIRTIO_F_EVENT_IDX & 1)
+
+    @property
+    def queue_names(self) -> tuple[str, ...]:  # type: ignore[override]
+        """virtio_net's virtqueue names (virtnet_find_vqs): input.N, output.N, then control."""
+        pairs = tuple(f"{k}.{i}" for i in range(self.queue_pairs) for k in ("input", "output"))
+        return pairs + (("control",) if self.ctrl_index is not None else ())
 
     @property
     def ctrl_index(self) -> int | None:

@@ -46,16 +46,16 @@ from .device import (
     VIRTIO_F_VERSION_1,
     VirtioDevice,
 )
-from .memory import GuestMemory, Memory
-from .queue import VirtQueue
+from .memory import GuestMemory, GuestMemoryError, Memory
+from .pci_common import CommonCfg, QueueStaging
+from .pci_legacy import LegacyInterface
+from .queue import VirtQueue, VirtqueueError
 from .regs import (
     CAP,
     COMMON_BY_OFFSET,
     LEGACY_BY_OFFSET,
     LEGACY_CONFIG_OFFSET,
     LEGACY_CONFIG_OFFSET_MSIX,
-    LEGACY_PFN_SHIFT,
-    LEGACY_VRING_ALIGN,
     MODERN_LAYOUT,
     MODERN_REGION_SIZE,
     NOTIFY_OFF_MULTIPLIER,
@@ -73,7 +73,6 @@ from .regs import (
     VIRTIO_PCI_ISR_QUEUE,
     VIRTIO_PCI_NOTIFY_CAP_LEN,
     VIRTIO_PCI_VENDOR_ID,
-    VIRTIO_QUEUE_MAX,
 )
 
 MODERN_BAR = 4
@@ -84,6 +83,10 @@ MSIX_PBA_OFFSET = 0x800
 DEFAULT_ROM_SIZE = 256 * 1024
 ERRORS_KEPT = 16
 
+# Registers the driver only writes (§4.1.4.10: the legacy queue notify register); a read of
+# one returns 0.
+WRITE_ONLY = {("legacy", "queue_notify")}
+
 PCI_CLASS_BY_DEVICE = {1: 0x020000, 2: 0x010000, 3: 0x078000, 4: 0x00FF00, 5: 0x00FF00}
 
 
@@ -91,18 +94,7 @@ def _pow2ceil(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
-class QueueStaging:
-    """Per-queue values the driver wrote that take effect on queue_enable (QEMU's proxy->vqs)."""
-
-    __slots__ = ("desc", "driver", "device")
-
-    def __init__(self) -> None:
-        self.desc = [0, 0]
-        self.driver = [0, 0]
-        self.device = [0, 0]
-
-
-class VirtioPciDevice(PciFunction):
+class VirtioPciDevice(CommonCfg, LegacyInterface, PciFunction):
     """A virtio device behind the virtio-pci transport; also its TransportHooks."""
 
     def __init__(
@@ -261,12 +253,24 @@ class VirtioPciDevice(PciFunction):
         return self.bus_master
 
     # -- dispatch tables --------------------------------------------------------------------------
-    def _handlers(self, table: dict, prefix: str) -> dict[int, tuple[Callable, Callable | None]]:
-        out = {}
+    def _handlers(
+        self, table: dict, prefix: str
+    ) -> dict[int, tuple[Callable | None, Callable | None]]:
+        """offset → (read, write) from the register table: ``_{prefix}_r_{name}`` and, for an
+        "rw" register, ``_{prefix}_w_{name}``. A register without its handler, or a write
+        handler for a read-only one, is a TypeError here (at construction), not a register
+        that silently reads 0 or drops writes."""
+        out: dict[int, tuple[Callable | None, Callable | None]] = {}
         for offset, reg in table.items():
             read = getattr(self, f"_{prefix}_r_{reg.name}", None)
             write = getattr(self, f"_{prefix}_w_{reg.name}", None)
-            out[offset] = (read, write if reg.access == "rw" else None)
+            if read is None and (prefix, reg.name) not in WRITE_ONLY:
+                raise TypeError(f"{prefix} register {reg.name}: no _{prefix}_r_{reg.name}")
+            if reg.access == "rw" and write is None:
+                raise TypeError(f"{prefix} register {reg.name} is rw: no _{prefix}_w_{reg.name}")
+            if reg.access != "rw" and write is not None:
+                raise TypeError(f"{prefix} register {reg.name} is {reg.access}: it has a writer")
+            out[offset] = (read, write)
         return out
 
     # -- TransportHooks -------------------------------------------------------------------------
@@ -402,186 +406,6 @@ class VirtioPciDevice(PciFunction):
             return queues[sel]
         return None
 
-    # -- common configuration (§4.1.4.3) --------------------------------------------------------------
-    # QEMU dispatches on the exact offset a field starts at, whatever the access size; an offset
-    # inside a field or between fields reads 0 and ignores writes. The same here, driven by
-    # COMMON_CFG.
-    def _common_read(self, offset: int, size: int) -> int:
-        read, _ = self._common_handlers.get(offset, (None, None))
-        return read() if read else 0
-
-    def _common_write(self, offset: int, size: int, value: int) -> None:
-        _, write = self._common_handlers.get(offset, (None, None))
-        if write:
-            write(value)
-
-    def _common_r_device_feature_select(self) -> int:
-        return self.device_feature_select
-
-    def _common_w_device_feature_select(self, v: int) -> None:
-        self.device_feature_select = v
-
-    def _common_r_device_feature(self) -> int:
-        sel = self.device_feature_select
-        if sel > 1:
-            return 0  # §4.1.4.3.1: no features beyond the windows the device has
-        features = self.device.host_features & ~self.device.legacy_only_features
-        return features >> (32 * sel) & 0xFFFFFFFF
-
-    def _common_r_driver_feature_select(self) -> int:
-        return self.driver_feature_select
-
-    def _common_w_driver_feature_select(self, v: int) -> None:
-        self.driver_feature_select = v
-
-    def _common_r_driver_feature(self) -> int:
-        sel = self.driver_feature_select
-        return self.driver_feature_words[sel] if sel < 2 else 0
-
-    def _common_w_driver_feature(self, v: int) -> None:
-        sel = self.driver_feature_select
-        if sel >= 2 or self.device.status & FEATURES_OK:
-            return
-        self.driver_feature_words[sel] = v
-        lo, hi = self.driver_feature_words
-        self._set_driver_features(hi << 32 | lo)
-
-    def _common_r_msix_config(self) -> int:
-        return self.config_vector
-
-    def _common_w_msix_config(self, v: int) -> None:
-        self.config_vector = self._map_vector(self.config_vector, v)
-
-    def _common_r_num_queues(self) -> int:
-        n = 0
-        for i, q in enumerate(self.device.queues):
-            if q.max_size:
-                n = i + 1
-        return n
-
-    def _common_r_device_status(self) -> int:
-        return self.device.status
-
-    def _common_w_device_status(self, v: int) -> None:
-        self._set_status(v)
-
-    def _common_r_config_generation(self) -> int:
-        return self.config_generation
-
-    def _common_r_queue_select(self) -> int:
-        return self.queue_select
-
-    def _common_w_queue_select(self, v: int) -> None:
-        if v < VIRTIO_QUEUE_MAX:
-            self.queue_select = v
-
-    def _common_r_queue_size(self) -> int:
-        q = self._queue()
-        return q.size if q else 0
-
-    def _common_w_queue_size(self, v: int) -> None:
-        q = self._queue()
-        if q is None or q.enabled:
-            return
-        # §2.7: a split queue's size is a power of two; the reset value is the maximum.
-        if v and not v & (v - 1) and v <= q.max_size:
-            q.size = v
-
-    def _common_r_queue_msix_vector(self) -> int:
-        q = self._queue()
-        return q.vector if q else VIRTIO_MSI_NO_VECTOR
-
-    def _common_w_queue_msix_vector(self, v: int) -> None:
-        q = self._queue()
-        if q is not None:
-            q.vector = self._map_vector(q.vector, v)
-
-    def _common_r_queue_enable(self) -> int:
-        q = self._queue()
-        return int(q.enabled) if q else 0
-
-    def _common_w_queue_enable(self, v: int) -> None:
-        q = self._queue()
-        if q is None:
-            return
-        if v != 1:
-            # §4.1.4.3.2: the driver must not write 0 (QEMU: a device error).
-            self.device_error(f"queue_enable written with {v:#x} for queue {q.index}")
-            return
-        st = self.staging[q.index]
-        q.desc_addr = st.desc[1] << 32 | st.desc[0]
-        q.avail_addr = st.driver[1] << 32 | st.driver[0]
-        q.used_addr = st.device[1] << 32 | st.device[0]
-        q.enabled = True
-
-    def _common_r_queue_notify_off(self) -> int:
-        # QEMU gives each queue its own notify slot: queue_notify_off = queue index.
-        return self.queue_select
-
-    def _staged(self, field: str, half: int) -> int:
-        q = self._queue()
-        return getattr(self.staging[q.index], field)[half] if q else 0
-
-    def _stage(self, field: str, half: int, v: int) -> None:
-        # The registers hold what was written even after queue_enable, as QEMU's do; the live
-        # ring keeps the addresses it was enabled with (§4.1.4.3.2 forbids the driver such
-        # writes and leaves the device's reaction open: reading back what was written is
-        # the least surprising one).
-        q = self._queue()
-        if q is not None:
-            getattr(self.staging[q.index], field)[half] = v
-
-    def _common_r_queue_desc_lo(self) -> int:
-        return self._staged("desc", 0)
-
-    def _common_w_queue_desc_lo(self, v: int) -> None:
-        self._stage("desc", 0, v)
-
-    def _common_r_queue_desc_hi(self) -> int:
-        return self._staged("desc", 1)
-
-    def _common_w_queue_desc_hi(self, v: int) -> None:
-        self._stage("desc", 1, v)
-
-    def _common_r_queue_driver_lo(self) -> int:
-        return self._staged("driver", 0)
-
-    def _common_w_queue_driver_lo(self, v: int) -> None:
-        self._stage("driver", 0, v)
-
-    def _common_r_queue_driver_hi(self) -> int:
-        return self._staged("driver", 1)
-
-    def _common_w_queue_driver_hi(self, v: int) -> None:
-        self._stage("driver", 1, v)
-
-    def _common_r_queue_device_lo(self) -> int:
-        return self._staged("device", 0)
-
-    def _common_w_queue_device_lo(self, v: int) -> None:
-        self._stage("device", 0, v)
-
-    def _common_r_queue_device_hi(self) -> int:
-        return self._staged("device", 1)
-
-    def _common_w_queue_device_hi(self, v: int) -> None:
-        self._stage("device", 1, v)
-
-    def _common_r_queue_notify_data(self) -> int:
-        return 0
-
-    def _common_r_queue_reset(self) -> int:
-        return 0  # the reset completes before the write returns (§4.1.4.3.2)
-
-    def _common_w_queue_reset(self, v: int) -> None:
-        q = self._queue()
-        if q is None or v != 1:
-            return
-        vector = q.vector
-        q.reset()
-        q.vector = vector  # the vector mapping survives a queue reset; the ring does not
-        self.staging[q.index] = QueueStaging()
-
     # -- ISR, notify, device config ---------------------------------------------------------------------
     def _isr_read(self, offset: int, size: int) -> int:
         # §4.1.4.5: reading ISR returns and clears it, and de-asserts INTx.
@@ -601,7 +425,13 @@ class VirtioPciDevice(PciFunction):
             # Served once DRIVER_OK is set and Bus Master is on (no DMA without it).
             self._deferred_kicks.add(index)
             return
-        self.device.queue_notify(index)
+        try:
+            self.device.queue_notify(index)
+        except (VirtqueueError, GuestMemoryError) as e:
+            # A device that lets a ring fault escape (as a device written against the public
+            # API may): the fault is the guest's, so it becomes DEVICE_NEEDS_RESET (§2.1.2),
+            # never an exception in the host's loop.
+            self.device_error(f"queue {index}: {e}")
 
     def _serve_deferred_kicks(self) -> None:
         if not self.driver_ok or not self.bus_master:
@@ -626,84 +456,3 @@ class VirtioPciDevice(PciFunction):
         if not self.driver_ok or self.broken or not self.bus_master:
             return 0
         return self.device.poll()
-
-    # -- legacy interface (§4.1.4.10) ------------------------------------------------------------------------
-    def _legacy_config_offset(self) -> int:
-        msix_on = self.msix is not None and self.msix.enabled
-        return LEGACY_CONFIG_OFFSET_MSIX if msix_on else LEGACY_CONFIG_OFFSET
-
-    def _legacy_read(self, offset: int, size: int) -> int:
-        cfg = self._legacy_config_offset()
-        if offset >= cfg:
-            return self._device_read(offset - cfg, size)
-        read, _ = self._legacy_handlers.get(offset, (None, None))
-        return read() if read else 0
-
-    def _legacy_write(self, offset: int, size: int, value: int) -> None:
-        cfg = self._legacy_config_offset()
-        if offset >= cfg:
-            self._device_write(offset - cfg, size, value)
-            return
-        _, write = self._legacy_handlers.get(offset, (None, None))
-        if write:
-            write(value)
-
-    def _legacy_r_host_features(self) -> int:
-        return (self.device.host_features | self.device.legacy_only_features) & 0xFFFFFFFF
-
-    def _legacy_r_guest_features(self) -> int:
-        return self.device.driver_features & 0xFFFFFFFF
-
-    def _legacy_w_guest_features(self, v: int) -> None:
-        self._set_driver_features(v)
-
-    def _legacy_r_queue_address(self) -> int:
-        q = self._queue()
-        return q.desc_addr >> LEGACY_PFN_SHIFT if q else 0
-
-    def _legacy_w_queue_address(self, v: int) -> None:
-        if v == 0:
-            self.reset()  # a zero PFN resets the device (legacy convention)
-            return
-        q = self._queue()
-        if q is None:
-            return
-        # Legacy rings are contiguous: avail after the descriptors, used on the next 4 KiB.
-        q.desc_addr = v << LEGACY_PFN_SHIFT
-        q.avail_addr = q.desc_addr + 16 * q.size
-        end = q.avail_addr + 4 + 2 * q.size
-        q.used_addr = (end + LEGACY_VRING_ALIGN - 1) & ~(LEGACY_VRING_ALIGN - 1)
-        q.enabled = True
-
-    def _legacy_r_queue_size(self) -> int:
-        return self._common_r_queue_size()
-
-    def _legacy_r_queue_select(self) -> int:
-        return self.queue_select
-
-    def _legacy_w_queue_select(self, v: int) -> None:
-        self._common_w_queue_select(v)
-
-    def _legacy_w_queue_notify(self, v: int) -> None:
-        self._kick(v)
-
-    def _legacy_r_device_status(self) -> int:
-        return self.device.status
-
-    def _legacy_w_device_status(self, v: int) -> None:
-        self._set_status(v)
-
-    def _legacy_r_isr_status(self) -> int:
-        return self._isr_read(0, 1)
-
-    def _legacy_r_config_msix_vector(self) -> int:
-        return self.config_vector
-
-    def _legacy_w_config_msix_vector(self, v: int) -> None:
-        self._common_w_msix_config(v)
-
-    def _legacy_r_queue_msix_vector(self) -> int:
-        return self._common_r_queue_msix_vector()
-
-    def _legacy_w_queue_msix_vector(self, v: int) -> None:
-        self._common_w_queue_msix_vector(v)

@@ -9,22 +9,21 @@ never an endless walk.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 
+from ..abi import ring
+from ..abi.ring import DESC as _DESC
+from ..abi.ring import (
+    DESC_SIZE,
+    VRING_AVAIL_F_NO_INTERRUPT,
+    VRING_DESC_F_INDIRECT,
+    VRING_DESC_F_NEXT,
+    VRING_DESC_F_WRITE,
+    vring_need_event,
+)
+from ..abi.ring import USED_ELEM as _USED_ELEM
+from ..abi.virtio import VIRTIO_MSI_NO_VECTOR as NO_VECTOR
 from .memory import GuestMemoryError, Memory
-
-NO_VECTOR = 0xFFFF
-
-VRING_DESC_F_NEXT = 1
-VRING_DESC_F_WRITE = 2
-VRING_DESC_F_INDIRECT = 4
-VRING_AVAIL_F_NO_INTERRUPT = 1
-VRING_USED_F_NO_NOTIFY = 1
-
-DESC_SIZE = 16  # struct virtq_desc: le64 addr, le32 len, le16 flags, le16 next
-USED_ELEM_SIZE = 8  # struct virtq_used_elem: le32 id, le32 len
-_DESC = struct.Struct("<QIHH")
 
 # QEMU 7.2's VIRTQUEUE_MAX_SIZE: no chain maps more than 1024 segments, whatever an indirect
 # table's length claims (virtqueue_map_desc). A direct chain is further capped at the queue
@@ -198,13 +197,13 @@ class VirtQueue:
             raise VirtqueueError(f"queue {self.index}: {e}") from None
 
     def avail_idx(self, mem: Memory) -> int:
-        return self._u16(mem, self.avail_addr + 2)
+        return self._u16(mem, self.avail_addr + ring.AVAIL_IDX)
 
     def avail_flags(self, mem: Memory) -> int:
-        return self._u16(mem, self.avail_addr)
+        return self._u16(mem, self.avail_addr + ring.AVAIL_FLAGS)
 
     def used_event(self, mem: Memory) -> int:
-        return self._u16(mem, self.avail_addr + 4 + 2 * self.size)
+        return self._u16(mem, self.avail_addr + ring.used_event(self.size))
 
     def ready(self) -> bool:
         return self.enabled and self.size > 0 and self.desc_addr != 0
@@ -229,13 +228,13 @@ class VirtQueue:
                 f"{self.last_avail_idx}, more than the queue size {self.size}"
             )
         slot = self.last_avail_idx % self.size
-        head = self._u16(mem, self.avail_addr + 4 + 2 * slot)
+        head = self._u16(mem, self.avail_addr + ring.avail_entry(slot))
         elem = self._walk(mem, head)
         self.last_avail_idx = (self.last_avail_idx + 1) & 0xFFFF
         self.pops += 1
         if self.event_idx:
             # avail_event: ask for a kick as soon as anything new is added (§2.7.10).
-            self._w16(mem, self.used_addr + 4 + USED_ELEM_SIZE * self.size, self.last_avail_idx)
+            self._w16(mem, self.used_addr + ring.avail_event(self.size), self.last_avail_idx)
         return elem
 
     def _walk(self, mem: Memory, head: int) -> Element:
@@ -255,13 +254,13 @@ class VirtQueue:
         slot = self.used_idx % self.size
         try:
             mem.write(
-                self.used_addr + 4 + USED_ELEM_SIZE * slot,
-                struct.pack("<II", elem.head, written),
+                self.used_addr + ring.used_entry(slot),
+                _USED_ELEM.pack(elem.head, written),
             )
         except GuestMemoryError as e:
             raise VirtqueueError(f"queue {self.index}: used ring: {e}") from None
         self.used_idx = (self.used_idx + 1) & 0xFFFF
-        self._w16(mem, self.used_addr + 2, self.used_idx)
+        self._w16(mem, self.used_addr + ring.USED_IDX, self.used_idx)
         self.pushes += 1
 
     def should_notify(self, mem: Memory) -> bool:
@@ -272,5 +271,5 @@ class VirtQueue:
         old, new = self.signalled_used, self.used_idx
         self.signalled_used, self.signalled_used_valid = new, True
         event = self.used_event(mem)
-        # vring_need_event: notify if used_event lies in (old, new].
-        return not was_valid or ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
+        # Notify if used_event lies in (old, new].
+        return not was_valid or vring_need_event(event, new, old)

@@ -34,6 +34,11 @@ COMMON_CFG: tuple[Reg, ...] = (
     Reg("queue_reset", 0x3A, 2, "rw"),
 )
 COMMON = {r.name: r for r in COMMON_CFG}
+# sizeof(struct virtio_pci_common_cfg): up to queue_device_hi (virtio 1.0); and of Linux 6.1's
+# struct virtio_pci_modern_common_cfg, with queue_notify_data and queue_reset (the driver's
+# minimum and maximum mapping of the common structure, vp_modern_probe).
+COMMON_CFG_LEN = COMMON["queue_device_hi"].offset + COMMON["queue_device_hi"].size
+MODERN_COMMON_CFG_LEN = COMMON["queue_reset"].offset + COMMON["queue_reset"].size
 COMMON_BY_OFFSET = {r.offset: r for r in COMMON_CFG}
 
 # Legacy register block in BAR0 of a transitional device (§4.1.4.10). The two MSI-X vector
@@ -94,7 +99,8 @@ CFG_TYPE_NAMES = {
 VIRTIO_PCI_ISR_QUEUE = 0x1
 VIRTIO_PCI_ISR_CONFIG = 0x2
 
-VIRTIO_MSI_NO_VECTOR = 0xFFFF
+from ..abi.virtio import VIRTIO_MSI_NO_VECTOR  # noqa: E402,F401  (re-exported)
+
 VIRTIO_QUEUE_MAX = 1024  # queue_select values a QEMU device accepts
 
 # Modern BAR layout of QEMU's virtio_pci_modern_regions_init: each structure gets a page.

@@ -1,0 +1,75 @@
+"""The split virtqueue in guest memory (virtio 1.2 §2.7; uapi linux/virtio_ring.h), as offsets
+from each part's start, for the device (virtio/queue.py), the legacy transport's one-address
+layout (virtio/pci.py) and the driver model (guest/vring.py)."""
+
+from __future__ import annotations
+
+import struct
+
+VRING_DESC_F_NEXT = 1
+VRING_DESC_F_WRITE = 2
+VRING_DESC_F_INDIRECT = 4
+VRING_AVAIL_F_NO_INTERRUPT = 1
+VRING_USED_F_NO_NOTIFY = 1
+
+DESC_SIZE = 16  # struct vring_desc: le64 addr, le32 len, le16 flags, le16 next
+DESC = struct.Struct("<QIHH")
+USED_ELEM_SIZE = 8  # struct vring_used_elem: le32 id, le32 len
+USED_ELEM = struct.Struct("<II")
+
+# struct vring_avail: le16 flags, le16 idx, le16 ring[num], then le16 used_event (EVENT_IDX).
+AVAIL_FLAGS = 0
+AVAIL_IDX = 2
+AVAIL_RING = 4
+# struct vring_used: le16 flags, le16 idx, vring_used_elem ring[num], then le16 avail_event.
+USED_FLAGS = 0
+USED_IDX = 2
+USED_RING = 4
+
+
+def avail_entry(slot: int) -> int:
+    """Offset of avail->ring[slot]."""
+    return AVAIL_RING + 2 * slot
+
+
+def used_event(num: int) -> int:
+    """Offset of used_event, after avail->ring[num] (§2.7.10)."""
+    return AVAIL_RING + 2 * num
+
+
+def used_entry(slot: int) -> int:
+    """Offset of used->ring[slot]."""
+    return USED_RING + USED_ELEM_SIZE * slot
+
+
+def avail_event(num: int) -> int:
+    """Offset of avail_event, after used->ring[num] (§2.7.10)."""
+    return USED_RING + USED_ELEM_SIZE * num
+
+
+def avail_size(num: int) -> int:
+    """Bytes of the avail ring, used_event included."""
+    return used_event(num) + 2
+
+
+def used_size(num: int) -> int:
+    """Bytes of the used ring, avail_event included."""
+    return avail_event(num) + 2
+
+
+def vring_layout(num: int, align: int) -> tuple[int, int, int]:
+    """(desc, avail, used) offsets of the legacy one-block layout: the used ring starts at the
+    next ``align`` boundary after the avail ring (vring_init)."""
+    avail = DESC_SIZE * num
+    used = (avail + avail_size(num) + align - 1) & ~(align - 1)
+    return 0, avail, used
+
+
+def vring_size(num: int, align: int) -> int:
+    """Bytes of the legacy one-block layout (uapi vring_size)."""
+    return vring_layout(num, align)[2] + used_size(num)
+
+
+def vring_need_event(event_idx: int, new: int, old: int) -> bool:
+    """Whether moving an index from ``old`` to ``new`` passes ``event_idx`` (§2.7.10)."""
+    return ((new - event_idx - 1) & 0xFFFF) < ((new - old) & 0xFFFF)

@@ -1,0 +1,191 @@
+"""Network backends the hosts give a virtio-net device (virtio/backends.py's NetBackend): a
+loopback, an ARP/ICMP responder, a TAP interface, and a pcap writer."""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from collections import deque
+from typing import BinaryIO
+
+from ..virtio.backends import NetBackend
+
+
+class LoopbackBackend:
+    """Every transmitted frame comes back as a received frame (source/destination MAC swapped
+    when ``swap_macs``, so that the guest's stack accepts it as addressed to itself)."""
+
+    def __init__(self, swap_macs: bool = False, limit: int = 4096) -> None:
+        self.swap_macs = swap_macs
+        self.queue: deque[bytes] = deque()
+        self.limit = limit
+        self.sent = 0
+        self.dropped = 0
+
+    def send(self, frame: bytes) -> None:
+        self.sent += 1
+        if len(self.queue) >= self.limit:
+            self.dropped += 1
+            return
+        if self.swap_macs and len(frame) >= 12:
+            frame = frame[6:12] + frame[0:6] + frame[12:]
+        self.queue.append(frame)
+
+    def inject(self, frame: bytes) -> None:
+        """A frame from the outside world for the guest."""
+        self.queue.append(frame)
+
+    def take_frame(self) -> bytes | None:
+        return self.queue.popleft() if self.queue else None
+
+
+ETH_P_ARP = 0x0806
+ETH_P_IP = 0x0800
+IPPROTO_ICMP = 1
+
+
+def inet_checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def ip_bytes(addr: str) -> bytes:
+    return bytes(int(x) for x in addr.split("."))
+
+
+class ResponderBackend:
+    """A host on the other end of the wire that answers ARP requests and ICMP echo requests
+    for its own IPv4 address — enough for a guest to ping through the device."""
+
+    def __init__(self, host_ip: str = "10.0.2.2", host_mac: bytes = bytes.fromhex("525400000002")):
+        self.host_ip = ip_bytes(host_ip)
+        self.host_mac = host_mac
+        self.queue: deque[bytes] = deque()
+        self.sent = 0
+        self.answered = 0
+        self.ignored = 0
+
+    def take_frame(self) -> bytes | None:
+        return self.queue.popleft() if self.queue else None
+
+    def send(self, frame: bytes) -> None:
+        self.sent += 1
+        reply = self._answer(frame)
+        if reply is None:
+            self.ignored += 1
+        else:
+            self.answered += 1
+            self.queue.append(reply)
+
+    def _answer(self, frame: bytes) -> bytes | None:
+        if len(frame) < 14:
+            return None
+        dst, src, ethertype = frame[:6], frame[6:12], struct.unpack("!H", frame[12:14])[0]
+        payload = frame[14:]
+        if ethertype == ETH_P_ARP and len(payload) >= 28:
+            op = struct.unpack("!H", payload[6:8])[0]
+            sha, spa, tpa = payload[8:14], payload[14:18], payload[24:28]
+            if op == 1 and tpa == self.host_ip:
+                arp = (
+                    struct.pack("!HHBBH", 1, ETH_P_IP, 6, 4, 2)
+                    + self.host_mac
+                    + self.host_ip
+                    + sha
+                    + spa
+                )
+                return src + self.host_mac + struct.pack("!H", ETH_P_ARP) + arp
+            return None
+        if ethertype == ETH_P_IP and len(payload) >= 20 and dst in (self.host_mac, b"\xff" * 6):
+            ihl = (payload[0] & 0xF) * 4
+            total = struct.unpack("!H", payload[2:4])[0]
+            if payload[0] >> 4 != 4 or ihl < 20 or total > len(payload) or total < ihl + 8:
+                return None
+            if payload[9] != IPPROTO_ICMP or payload[16:20] != self.host_ip:
+                return None
+            icmp = payload[ihl:total]
+            if icmp[0] != 8:  # echo request
+                return None
+            reply_icmp = b"\x00\x00\x00\x00" + icmp[4:]
+            reply_icmp = (
+                reply_icmp[:2] + struct.pack("!H", inet_checksum(reply_icmp)) + reply_icmp[4:]
+            )
+            hdr = bytearray(payload[:ihl])
+            hdr[8] = 64  # TTL
+            hdr[12:16], hdr[16:20] = payload[16:20], payload[12:16]
+            hdr[10:12] = b"\0\0"
+            hdr[10:12] = struct.pack("!H", inet_checksum(bytes(hdr)))
+            return src + self.host_mac + struct.pack("!H", ETH_P_IP) + bytes(hdr) + reply_icmp
+        return None
+
+
+class PcapWriter:
+    """Wraps a backend and writes every frame, both directions, to a pcap file
+    (libpcap format, LINKTYPE_ETHERNET), readable by tcpdump/tshark/Wireshark."""
+
+    def __init__(self, inner: NetBackend, path: str | os.PathLike[str]) -> None:
+        self.inner = inner
+        self.file: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self.file.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        self.frames = 0
+
+    def _write(self, frame: bytes) -> None:
+        t = time.time()
+        sec, usec = int(t), int((t % 1) * 1_000_000)
+        self.file.write(struct.pack("<IIII", sec, usec, min(len(frame), 65535), len(frame)))
+        self.file.write(frame[:65535])
+        self.file.flush()
+        self.frames += 1
+
+    def send(self, frame: bytes) -> None:
+        self._write(frame)
+        self.inner.send(frame)
+
+    def take_frame(self) -> bytes | None:
+        frame = self.inner.take_frame()
+        if frame is not None:
+            self._write(frame)
+        return frame
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class TapBackend:
+    """A Linux TAP interface (needs /dev/net/tun and CAP_NET_ADMIN)."""
+
+    TUNSETIFF = 0x400454CA
+    IFF_TAP = 0x0002
+    IFF_NO_PI = 0x1000
+
+    def __init__(self, name: str = "vmsix%d") -> None:
+        import fcntl
+
+        self.fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+        ifr = struct.pack("16sH", name.encode(), self.IFF_TAP | self.IFF_NO_PI)
+        res = fcntl.ioctl(self.fd, self.TUNSETIFF, ifr)
+        self.name = res[:16].rstrip(b"\0").decode()
+        self.sent = 0
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def send(self, frame: bytes) -> None:
+        try:
+            os.write(self.fd, frame)
+            self.sent += 1
+        except OSError:
+            pass  # interface down: the frame is lost on the wire, as on real hardware
+
+    def take_frame(self) -> bytes | None:
+        try:
+            return os.read(self.fd, 65536)
+        except BlockingIOError:
+            return None
+
+    def close(self) -> None:
+        os.close(self.fd)

@@ -1,0 +1,65 @@
+"""The phases of a probe in an access trace, the same for every host: ``enumeration`` (firmware
+and the kernel's PCI scan), ``probe`` (from the driver's first access to its DRIVER_OK write,
+inclusive) and ``run`` (after it)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ..virtio.device import DRIVER_OK
+from ..virtio.regs import COMMON
+
+_STATUS = COMMON["device_status"].offset
+
+
+def is_driver_ok_write(rec: dict[str, Any]) -> bool:
+    """A write of device_status that sets DRIVER_OK (virtio 1.2 §3.1.1 step 8)."""
+    return (rec.get("space") == "common" and rec.get("op") == "w"
+            and rec.get("offset") == _STATUS and bool(rec.get("value", 0) & DRIVER_OK))  # fmt: skip
+
+
+def next_phase(phase: str, rec: dict[str, Any], probe_on_common: bool) -> tuple[str, str]:
+    """(the record's phase, the phase after it). ``probe_on_common``: the probe starts at the
+    first common-config access (hosts that cannot see the driver start: a real kernel);
+    otherwise the host sets ``probe`` itself when it calls the driver."""
+    if probe_on_common and phase == "enumeration" and rec.get("space") == "common":
+        phase = "probe"
+    return phase, ("run" if phase == "probe" and is_driver_ok_write(rec) else phase)
+
+
+class PhaseTagger:
+    """Tags each record a recorder emits with ``phase``; ``phase`` may be set by the host."""
+
+    def __init__(self, recorder: Any = None, probe_on_common: bool = False) -> None:
+        self.phase = "enumeration"
+        self.probe_on_common = probe_on_common
+        if recorder is not None:
+            recorder.subscribe(self, first=True)  # before writers that stream tagged records
+
+    def __call__(self, rec: dict[str, Any]) -> None:
+        rec["phase"], self.phase = next_phase(self.phase, rec, self.probe_on_common)
+
+
+def tag_phases(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tag a finished trace (the probe starting at the first common-config access)."""
+    tagger = PhaseTagger(probe_on_common=True)
+    out = []
+    for rec in records:
+        tagger(rec)
+        out.append(rec)
+    return out
+
+
+def probe_window(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Accesses from the first common-config access to the first DRIVER_OK write, inclusive:
+    the virtio transport's part of a probe, comparable between hosts whatever their
+    enumeration did (firmware, bus scan)."""
+    out: list[dict[str, Any]] = []
+    for r in records:
+        if "op" not in r or (not out and r.get("space") != "common"):
+            continue
+        out.append(r)
+        if is_driver_ok_write(r):
+            break
+    return out
