@@ -426,6 +426,7 @@ class BootSession:
         self._deadline: float | None = None
         self._went_away: str | None = None
         self.left_alive: list[int] = []
+        self._poweroff_wait = 5.0
         self.stopped_by_us = False
 
     # -- console -----------------------------------------------------------------------------
@@ -477,6 +478,9 @@ class BootSession:
         reaper: procs.Reaper | None = None
         gdb_log_text = ""
         under_gdb = bool(opts.backtraces or opts.gdb_init)
+        # gdb stops at every breakpoint and writes its log as the kernel exits: on a loaded host
+        # that power-off takes seconds longer than the kernel's alone.
+        self._poweroff_wait = 20.0 if under_gdb else 5.0
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock_path = work / "pci.sock"
@@ -580,7 +584,7 @@ class BootSession:
         of its session: guest processes, UML helpers, gdb and its inferior."""
         if not at_once:
             try:
-                proc.wait(timeout=5)
+                proc.wait(timeout=self._poweroff_wait)
             except subprocess.TimeoutExpired:
                 pass
         self.stopped_by_us = proc.poll() is None
