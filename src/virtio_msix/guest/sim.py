@@ -86,6 +86,7 @@ class SimOptions:
     mask_during_traffic: bool = False
     teardown: bool = True
     memory_mb: int = 64
+    kernel: str = "6.1"  # the Linux version the driver model follows: "6.1" or "6.12"
 
 
 @dataclass
@@ -196,7 +197,8 @@ def run_sim(
     if opts.refuse_vectors_from is not None or opts.refuse_config_vector:
         function = VectorRefusal(device, opts.refuse_vectors_from, opts.refuse_config_vector)  # type: ignore[assignment]
     bus.attach(SLOT, function)
-    k = Kernel(bus, memory, cpus=opts.cpus, arch=opts.arch, backtraces=opts.backtraces)
+    k = Kernel(bus, memory, cpus=opts.cpus, arch=opts.arch, backtraces=opts.backtraces,
+               version=opts.kernel)  # fmt: skip
     k.irq_hook = irq_hook
     device.sink = k
     if opts.arch == "um":
