@@ -99,6 +99,8 @@ class BootOptions:
     # Run this instead of the UML kernel, with the socket path as its last argument: a stand-in
     # peer for tests that speak vhost-user themselves (tests/hostile/). None: the real kernel.
     kernel_command: list[str] | None = None
+    # Which UML kernel (uml/kernel.py VERSIONS): "6.1" (Debian 12) or "6.12" (bookworm-backports).
+    kernel: str = uml_kernel.DEFAULT_VERSION
 
 
 @dataclass
@@ -384,7 +386,8 @@ class BootSession:
     def run(self) -> BootResult:
         opts = self.opts
         result = BootResult(opts, self.device, self.recorder)
-        linux = uml_kernel.build(progress=True) if opts.kernel_command is None else None
+        linux = (uml_kernel.build(progress=True, version=opts.kernel)
+                 if opts.kernel_command is None else None)  # fmt: skip
         work = Path(tempfile.mkdtemp(prefix="virtio-msix-uml-"))
         proc: subprocess.Popen[bytes] | None = None
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
