@@ -116,3 +116,19 @@ def test_612_ladder_has_the_shared_slow_rung():
         "vp_find_vqs_msix(VP_VQ_VECTOR_POLICY_SHARED): ok",
     ]
     assert run_sim(SimOptions(vectors=2)).vp.ladder[-1] == "vp_find_vqs_msix(per_vq_vectors=false): ok"
+
+
+def test_612_backtraces_name_612_functions_and_places():
+    """sim --kernel 6.12 --backtraces: 6.12's names where it renamed a frame, none for the frame
+    it folded away (__pci_enable_msix), and file:line from linux-source-6.12."""
+
+    def text(kernel):
+        res = run_sim(SimOptions(kernel=kernel, backtraces=True))
+        return "\n".join(bt.format() for bt, _ in res.kernel.backtraces)
+
+    new, old = text("6.12"), text("6.1")
+    assert "#6  msi_domain_alloc_irqs_all_locked (" in new and "__pci_enable_msix (" not in new
+    assert "pci_alloc_irq_vectors_affinity (" in new and "drivers/pci/msi/api.c:254" in new
+    assert "virtio_find_vqs (" in new and "virtnet_probe (vp=virtio0) at drivers/net/virtio_net.c:6471" in new
+    assert "__pci_enable_msix (" in old and "drivers/pci/msi/msi.c:917" in old
+    assert "msi_domain_alloc_irqs_all_locked" not in old

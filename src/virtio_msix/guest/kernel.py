@@ -314,4 +314,4 @@ class Kernel:
 
     def record_backtrace(self, title: str) -> None:
         if self.want_backtraces:
-            self.backtraces.append((backtrace.capture(title, skip=2), []))
+            self.backtraces.append((backtrace.capture(title, skip=2, version=self.version), []))
