@@ -21,7 +21,7 @@ from ..virtio.memory import GuestMemory
 from ..virtio.regs import COMMON, VIRTIO_MSI_NO_VECTOR
 from .irqcore import mask_irq, unmask_irq
 from .kernel import IrqDesc, Kernel
-from .pci import Firmware, PciDev, pci_clear_master
+from .pci import Firmware, PciDev, pci_bus_add_device, pci_clear_master
 from .virtio_net import (
     VIRTIO_NET_DRIVER,
     VirtnetInfo,
@@ -210,6 +210,7 @@ def run_sim(
 
     devs = Firmware(arch=opts.arch).scan(k, intx_irq=k.intx_irq)
     dev = next(d for d in devs if d.slot == SLOT)
+    pci_bus_add_device(k, dev)
     vbus = VirtioBus()
     vbus.drivers.append(VIRTIO_NET_DRIVER)
     phase["phase"] = "probe"
