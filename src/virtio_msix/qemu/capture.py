@@ -208,6 +208,7 @@ def qemu_command(
     machine: str = "q35",
     vectors: int | None = None,
     disable_legacy: bool = False,
+    smp: int = 1,
 ) -> list[str]:
     qemu = require("qemu-system-x86_64", "qemu-system-x86")
     # ioeventfd=off: otherwise QEMU serves notify writes from an eventfd before any trace point.
@@ -225,7 +226,7 @@ def qemu_command(
         "-M", machine,
         "-accel", "tcg",
         "-m", "256",
-        "-smp", "1",
+        "-smp", str(smp),
         "-nodefaults",
         "-display", "none",
         "-no-reboot",
@@ -248,6 +249,7 @@ def capture(
     timeout: float = 300.0,
     progress: bool = True,
     kernel_version: str = "6.1",
+    smp: int = 1,
 ) -> dict[str, Any]:
     """Boot, record, convert; writes OUT (JSON lines) and OUT's console next to it."""
     out = Path(out)
@@ -264,7 +266,7 @@ def capture(
         init = template.format(slot=SLOT, marker=MARKER_OFFSET, guest_ip=GUEST_IP,
                                host_ip=HOST_IP)  # fmt: skip
         initrd = build_initramfs(kernel, init, work / "initramfs.cpio", modules)
-        cmd = qemu_command(kernel, initrd, work, machine, vectors, disable_legacy)
+        cmd = qemu_command(kernel, initrd, work, machine, vectors, disable_legacy, smp)
         if progress:
             print(f"capture-qemu: booting {kernel.version} on QEMU {machine} (TCG)...", flush=True)
         t0 = time.monotonic()
@@ -289,6 +291,7 @@ def capture(
         "machine": machine,
         "vectors": vectors,
         "disable_legacy": disable_legacy,
+        "smp": smp,
         "records": len(records),
         "seconds": round(elapsed, 1),
         "ping_ok": "VMSIX-PING-OK" in console,

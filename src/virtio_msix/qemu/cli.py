@@ -14,7 +14,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
     try:
         meta = capture(args.out, args.machine, args.vectors, args.disable_legacy, args.timeout,
-                       kernel_version=args.kernel)  # fmt: skip
+                       kernel_version=args.kernel, smp=args.smp)  # fmt: skip
     except (PrerequisiteMissing, RuntimeError) as e:
         return cliargs.fail(f"capture-qemu: {e}")
     print(json.dumps(meta, indent=2))
@@ -39,6 +39,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "cycles) (default q35)")  # fmt: skip
     p.add_argument("--vectors", type=cliargs.vectors, default=None, metavar="N",
                    help="MSI-X table size, 0..2048 (QEMU's default: 4)")  # fmt: skip
+    p.add_argument("--smp", type=cliargs.cpus, default=1, metavar="N",
+                   help="guest CPUs (default 1)")  # fmt: skip
     p.add_argument("--disable-legacy", action="store_true",
                    help="modern-only device (disable-legacy=on, device ID 0x1041)")  # fmt: skip
     p.add_argument("--timeout", type=cliargs.seconds, default=300.0, metavar="SECONDS",
