@@ -17,3 +17,12 @@ def linux():
     except PrerequisiteMissing as e:
         # Never a silent skip: the real kernel is what these tests are about.
         pytest.fail(f"the UML kernel cannot be built here: {e}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def linux612():
+    """The real UML 6.12 kernel (bookworm-backports' linux-source-6.12), likewise."""
+    try:
+        return uml_kernel.build(progress=True, version="6.12")
+    except PrerequisiteMissing as e:
+        pytest.fail(f"the UML 6.12 kernel cannot be built here: {e}", pytrace=False)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from capture_sets import CAPTURES, load
+from capture_sets import ALL_CAPTURES, CAPTURES_612, DATA, load
 
 from virtio_msix.devcli import count_reads, replay_records
 
 
-@pytest.mark.parametrize("name", sorted(CAPTURES))
+@pytest.mark.parametrize("name", sorted(ALL_CAPTURES))
 def test_replay_capture_zero_mismatches(name):
     records = load(name)
-    mismatches = replay_records(records, vectors=CAPTURES[name])
+    mismatches = replay_records(records, vectors=ALL_CAPTURES[name])
     assert count_reads(records) > 200
     assert mismatches == [], mismatches[:5]
 
@@ -27,3 +27,19 @@ def test_replay_reports_a_wrong_value():
 def test_replay_rejects_malformed_records():
     with pytest.raises(ValueError, match="record 0"):
         replay_records([{"space": "common", "op": "r", "offset": "x"}])
+
+
+@pytest.mark.parametrize("name", sorted(CAPTURES_612))
+def test_612_captures_are_6_12_probes_bound_through_sysfs(name):
+    """What the 6.12 captures hold: Debian's 6.12 kernel, a probe phase (sysfs bind) ending in
+    DRIVER_OK, traffic, and the sysfs unbind at the end: virtio_dev_remove resets the device and
+    acknowledges it again (the last two status writes)."""
+    meta = (DATA / f"{name}.meta.json").read_text()
+    assert "linux-image-6.12." in meta and '"ping_ok": true' in meta
+    records = load(name)
+    probe = [r for r in records if r.get("phase") == "probe" and "op" in r]
+    last = probe[-1]
+    assert (last["space"], last["op"], last["offset"], last["value"] & 0x4) == ("common", "w", 0x14, 4)
+    status = [r for r in records if r.get("phase") == "run" and r["space"] == "common"
+              and r["op"] == "w" and r["offset"] == 0x14]  # fmt: skip
+    assert [r["value"] for r in status] == [0, 1]

@@ -118,10 +118,7 @@ def test_package_probe_agrees_with_ptrace_and_cpuid(xstate):
     assert xstate["regset"] <= xstate["cpuid_ebx"] <= xstate["cpuid_ecx"]
 
 
-def test_built_kernel_fp_area_holds_this_hosts_xsave_area(linux, xstate):
-    """The relation whose failure panics the kernel on AMX hosts, read from the build that runs:
-    HOST_FP_SIZE (longs) in the generated header and the stack order in .config."""
-    tree = uml_kernel.tree_dir()
+def _check_fp_area(tree: Path, xstate: dict[str, int]) -> None:
     header = (tree / "include" / "generated" / "user_constants.h").read_text()
     m = re.search(r"#define HOST_FP_SIZE (\d+)", header)
     assert m, "HOST_FP_SIZE not in user_constants.h"
@@ -131,15 +128,48 @@ def test_built_kernel_fp_area_holds_this_hosts_xsave_area(linux, xstate):
     order = int(re.search(r"^CONFIG_KERNEL_STACK_ORDER=(\d+)$", config, re.M).group(1))
     assert f"CONFIG_UML_HOST_XSTATE_SIZE={area}" in config
     assert (4096 << order) - 4 * area >= (4096 << 2) - 4 * 2696
+
+
+def test_built_kernel_fp_area_holds_this_hosts_xsave_area(linux, xstate):
+    """The relation whose failure panics the kernel on AMX hosts, read from the build that runs:
+    HOST_FP_SIZE (longs) in the generated header and the stack order in .config."""
+    _check_fp_area(uml_kernel.tree_dir(), xstate)
     assert uml_kernel.is_built(), "the cache stamp does not match this host's plan"
+
+
+# -- Linux 6.12: the same port (patches/6.12/uml-host-xstate-size.patch), the same checks ------
+
+
+def test_612_built_kernel_fp_area_holds_this_hosts_xsave_area(linux612, xstate):
+    _check_fp_area(uml_kernel.tree_dir("6.12"), xstate)
+    assert uml_kernel.is_built("6.12"), "the cache stamp does not match this host's plan"
+
+
+@pytest.mark.uml
+def test_612_fp_state_survives_context_switches_in_the_guest(linux612, fpcheck):
+    res = _fpcheck_boot(fpcheck, kernel="6.12")
+    assert res.error is None, res.error + "\n" + res.console[-3000:]
+    assert "Linux version 6.12." in res.console
+    assert "FPCHECK PASS" in res.console, res.console[-3000:]
+    assert "Kernel panic" not in res.console
+
+
+@pytest.mark.uml
+def test_612_kernel_says_so_on_a_host_with_a_larger_xsave_area(linux612, fpcheck):
+    init = "break main\ncommands\nsilent\nset var uml_fp_area_bytes = 576\ncontinue\nend"
+    res = _fpcheck_boot(fpcheck, gdb_init=init, kernel="6.12")
+    assert res.error is not None
+    assert re.search(r"host's XSAVE area is \d+ bytes, this kernel's FP save area 576",
+                     res.console), res.console[-3000:]  # fmt: skip
+    assert "FPCHECK" not in res.console
 
 
 # -- FP state in the guest --------------------------------------------------------------------
 
 
-def _fpcheck_boot(fpcheck: Path, gdb_init: str = "", rounds: int = 150):
+def _fpcheck_boot(fpcheck: Path, gdb_init: str = "", rounds: int = 150, kernel: str = "6.1"):
     return run_boot(BootOptions(script=f"/fpcheck 2 2 {rounds}\n", files={"/fpcheck": fpcheck},
-                                gdb_init=gdb_init, timeout=120))  # fmt: skip
+                                gdb_init=gdb_init, timeout=120, kernel=kernel))  # fmt: skip
 
 
 @pytest.mark.uml

@@ -20,6 +20,7 @@ from ..trace.text import table
 from ..trace.timeline import TimelineWriter
 from ..virtio.net import feature_names
 from .errnos import errname
+from .kernel import DEFAULT_KERNEL_VERSION, KERNEL_VERSIONS
 from .sim import SimOptions, SimResult, run_sim
 
 
@@ -65,7 +66,7 @@ def render(res: SimResult, s: Style) -> str:
     out: list[str] = []
     dev = res.pci_dev
     out.append(s.head(f"== virtio-net on 0000:00:{dev.slot:02x}.0 [{dev.vendor:04x}:{dev.device:04x}]"
-                      f" probed by the Linux 6.1 model ({o.arch}, {o.cpus} CPU)"))  # fmt: skip
+                      f" probed by the Linux {o.kernel} model ({o.arch}, {o.cpus} CPU)"))  # fmt: skip
     out.append("")
     out.append(s.head("Capabilities (as the driver's walks find them)"))
     rows = []
@@ -182,6 +183,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         refuse_vectors_from=args.refuse_vectors_from,
         refuse_config_vector=args.refuse_config_vector,
         mask_during_traffic=args.mask_during_traffic,
+        kernel=args.kernel,
     )
     # The views need no records: they are streamed to the files asked for, never all kept,
     # so that memory stays flat for any --packets.
@@ -221,8 +223,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sim",
-        help="probe the device with the Linux 6.1 driver model (the main job)",
-        description="The Linux 6.1 driver model (PCI probe, feature negotiation, vp_find_vqs "
+        help="probe the device with the Linux 6.1 (or 6.12) driver model (the main job)",
+        description="The Linux 6.1 driver model, or 6.12's with --kernel 6.12 (PCI probe, feature negotiation, vp_find_vqs "
         "with its MSI-X ladder, request_irq, DRIVER_OK) probes the device model, passes "
         "traffic through a loopback backend and removes the driver; shows capabilities, "
         "features, the MSI-X table, the event → vector map and /proc/interrupts. "
@@ -242,6 +244,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default="x86",
         help="MSI flavour: x86 local APIC messages, or User-Mode Linux's (default x86)",
     )
+    p.add_argument("--kernel", choices=KERNEL_VERSIONS, default=DEFAULT_KERNEL_VERSION,
+                   help="the Linux version the driver model follows where they differ: 6.1 "
+                        "(Debian 12, default) or 6.12 (x86: physical-mode MSI messages, the "
+                        "SHARED_SLOW rung) (default 6.1)")  # fmt: skip
     p.add_argument("--packets", type=cliargs.count, default=8, metavar="N",
                    help="frames sent (and received back) through the loopback backend "
                         "(default 8)")  # fmt: skip

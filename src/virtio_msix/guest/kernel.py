@@ -11,7 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..abi.uml import UML_MSI_ADDRESS
-from ..irq.x86 import MANAGED_IRQ_SHUTDOWN_VECTOR, MsiMessage, X86Interrupts
+from ..irq.x86 import (
+    BOOT_USED_VECTORS,
+    BOOT_USED_VECTORS_612,
+    MANAGED_IRQ_SHUTDOWN_VECTOR,
+    MsiMessage,
+    X86Interrupts,
+)
 from ..pci.bus import PciBus
 from ..virtio.memory import GuestMemory
 from . import backtrace
@@ -22,6 +28,9 @@ from .irqdesc import IrqAction, IrqChip, IrqDesc  # noqa: F401  (named here for 
 PAGE_SIZE = 4096
 LOG_LINES = 4096
 UM_MAX_MSI_VECTORS = 32  # arch/um/drivers/virt-pci.c: MAX_MSI_VECTORS, for the whole bus
+# The Linux versions the model follows; where they differ, functions look at ``k.version``.
+KERNEL_VERSIONS = ("6.1", "6.12")
+DEFAULT_KERNEL_VERSION = "6.1"
 
 
 class PageAllocator:
@@ -74,9 +83,13 @@ class Kernel:
         cpus: int = 1,
         arch: str = "x86",
         backtraces: bool = False,
+        version: str = DEFAULT_KERNEL_VERSION,
     ) -> None:
         if arch not in ("x86", "um"):
             raise ValueError("arch must be x86 or um")
+        if version not in KERNEL_VERSIONS:
+            raise ValueError(f"kernel version must be one of {', '.join(KERNEL_VERSIONS)}")
+        self.version = version
         if cpus < 1:
             raise ValueError("at least one CPU")
         self.bus = bus
@@ -86,7 +99,11 @@ class Kernel:
         self.pages = PageAllocator(
             memory, base=0x0100_0000 if memory.size > 0x0200_0000 else PAGE_SIZE * 16
         )
-        self.x86 = X86Interrupts(cpus) if arch == "x86" else None
+        self.x86 = None
+        if arch == "x86":
+            new = version == "6.12"
+            self.x86 = X86Interrupts(cpus, physical_only=new,
+                                     boot_used=BOOT_USED_VECTORS_612 if new else BOOT_USED_VECTORS)  # fmt: skip
         self.irqs: dict[int, IrqDesc] = {}
         # x86: 0-23 are the IO-APIC's GSIs; dynamically allocated interrupts start after them.
         # UML: its fixed interrupts (timer, console, sigio...) come first.
@@ -253,4 +270,4 @@ class Kernel:
 
     def record_backtrace(self, title: str) -> None:
         if self.want_backtraces:
-            self.backtraces.append((backtrace.capture(title, skip=2), []))
+            self.backtraces.append((backtrace.capture(title, skip=2, version=self.version), []))

@@ -35,7 +35,7 @@ from ..virtio.pci import VirtioPciDevice
 from ..virtio.regs import TRANSITIONAL_DEVICE_IDS
 from .errnos import errname
 from .kernel import Kernel
-from .pci import Firmware, PciDev
+from .pci import Firmware, PciDev, pci_bus_add_device
 from .views import interrupts_view, table_view
 from .virtio_generic import GenericInfo, generic_driver, generic_transfer
 from .virtio_pci import VirtioBus, VirtioDriver, VpDev, pci_device_probe, virtio_pci_remove
@@ -89,6 +89,9 @@ class Machine:
     backtraces: bool = False
     # What the bus sees, when it is not the device itself (fault injection wraps it).
     bus_function: PciFunction | None = None
+    # The Linux version the driver model behaves as: "6.1" or "6.12" (guest/ says where they
+    # differ).
+    version: str = "6.1"
     kernel: Kernel = field(init=False)
     function: VirtioPciDevice = field(init=False)
     pci_dev: PciDev = field(init=False)
@@ -113,7 +116,8 @@ class Machine:
         self.function = fn
         bus = PciBus()
         bus.attach(SLOT, self.bus_function if self.bus_function is not None else fn)
-        k = Kernel(bus, self.memory, cpus=self.cpus, arch=self.arch, backtraces=self.backtraces)
+        k = Kernel(bus, self.memory, cpus=self.cpus, arch=self.arch, backtraces=self.backtraces,
+                   version=self.version)  # fmt: skip
         fn.sink = k
         if self.arch == "um":
             # virt-pci allocates the bus's one INTx descriptor at its own probe, before the
@@ -124,6 +128,7 @@ class Machine:
         self.kernel = k
         devs = Firmware(arch=self.arch).scan(k, intx_irq=k.intx_irq)
         self.pci_dev = next(d for d in devs if d.slot == SLOT)
+        pci_bus_add_device(k, self.pci_dev)  # before any driver (6.12 saves config space here)
         self.queue_names = queue_names(fn.device)
         if self.driver is None:
             self.driver = generic_driver(fn.device.device_id, self.queue_names, self.features)

@@ -83,6 +83,7 @@ class PciDev:
     msi_descs: list[MsiDesc] = field(default_factory=list)
     is_busmaster: bool = False
     enabled: bool = False
+    saved_config_space: list[int] = field(default_factory=list)  # pci_save_state (6.12)
 
     @property
     def devfn(self) -> int:
@@ -292,6 +293,25 @@ def pci_find_capability(k: Kernel, dev: PciDev, cap: int) -> int:
     if not status & PCI_STATUS_CAP_LIST:
         return 0
     return __pci_find_next_cap_ttl(k, dev, PCI_CAPABILITY_LIST, cap)
+
+
+PCI_CAP_ID_PCIX = 0x07
+
+
+def pci_save_state(k: Kernel, dev: PciDev) -> None:
+    """The header's 16 dwords, then pci_save_pcix_state's capability lookup. The PCIe, LTR, DPC,
+    AER, PTM and VC parts use what enumeration cached (none for a conventional function like
+    QEMU's virtio-net-pci), so they touch nothing."""
+    dev.saved_config_space = [pci_read_config_dword(k, dev, 4 * i) for i in range(16)]
+    pci_find_capability(k, dev, PCI_CAP_ID_PCIX)
+
+
+def pci_bus_add_device(k: Kernel, dev: PciDev) -> None:
+    """drivers/pci/bus.c, before device_attach. 6.12 saves the config space there "for error
+    recoverability" (24 config reads before any driver runs: seen in the 6.12 captures under
+    QEMU and under UML); 6.1 does not."""
+    if k.version != "6.1":
+        pci_save_state(k, dev)
 
 
 def pci_find_next_capability(k: Kernel, dev: PciDev, pos: int, cap: int) -> int:

@@ -86,6 +86,7 @@ class SimOptions:
     mask_during_traffic: bool = False
     teardown: bool = True
     memory_mb: int = 64
+    kernel: str = "6.1"  # the Linux version the driver model follows: "6.1" or "6.12"
 
 
 @dataclass
@@ -135,6 +136,7 @@ def run_sim(
         refusal = VectorRefusal(device, opts.refuse_vectors_from, opts.refuse_config_vector)
     machine = Machine(device, cpus=opts.cpus, arch=opts.arch, memory_mb=opts.memory_mb,
                       driver=VIRTIO_NET_DRIVER, recorder=recorder, backtraces=opts.backtraces,
+                      version=opts.kernel,
                       bus_function=refusal)  # fmt: skip
     k, dev = machine.kernel, machine.pci_dev
     k.irq_hook = irq_hook

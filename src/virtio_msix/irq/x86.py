@@ -5,8 +5,10 @@ MSI address (Intel SDM vol. 3 §11.11.1): 0xFEE00000 | destination ID[7:0] << 12
 redirection hint << 3 | destination mode << 2 (1 = logical). Data: vector[7:0] | delivery
 mode << 8 (0 = fixed) | level << 14 | trigger << 15 (0 = edge).
 Linux (arch/x86/kernel/apic/apic.c __irq_msi_compose_msg) uses fixed delivery, edge trigger,
-no redirection hint, and the destination mode of the APIC driver in use: flat logical
-(destination = 1 << cpu) for up to 8 CPUs, physical flat (destination = APIC id) beyond.
+no redirection hint, and the destination mode of the APIC driver in use: 6.1 flat logical
+(destination = 1 << cpu) for up to 8 CPUs, physical flat (destination = APIC id) beyond; 6.12
+has no flat logical driver on 64-bit (arch/x86/kernel/apic/apic_flat_64.c holds only
+apic_physflat), so always physical: 0xFEE00000 for CPU0, 0xFEE01000 for CPU1.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ MANAGED_IRQ_SHUTDOWN_VECTOR = 0xEF
 # On the captured Debian guest (QEMU q35, one CPU) the legacy IO-APIC interrupts held 0x20-0x25
 # when virtio_pci loaded: its first three MSI-X vectors were 0x26, 0x27, 0x28.
 BOOT_USED_VECTORS = tuple(range(0x20, 0x26))
+# The same guest with Debian's 6.12 (captured): 0x20-0x24, its first three were 0x25, 0x26, 0x27.
+BOOT_USED_VECTORS_612 = tuple(range(0x20, 0x25))
 
 
 @dataclass(frozen=True)
@@ -125,11 +129,14 @@ class LocalApic:
 class X86Interrupts:
     """The APICs of all CPUs, as the device's interrupt sink for MSI messages."""
 
-    def __init__(self, cpus: int) -> None:
+    def __init__(
+        self, cpus: int, physical_only: bool = False, boot_used: tuple[int, ...] = BOOT_USED_VECTORS
+    ) -> None:
         self.cpus = cpus
-        self.logical = cpus <= 8  # flat logical mode up to 8 CPUs, else physical flat
+        # flat logical mode up to 8 CPUs, else physical flat (6.12: always physical flat)
+        self.logical = cpus <= 8 and not physical_only
         self.apics = [LocalApic(c) for c in range(cpus)]
-        self.vectors = VectorAllocator(cpus)
+        self.vectors = VectorAllocator(cpus, boot_used)
         # The last messages received (a debugging aid; older ones go, so long runs stay flat).
         self.log: deque[tuple[int, int, DecodedMsi]] = deque(maxlen=256)
         self.received = 0

@@ -1,6 +1,7 @@
 """Record a real Linux guest probing QEMU 7.2's virtio-net-pci, in our trace format.
 
-Debian's 6.1 kernel boots under TCG with its virtio modules in a busybox initramfs; QEMU's own
+Debian's 6.1 kernel (or, with ``kernel="6.12"``, bookworm-backports' 6.12, fetched by
+qemu/backports.py) boots under TCG with its virtio modules in a busybox initramfs; QEMU's own
 trace events (``memory_region_ops_read/write``, which name the region and give offset, size and
 value) are converted: config cycles (MMCONFIG on q35, ports 0xCF8/0xCFC on both machines) of
 our slot become ``cfg`` records; the virtio-pci regions become ``common``/``isr``/``device``/
@@ -10,6 +11,13 @@ Each record carries ``phase``: ``enumeration`` (the kernel's PCI scan at boot), 
 the virtio_pci driver's first access until the DRIVER_OK write, inclusive) or ``run``. The
 boundary is a marker the init script makes: a one-byte sysfs read of config offset 0x3F, which
 no driver performs; the marker itself is dropped.
+
+6.12: Debian builds virtio, virtio_ring and virtio_pci into the kernel (only failover,
+net_failover and virtio_net are modules, ``.ko.xz``), so virtio_pci binds the device at boot,
+before any driver for the virtio device exists. The init script unbinds it through sysfs, loads
+the modules, makes the marker and binds it again, so that the probe phase is again
+virtio_pci_probe straight through to virtnet_probe (as 6.1's load order gives); at the end the
+device is unbound through sysfs (6.12 does not reset it at poweroff), recorded in ``run``.
 """
 
 from __future__ import annotations
@@ -26,6 +34,14 @@ from typing import Any
 from ..host.phases import is_driver_ok_write
 from ..trace.recorder import write_jsonl
 from .debian import MODULES, DebianKernel, build_initramfs, fetch_kernel, require
+
+KERNELS = ("6.1", "6.12")
+# virtio_net's dependencies first (modinfo -F depends on Debian's 6.12 build).
+MODULES_612 = (
+    "net/core/failover.ko.xz",
+    "drivers/net/net_failover.ko.xz",
+    "drivers/net/virtio_net.ko.xz",
+)
 
 SLOT = 3  # -device ...,addr=0x3: the same devfn on q35 and pc
 MARKER_OFFSET = 0x3F
@@ -50,6 +66,30 @@ ip addr add {guest_ip}/24 dev eth0
 ping -c 3 -W 3 {host_ip} && echo VMSIX-PING-OK
 echo VMSIX-INTERRUPTS-AFTER
 cat /proc/interrupts
+echo VMSIX-DONE
+poweroff -f
+"""
+
+INIT_612 = """#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+dev=0000:00:{slot:02x}.0
+drv=/sys/bus/pci/drivers/virtio-pci
+echo $dev > $drv/unbind || echo VMSIX-UNBIND-FAILED
+for m in /modules/*.ko; do
+  insmod $m || echo "VMSIX insmod $m failed"
+done
+dd if=/sys/bus/pci/devices/$dev/config of=/dev/null bs=1 skip={marker} count=1 || echo VMSIX-MARKER-FAILED
+echo $dev > $drv/bind || echo VMSIX-BIND-FAILED
+echo VMSIX-INTERRUPTS-BEFORE
+cat /proc/interrupts
+ip link set eth0 up
+ip addr add {guest_ip}/24 dev eth0
+ping -c 3 -W 3 {host_ip} && echo VMSIX-PING-OK
+echo VMSIX-INTERRUPTS-AFTER
+cat /proc/interrupts
+echo $dev > $drv/unbind || echo VMSIX-UNBIND-FAILED
 echo VMSIX-DONE
 poweroff -f
 """
@@ -164,6 +204,7 @@ def qemu_command(
     machine: str = "q35",
     vectors: int | None = None,
     disable_legacy: bool = False,
+    smp: int = 1,
 ) -> list[str]:
     qemu = require("qemu-system-x86_64", "qemu-system-x86")
     # ioeventfd=off: otherwise QEMU serves notify writes from an eventfd before any trace point.
@@ -181,7 +222,7 @@ def qemu_command(
         "-M", machine,
         "-accel", "tcg",
         "-m", "256",
-        "-smp", "1",
+        "-smp", str(smp),
         "-nodefaults",
         "-display", "none",
         "-no-reboot",
@@ -203,15 +244,25 @@ def capture(
     disable_legacy: bool = False,
     timeout: float = 300.0,
     progress: bool = True,
+    kernel_version: str = "6.1",
+    smp: int = 1,
 ) -> dict[str, Any]:
     """Boot, record, convert; writes OUT (JSON lines) and OUT's console next to it."""
     out = Path(out)
-    kernel = fetch_kernel()
+    if kernel_version not in KERNELS:
+        raise ValueError(f"kernel {kernel_version!r}: choose one of {', '.join(KERNELS)}")
+    if kernel_version == "6.12":
+        from .backports import fetch_image
+
+        kernel, modules, template = fetch_image(), MODULES_612, INIT_612
+    else:
+        kernel, modules, template = fetch_kernel(), MODULES, INIT
     with tempfile.TemporaryDirectory(prefix="vmsix-capture-") as tmp:
         work = Path(tmp)
-        init = INIT.format(slot=SLOT, marker=MARKER_OFFSET, guest_ip=GUEST_IP, host_ip=HOST_IP)
-        initrd = build_initramfs(kernel, init, work / "initramfs.cpio")
-        cmd = qemu_command(kernel, initrd, work, machine, vectors, disable_legacy)
+        init = template.format(slot=SLOT, marker=MARKER_OFFSET, guest_ip=GUEST_IP,
+                               host_ip=HOST_IP)  # fmt: skip
+        initrd = build_initramfs(kernel, init, work / "initramfs.cpio", modules)
+        cmd = qemu_command(kernel, initrd, work, machine, vectors, disable_legacy, smp)
         if progress:
             # Progress to stderr: stdout carries the metadata (JSON) alone.
             print(f"capture-qemu: booting {kernel.version} on QEMU {machine} (TCG)...",
@@ -236,9 +287,10 @@ def capture(
         "machine": machine,
         "vectors": vectors,
         "disable_legacy": disable_legacy,
+        "smp": smp,
         "records": len(records),
         "seconds": round(elapsed, 1),
         "ping_ok": "VMSIX-PING-OK" in console,
-        "modules": list(MODULES),
+        "modules": list(modules),
     }
     return meta

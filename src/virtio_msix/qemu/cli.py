@@ -13,7 +13,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
     from .capture import capture
 
     try:
-        meta = capture(args.out, args.machine, args.vectors, args.disable_legacy, args.timeout)
+        meta = capture(args.out, args.machine, args.vectors, args.disable_legacy, args.timeout,
+                       kernel_version=args.kernel, smp=args.smp)  # fmt: skip
     except (PrerequisiteMissing, RuntimeError) as e:
         return cliargs.fail(f"capture-qemu: {e}")
     print(json.dumps(meta, indent=2))
@@ -24,17 +25,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "capture-qemu",
         help="record a real Linux guest probing QEMU 7.2's virtio-net-pci",
-        description="Boot Debian's Linux 6.1 under QEMU 7.2 (TCG) with a virtio-net-pci "
+        description="Boot Debian's Linux 6.1 (or --kernel 6.12, bookworm-backports' image, "
+        "fetched into the cache) under QEMU 7.2 (TCG) with a virtio-net-pci "
         "device, record every config and BAR access from QEMU's trace events, and write them "
         "in our trace format (docs/DESIGN.md 'Access trace format').",
     )
     p.add_argument("out", type=cliargs.output_file,
                    help="output trace (JSON lines); the console goes to OUT.console.txt")  # fmt: skip
+    p.add_argument("--kernel", choices=("6.1", "6.12"), default="6.1",
+                   help="Debian's 6.1 (default) or 6.12 kernel image")  # fmt: skip
     p.add_argument("--machine", choices=("q35", "pc"), default="q35",
                    help="QEMU machine: q35 (PCIe, MMCONFIG) or pc (i440FX, port I/O config "
                         "cycles) (default q35)")  # fmt: skip
     p.add_argument("--vectors", type=cliargs.vectors, default=None, metavar="N",
                    help="MSI-X table size, 0..2048 (QEMU's default: 4)")  # fmt: skip
+    p.add_argument("--smp", type=cliargs.cpus, default=1, metavar="N",
+                   help="guest CPUs (default 1)")  # fmt: skip
     p.add_argument("--disable-legacy", action="store_true",
                    help="modern-only device (disable-legacy=on, device ID 0x1041)")  # fmt: skip
     p.add_argument("--timeout", type=cliargs.seconds, default=300.0, metavar="SECONDS",

@@ -6,6 +6,7 @@ unpacked with ``dpkg-deb`` under the cache directory.
 
 from __future__ import annotations
 
+import lzma
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -113,8 +114,11 @@ def _cpio_newc(entries: list[tuple[str, int, bytes]]) -> bytes:
     return bytes(out)
 
 
-def build_initramfs(kernel: DebianKernel, init_script: str, dest: Path) -> Path:
-    """busybox-static, the virtio modules in load order, and ``/init``."""
+def build_initramfs(
+    kernel: DebianKernel, init_script: str, dest: Path, modules: tuple[str, ...] = MODULES
+) -> Path:
+    """busybox-static, ``modules`` in load order, and ``/init``. Compressed modules (6.12's
+    ``.ko.xz``) go in decompressed: busybox's insmod hands the kernel the bytes it reads."""
     busybox = Path("/bin/busybox")
     if not busybox.exists():
         raise PrerequisiteMissing(
@@ -126,11 +130,14 @@ def build_initramfs(kernel: DebianKernel, init_script: str, dest: Path) -> Path:
     entries.append(("bin/busybox", 0o100755, busybox.read_bytes()))
     for applet in BUSYBOX_APPLETS:
         entries.append((f"bin/{applet}", 0o120777, b"busybox"))
-    for i, rel in enumerate(MODULES):
+    for i, rel in enumerate(modules):
         src = kernel.modules / rel
         if not src.exists():
             raise PrerequisiteMissing(f"{src} missing from {kernel.package}")
-        entries.append((f"modules/{i:02d}-{src.name}", 0o100644, src.read_bytes()))
+        data, name = src.read_bytes(), src.name
+        if name.endswith(".xz"):
+            data, name = lzma.decompress(data), name.removesuffix(".xz")
+        entries.append((f"modules/{i:02d}-{name}", 0o100644, data))
     entries.append(("init", 0o100755, init_script.encode()))
     dest.write_bytes(_cpio_newc(entries))
     return dest

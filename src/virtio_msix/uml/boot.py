@@ -134,6 +134,8 @@ class BootOptions:
     # kernel's own driver for its device id probes it. ``vectors`` defaults to config + one per
     # queue; the default script shows /proc/interrupts and the virtio devices the kernel bound.
     device: VirtioDevice | None = None
+    # Which UML kernel (uml/kernel.py VERSIONS): "6.1" (Debian 12) or "6.12" (bookworm-backports).
+    kernel: str = uml_kernel.DEFAULT_VERSION
 
 
 @dataclass
@@ -197,10 +199,15 @@ def parse_ping(text: str) -> dict[str, Any]:
     return out
 
 
-def kernel_cmdline(sock: Path, root: Path, memory_mb: int, work: Path | None = None) -> list[str]:
+def kernel_cmdline(sock: Path, root: Path, memory_mb: int, work: Path | None = None,
+                   version: str = uml_kernel.DEFAULT_VERSION) -> list[str]:  # fmt: skip
     """The UML kernel's command line; with ``work``, UML's run directory (``uml_dir``, where
     ``umid``'s pid file and mconsole socket go, else ``~/.uml``) is inside it."""
     own = [f"uml_dir={work}", f"umid={work.name}"] if work is not None else []
+    if version != "6.1":
+        # virt-pci's wait for our reply (40 ms by default) is a parameter since 6.2; 6.1 gets
+        # the same ~2 s from patches/6.1/virt-pci-reply-wait.patch, which says why.
+        own.append("virt_pci.max_delay_us=2000000")
     return [
         *own,
         f"mem={memory_mb}M",
@@ -464,7 +471,8 @@ class BootSession:
         on every way out; SIGINT/SIGTERM/SIGHUP end the run with ``BootInterrupted``."""
         with procs.Signals() as sigs:
             # A stand-in peer (tests) needs no kernel.
-            linux = uml_kernel.build(progress=True) if self.opts.kernel_command is None else None
+            linux = (uml_kernel.build(progress=True, version=self.opts.kernel)
+                     if self.opts.kernel_command is None else None)  # fmt: skip
             result = self._run_kernel(linux, sigs)
         if sigs.got is not None:
             raise BootInterrupted(sigs.got)
@@ -493,7 +501,8 @@ class BootSession:
                 ),
                 files=opts.files,
             )
-            cmd = ([str(linux), *kernel_cmdline(sock_path, root, opts.memory_mb, work)]
+            cmd = ([str(linux), *kernel_cmdline(sock_path, root, opts.memory_mb, work,
+                                                   opts.kernel)]
                    if opts.kernel_command is None else [*opts.kernel_command, str(sock_path)])  # fmt: skip
             gdb_log = work / "gdb.log"
             if under_gdb:

@@ -17,6 +17,7 @@ from ..host.views import render_event_vectors, render_msix_table
 from ..trace.pcapng import FrameTap, PcapngWriter
 from ..trace.recorder import write_jsonl
 from ..trace.text import table
+from . import kernel as uml_kernel
 from .boot import BootError, BootInterrupted, BootOptions, BootResult, BootSession, run_boot
 
 
@@ -75,6 +76,7 @@ def render_health(h: dict[str, Any]) -> list[str]:
 
 def to_json(res: BootResult) -> dict[str, Any]:
     return {
+        "kernel": res.options.kernel,
         "error": res.error,
         "finished": res.finished,
         "panic": res.panic,
@@ -97,7 +99,7 @@ def render(res: BootResult) -> str:
     out: list[str] = []
     dev = res.device
     out.append(f"== {dev.device.name} [{dev.config_word(0):04x}:{dev.config_word(2):04x}] driven by the real "
-               "Linux 6.1 kernel (User-Mode Linux, virt-pci)")  # fmt: skip
+               f"Linux {res.options.kernel} kernel (User-Mode Linux, virt-pci)")  # fmt: skip
     t = res.times
     if "init" in t:
         out.append(f"  kernel start → /init: {t['init']:.2f} s"
@@ -161,7 +163,8 @@ def render(res: BootResult) -> str:
                    f"{t['all_masked']}, MSI-X enabled: {t['msix_enabled']}")  # fmt: skip
         if t["msix_enabled"]:
             out.append(
-                "  (Linux 6.1's virt-pci detaches a function's config space before removing it,"
+                f"  (Linux {res.options.kernel}'s virt-pci detaches a function's config space "
+                "before removing it,"
                 " um_pci_virtio_remove;\n   so the kernel's MSI-X disable, a config write, never"
                 " reaches the device, while BAR writes such as the masks still do)"
             )
@@ -213,6 +216,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
         backtraces=args.backtraces,
         # With --json, stdout is the JSON document alone: the console goes to stderr.
         console=None if args.quiet else sys.stderr if args.json else sys.stdout,
+        kernel=args.kernel,
     )
     if script is not None:
         opts.script = script
@@ -255,14 +259,18 @@ def guest_file(spec: str) -> tuple[str, Path]:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "boot",
-        help="the real Linux 6.1 kernel (UML) drives our virtio-net device",
-        description="Boot the real Linux 6.1 kernel as User-Mode Linux; its virt-pci driver "
+        help="the real Linux 6.1 or 6.12 kernel (UML) drives our virtio-net device",
+        description="Boot the real Linux 6.1 (or --kernel 6.12) kernel as User-Mode Linux; its "
+        "virt-pci driver "
         "sends every config and BAR access of its PCI bus to our Python device over vhost-user, "
         "and our device's interrupts go back as MSI (or INTx) messages. Shows the kernel "
         "console, runs a guest script (or CMD), powers off, and prints the MSI-X table as the "
         "kernel filled it, the event → vector map and the guest's interrupt counts. "
         "Architecture: docs/DESIGN.md.",
     )
+    p.add_argument("--kernel", choices=tuple(uml_kernel.VERSIONS), default=uml_kernel.DEFAULT_VERSION,
+                   help="which kernel: 6.1 (Debian 12, default) or 6.12 (Debian's bookworm-backports "
+                        "source, fetched into the cache and built there on first use)")  # fmt: skip
     p.add_argument("--vectors", type=cliargs.vectors, default=None, metavar="N",
                    help="MSI-X table size, 0..2048 (default 2*queue-pairs+2; 0 = no MSI-X, "
                         "INTx)")  # fmt: skip

@@ -1,16 +1,24 @@
-"""The User-Mode Linux kernel and its root file system, built by the project into a cache.
+"""The User-Mode Linux kernels and their root file system, built by the project into a cache.
 
-The kernel is Debian's ``linux-source-6.1`` (``/usr/src/linux-source-6.1.tar.xz``, from the
-package of that name) configured with ``make ARCH=um defconfig`` plus the committed fragment
-``uml.config`` (PCI over virtio, virtio-pci, virtio-net, debug info for gdb). The build lives in
-``~/.cache/virtio-msix/uml/linux-source-6.1``; a stamp holding the fragment's hash marks a
-finished build, so later runs reuse it and a changed fragment rebuilds incrementally.
+Two kernels, by version (``--kernel``; 6.1 is the default everywhere):
+
+- 6.1: Debian's ``linux-source-6.1`` (``/usr/src/linux-source-6.1.tar.xz``, from the package of
+  that name, installed by scripts/setup --system);
+- 6.12: Debian's ``linux-source-6.12`` from bookworm-backports, fetched into the cache by
+  qemu/backports.py (never installed on the machine).
+
+Each is configured with ``make ARCH=um defconfig`` plus the committed fragment ``uml.config``
+(PCI over virtio, virtio-pci, virtio-net, debug info for gdb) and patched with its own
+``patches/<version>/*.patch``. A build lives in ``~/.cache/virtio-msix/uml/linux-source-<version>``;
+a stamp per tree holding the fragment's and the patches' hash marks a finished build, so later
+runs reuse it and a changed fragment rebuilds incrementally.
 
 The root file system is a directory exported with hostfs: busybox-static's ``/bin/busybox``,
 applet links and an ``/init`` written for each boot.
 
-``python -m virtio_msix.uml.kernel --build`` builds (or checks) the kernel; CI calls it before the
-tests so that a build failure is reported as such, not as a test failure.
+``python -m virtio_msix.uml.kernel --build [--kernel 6.1|6.12|all]`` builds (or checks) the
+kernels; CI calls it with ``--kernel all`` before the tests so that a build failure is reported
+as such, not as a test failure.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import hashlib
 import os
 import platform
@@ -35,12 +44,54 @@ from pathlib import Path
 from ..host.env import PrerequisiteMissing, cache_dir, require
 from .procs import die_with_parent, kill_session
 
-SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
-SOURCE_PACKAGE = "linux-source-6.1"
 FRAGMENT = Path(__file__).with_name("uml.config")
-# Patches to the UML platform code only (each file says why); applied in name order.
-PATCHES = sorted(Path(__file__).with_name("patches").glob("*.patch"))
-TREE_NAME = "linux-source-6.1"
+PATCH_DIR = Path(__file__).with_name("patches")
+
+
+@dataclass(frozen=True)
+class KernelVersion:
+    """One kernel the project builds as User-Mode Linux."""
+
+    name: str  # "6.1"
+    source_package: str  # Debian's package holding /usr/src/<package>.tar.xz
+
+    @property
+    def tree_name(self) -> str:
+        return self.source_package
+
+    @property
+    def patches(self) -> list[Path]:
+        """Patches to the UML platform code only (each file says why); applied in name order."""
+        return sorted((PATCH_DIR / self.name).glob("*.patch"))
+
+    def source_tarball(self, fetch: bool = False) -> Path:
+        """Where the source tarball is; with ``fetch``, 6.12's is downloaded first if missing."""
+        if self.name == "6.1":
+            return Path(f"/usr/src/{self.source_package}.tar.xz")
+        from ..qemu import backports
+
+        if fetch:
+            return backports.fetch_source()
+        return backports.root_dir() / "source" / "usr" / "src" / f"{self.source_package}.tar.xz"
+
+
+VERSIONS = {v.name: v for v in (KernelVersion("6.1", "linux-source-6.1"),
+                                KernelVersion("6.12", "linux-source-6.12"))}  # fmt: skip
+DEFAULT_VERSION = "6.1"
+
+
+def kernel_version(name: str = DEFAULT_VERSION) -> KernelVersion:
+    try:
+        return VERSIONS[name]
+    except KeyError:
+        raise ValueError(f"kernel {name!r}: choose one of {', '.join(VERSIONS)}") from None
+
+
+# 6.1's, under the names this module had before it knew two versions.
+SOURCE_TARBALL = VERSIONS["6.1"].source_tarball()
+SOURCE_PACKAGE = VERSIONS["6.1"].source_package
+PATCHES = VERSIONS["6.1"].patches
+TREE_NAME = VERSIONS["6.1"].tree_name
 BUSYBOX = Path("/bin/busybox")
 BUSYBOX_APPLETS = (
     "sh mount umount cat echo sleep ip ping poweroff ls grep head tail awk sed seq true dd "
@@ -165,8 +216,8 @@ def uml_dir() -> Path:
     return cache_dir() / "uml"
 
 
-def tree_dir() -> Path:
-    return uml_dir() / TREE_NAME
+def tree_dir(version: str = DEFAULT_VERSION) -> Path:
+    return uml_dir() / kernel_version(version).tree_name
 
 
 def config_fragment() -> str:
@@ -177,35 +228,40 @@ def config_fragment() -> str:
             + "\n".join(plan.config_lines()) + "\n")  # fmt: skip
 
 
-def fragment_hash() -> str:
+def fragment_hash(version: str = DEFAULT_VERSION) -> str:
     """Fingerprint of what the build depends on besides the source package: the config
-    fragment with this host's FP sizing, and the patches. A cache built on a host whose XSAVE
-    area needs another size does not match, so it is rebuilt."""
+    fragment with this host's FP sizing, and the version's patches. A cache built on a host
+    whose XSAVE area needs another size does not match, so it is rebuilt. (6.1's hash is what
+    it was before there were two versions, so existing caches stay valid.)"""
     h = hashlib.sha256(config_fragment().encode())
-    for p in PATCHES:
+    for p in kernel_version(version).patches:
         h.update(p.name.encode() + p.read_bytes())
     return h.hexdigest()[:16]
 
 
-def kernel_path() -> Path:
-    return tree_dir() / "linux"
+def kernel_path(version: str = DEFAULT_VERSION) -> Path:
+    return tree_dir(version) / "linux"
 
 
-def stamp_path() -> Path:
-    return tree_dir() / ".virtio-msix-fragment"
+def stamp_path(version: str = DEFAULT_VERSION) -> Path:
+    return tree_dir(version) / ".virtio-msix-fragment"
 
 
-def is_built() -> bool:
-    stamp = stamp_path()
+def is_built(version: str = DEFAULT_VERSION) -> bool:
+    stamp = stamp_path(version)
     return (
-        kernel_path().is_file() and stamp.is_file() and stamp.read_text().strip() == fragment_hash()
+        kernel_path(version).is_file()
+        and stamp.is_file()
+        and stamp.read_text().strip() == fragment_hash(version)
     )
 
 
-def _check_prerequisites() -> None:
-    if not SOURCE_TARBALL.is_file():
+def _check_prerequisites(kv: KernelVersion) -> Path:
+    """The source tarball (6.12's fetched from bookworm-backports if missing) and the tools."""
+    tarball = kv.source_tarball(fetch=True)
+    if not tarball.is_file():
         raise PrerequisiteMissing(
-            f"{SOURCE_TARBALL} not found: install the Debian package {SOURCE_PACKAGE} "
+            f"{tarball} not found: install the Debian package {kv.source_package} "
             "(scripts/setup --system does)"
         )
     for program, package in (
@@ -217,6 +273,7 @@ def _check_prerequisites() -> None:
         ("xz", "xz-utils"),
     ):
         require(program, package)
+    return tarball
 
 
 def _run(cmd: list[str], cwd: Path, log, progress: bool, label: str) -> None:
@@ -250,28 +307,32 @@ def _run(cmd: list[str], cwd: Path, log, progress: bool, label: str) -> None:
         raise RuntimeError(f"{label} failed (exit {rc}); see {log.name}")
 
 
-def build(progress: bool = True, jobs: int | None = None, steps: BuildSteps | None = None) -> Path:
-    """Build the UML kernel if the cache lacks it; returns the path of the ``linux`` binary.
+def build(progress: bool = True, jobs: int | None = None, version: str = DEFAULT_VERSION,
+          steps: BuildSteps | None = None) -> Path:
+    """Build the UML kernel of ``version`` if the cache lacks it; returns the path of its
+    ``linux`` binary.
 
     Safe when several commands start it at once: one builds while the others wait on a lock
     (``build.lock`` in the cache), then find the kernel built. The build runs in a staging
     directory renamed into place only when it is complete and stamped, so an interrupted build
     never leaves a tree that looks finished (the next build resumes in the staging directory).
     ``steps`` replaces the build steps (tests of this machinery only)."""
-    if is_built():
-        return kernel_path()
-    _check_prerequisites()
+    kv = kernel_version(version)
+    if is_built(version):
+        return kernel_path(version)
+    tarball = _check_prerequisites(kv)
     top = uml_dir()
     top.mkdir(parents=True, exist_ok=True)
     with _build_lock(top, progress):
-        if is_built():  # built by the command that held the lock while we waited
-            return kernel_path()
-        staging = _staging_tree(top)
-        (steps or _build_steps)(top, staging, progress, jobs or os.cpu_count() or 2)
-        (staging / stamp_path().name).write_text(fragment_hash() + "\n")
+        if is_built(version):  # built by the command that held the lock while we waited
+            return kernel_path(version)
+        staging = _staging_tree(top, version)
+        run_steps = steps or functools.partial(_build_steps, kv=kv, tarball=tarball)
+        run_steps(top, staging, progress, jobs or os.cpu_count() or 2)
+        (staging / stamp_path(version).name).write_text(fragment_hash(version) + "\n")
         # Kbuild's in-tree paths are relative, so the renamed tree stays incremental.
-        os.rename(staging, tree_dir())
-    return kernel_path()
+        os.rename(staging, tree_dir(version))
+    return kernel_path(version)
 
 
 # (top, tree, progress, jobs): unpack, configure and build the kernel in ``tree``.
@@ -299,33 +360,36 @@ def _build_lock(top: Path, progress: bool) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _staging_tree(top: Path) -> Path:
+def _staging_tree(top: Path, version: str = DEFAULT_VERSION) -> Path:
     """The directory the build runs in, never the published tree: an interrupted staging tree
     is resumed; otherwise an unfinished or outdated published tree is moved here (Kbuild
     rebuilds it incrementally), unstamped first so that it cannot look finished."""
-    staging = top / (TREE_NAME + STAGING_SUFFIX)
-    final = tree_dir()
+    final = tree_dir(version)
+    staging = top / (final.name + STAGING_SUFFIX)
+    stamp = stamp_path(version).name
     if final.exists():
         if staging.exists():
             shutil.rmtree(final)
         else:
-            (final / stamp_path().name).unlink(missing_ok=True)
+            (final / stamp).unlink(missing_ok=True)
             if (final / "Makefile").is_file():  # unpacked by a build before the marker existed
                 (final / UNPACKED).touch()
             os.rename(final, staging)
     staging.mkdir(exist_ok=True)
-    (staging / stamp_path().name).unlink(missing_ok=True)
+    (staging / stamp).unlink(missing_ok=True)
     return staging
 
 
-def _build_steps(top: Path, tree: Path, progress: bool, jobs: int) -> None:
-    """Unpack linux-source-6.1 into ``tree``, patch, configure and build ``linux``."""
+def _build_steps(top: Path, tree: Path, progress: bool, jobs: int, *, kv: KernelVersion,
+                 tarball: Path) -> None:  # fmt: skip
+    """Unpack the kernel source into ``tree``, patch, configure and build ``linux``."""
     with open(top / "build.log", "a") as log:
         if progress:
-            sys.stderr.write(f"virtio-msix: building User-Mode Linux 6.1 into {tree_dir()}\n")
+            sys.stderr.write(f"virtio-msix: building User-Mode Linux {kv.name} into "
+                             f"{tree_dir(kv.name)}\n")  # fmt: skip
         if not (tree / UNPACKED).is_file():
-            _unpack(tree, log, progress)
-        for patch in PATCHES:
+            _unpack(tree, log, progress, tarball, kv)
+        for patch in kv.patches:
             _apply_patch(tree, patch, log)
         frag = tree / "virtio-msix.config"
         frag.write_text(config_fragment())
@@ -342,11 +406,11 @@ def _build_steps(top: Path, tree: Path, progress: bool, jobs: int) -> None:
         _run(["make", "ARCH=um", f"-j{jobs}", "linux"], tree, log, progress, "make linux")
 
 
-def _unpack(tree: Path, log, progress: bool) -> None:
+def _unpack(tree: Path, log, progress: bool, tarball: Path, kv: KernelVersion) -> None:
     """Unpack the source into ``tree`` (again, if an earlier unpack was interrupted); a marker
     says it completed."""
-    _run(["tar", "-xf", str(SOURCE_TARBALL), "--strip-components=1"], tree, log, progress,
-         "unpack linux-source-6.1")  # fmt: skip
+    _run(["tar", "-xf", str(tarball), "--strip-components=1"], tree, log, progress,
+         f"unpack {kv.source_package}")  # fmt: skip
     (tree / UNPACKED).touch()
 
 
@@ -407,13 +471,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m virtio_msix.uml.kernel")
     p.add_argument("--build", action="store_true", help="build the kernel if not cached")
     p.add_argument("--path", action="store_true", help="print the kernel binary's path")
+    p.add_argument("--kernel", choices=(*VERSIONS, "all"), default=DEFAULT_VERSION,
+                   help=f"which kernel (default {DEFAULT_VERSION}; all: every one, as CI does)")  # fmt: skip
     args = p.parse_args(argv)
+    versions = list(VERSIONS) if args.kernel == "all" else [args.kernel]
     try:
-        if args.build:
-            path = build()
-            print(f"UML kernel: {path} (fragment {fragment_hash()})")
-        if args.path:
-            print(kernel_path())
+        for v in versions:
+            if args.build:
+                path = build(version=v)
+                print(f"UML kernel {v}: {path} (fragment {fragment_hash(v)})")
+            if args.path:
+                print(kernel_path(v))
     except PrerequisiteMissing as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
