@@ -23,12 +23,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from ..pci.sink import NullSink
 from ..trace import Recorder
+from ..trace.recorder import JsonlWriter
 from ..virtio import make_virtio_net_pci
 from ..virtio.backends import ResponderBackend, TapBackend
 from ..virtio.memory import GuestMemoryError
@@ -50,6 +52,16 @@ TAP_GUEST_IP = "172.30.77.15"
 TAP_HOST_IP = "172.30.77.1"
 MARK = "@@vmsix"
 CONSOLE_READS_PER_PASS = 16  # of 64 KiB each, per pass of the event loop
+# What a session keeps of what the kernel prints and does (a guest decides how much that is):
+# the console's first lines and its last bytes, each section parsed from markers up to a size,
+# the first register-access records (enumeration and probe, what the sim-vs-real comparisons
+# read) and the last ones. Everything cut is counted and the result says so.
+CONSOLE_HEAD_LINES = 2000
+CONSOLE_TAIL_BYTES = 1 << 20
+CONSOLE_MAX_LINE = 64 << 10  # a longer run without a newline is split into lines this long
+SECTION_MAX_BYTES = 1 << 20
+RECORDS_FIRST = 100_000
+RECORDS_LAST = 20_000
 
 DEFAULT_SCRIPT = f"""\
 echo {MARK} interrupts-before; cat /proc/interrupts; echo {MARK} end
@@ -111,6 +123,8 @@ class BootOptions:
     # Run this instead of the UML kernel, with the socket path as its last argument: a stand-in
     # peer for tests that speak vhost-user themselves (tests/hostile/). None: the real kernel.
     kernel_command: list[str] | None = None
+    # Stream every access record to this file (JSON lines) as it is made.
+    trace_json: str | Path | None = None
 
 
 @dataclass
@@ -134,6 +148,8 @@ class BootResult:
     finished: bool = False
     panic: str | None = None
     console_tail: list[str] = field(default_factory=list)
+    # What the bounds above cut: console lines and bytes, section bytes, access records.
+    cut: dict[str, int] = field(default_factory=dict)
 
     def interrupts(self, when: str) -> list[dict[str, Any]]:
         return parse_proc_interrupts(self.sections.get(f"interrupts-{when}", ""))
@@ -342,6 +358,41 @@ DEATH_LINES = re.compile(r"(Kernel panic - not syncing: .*|BUG: .*|Oops: .*|"
 TAIL_LINES = 12
 
 
+class BoundedConsole:
+    """The console lines of a session: the first CONSOLE_HEAD_LINES and the lines of the last
+    CONSOLE_TAIL_BYTES; what falls between is counted (lines and bytes), not kept."""
+
+    def __init__(self, head_lines: int = CONSOLE_HEAD_LINES,
+                 tail_bytes: int = CONSOLE_TAIL_BYTES) -> None:  # fmt: skip
+        self.head: list[str] = []
+        self.tail: deque[str] = deque()
+        self.head_lines, self.tail_bytes = head_lines, tail_bytes
+        self.tail_size = 0
+        self.cut_lines = 0
+        self.cut_bytes = 0
+
+    def append(self, line: str) -> None:
+        if len(self.head) < self.head_lines:
+            self.head.append(line)
+            return
+        self.tail.append(line)
+        self.tail_size += len(line) + 1
+        while self.tail_size > self.tail_bytes and len(self.tail) > 1:
+            old = self.tail.popleft()
+            self.tail_size -= len(old) + 1
+            self.cut_lines += 1
+            self.cut_bytes += len(old) + 1
+
+    def lines(self) -> list[str]:
+        return self.head + list(self.tail)
+
+    def text(self) -> str:
+        cut = []
+        if self.cut_lines:
+            cut = [f"[... {self.cut_lines} console lines ({self.cut_bytes} bytes) not kept ...]"]
+        return "\n".join(self.head + cut + list(self.tail))
+
+
 def console_tail(console: list[str]) -> tuple[str | None, list[str]]:
     """(the death line, the console lines leading to it). The death line is the panic line if
     the kernel printed one, else the first oops/BUG line; the lines are those before the first
@@ -393,8 +444,10 @@ class BootSession:
 
     def __init__(self, opts: BootOptions) -> None:
         self.opts = opts
-        self.recorder = Recorder()
+        # Bounded: a kernel may make legal register accesses for as long as --timeout lets it.
+        self.recorder = Recorder(keep_first=RECORDS_FIRST, keep_last=RECORDS_LAST)
         phase_tagger(self.recorder)
+
         if opts.net == "tap":
             self.netdev: Any = _tap_with_host_address(TAP_HOST_IP)
             self.guest_ip, self.host_ip = TAP_GUEST_IP, TAP_HOST_IP
@@ -416,9 +469,12 @@ class BootSession:
             recorder=self.recorder,
             backend=self.netdev,
         )
-        self.console: list[str] = []
+        self.console = BoundedConsole()
         self._partial = ""
-        self.sections: dict[str, str] = {}
+        # Sections as lists of lines (joined at the end: no quadratic re-copying), bounded.
+        self._sections: dict[str, list[str]] = {}
+        self._section_size: dict[str, int] = {}
+        self.sections_cut = 0  # bytes of section lines not kept
         self._section: str | None = None
         self.times: dict[str, float] = {}
         self.snapshot: dict[str, Any] = {}
@@ -436,6 +492,15 @@ class BootSession:
         *lines, self._partial = text.split("\n")
         for line in lines:
             self._console_line(line.rstrip("\r"))
+        # A console that never prints a newline must not grow one line without end (nor make
+        # each read re-join all of it): a long run becomes lines of CONSOLE_MAX_LINE.
+        while len(self._partial) > CONSOLE_MAX_LINE:
+            self._console_line(self._partial[:CONSOLE_MAX_LINE])
+            self._partial = self._partial[CONSOLE_MAX_LINE:]
+
+    @property
+    def sections(self) -> dict[str, str]:
+        return {k: "".join(v) for k, v in self._sections.items()}
 
     def _console_line(self, line: str) -> None:
         self.console.append(line)
@@ -451,10 +516,16 @@ class BootSession:
                 self._section = None
             elif tag:
                 self._section = tag
-                self.sections.setdefault(tag, "")
+                self._sections.setdefault(tag, [])
+                self._section_size.setdefault(tag, 0)
             return
         if self._section is not None:
-            self.sections[self._section] += line + "\n"
+            size = len(line) + 1
+            if self._section_size[self._section] + size > SECTION_MAX_BYTES:
+                self.sections_cut += size
+            else:
+                self._sections[self._section].append(line + "\n")
+                self._section_size[self._section] += size
         if self.opts.console is not None:
             self.opts.console.write(line + "\n")
             self.opts.console.flush()
@@ -463,10 +534,20 @@ class BootSession:
     def run(self) -> BootResult:
         """Boot, serve, stop. Every process started is stopped and the run's directory removed
         on every way out; SIGINT/SIGTERM/SIGHUP end the run with ``BootInterrupted``."""
-        with procs.Signals() as sigs:
-            # A stand-in peer (tests) needs no kernel.
-            linux = uml_kernel.build(progress=True) if self.opts.kernel_command is None else None
-            result = self._run_kernel(linux, sigs)
+        trace = None
+        if self.opts.trace_json is not None:
+            # Streamed as they come: the file has every record, the bound is on memory only.
+            trace = open(self.opts.trace_json, "w", encoding="utf-8")  # noqa: SIM115
+            self.recorder.subscribe(JsonlWriter(trace))
+        try:
+            with procs.Signals() as sigs:
+                # A stand-in peer (tests) needs no kernel.
+                linux = (uml_kernel.build(progress=True)
+                         if self.opts.kernel_command is None else None)  # fmt: skip
+                result = self._run_kernel(linux, sigs)
+        finally:
+            if trace is not None:
+                trace.close()
         if sigs.got is not None:
             raise BootInterrupted(sigs.got)
         return result
@@ -553,10 +634,20 @@ class BootSession:
         if not result.finished:
             # What was observed, nothing more: the device as the kernel left it.
             self.snapshot = device_views(self.device, self.opts.queue_pairs)
-            result.panic, result.console_tail = console_tail(self.console)
+            result.panic, result.console_tail = console_tail(self.console.lines())
             if proc is not None:
                 result.error = self._fate(result, gdb_log_text if under_gdb else None)
-        result.console = "\n".join(self.console)
+        result.console = self.console.text()
+        result.cut = {
+            k: v
+            for k, v in (
+                ("console_lines", self.console.cut_lines),
+                ("console_bytes", self.console.cut_bytes),
+                ("section_bytes", self.sections_cut),
+                ("records", self.recorder.dropped),
+            )
+            if v
+        }
         result.host = self.host
         result.vhost = self.vhost
         result.times = {k: v for k, v in self.times.items() if k != "start"}
