@@ -57,6 +57,7 @@ CONSOLE_READS_PER_PASS = 16  # of 64 KiB each, per pass of the event loop
 # the first register-access records (enumeration and probe, what the sim-vs-real comparisons
 # read) and the last ones. Everything cut is counted and the result says so.
 CONSOLE_HEAD_LINES = 2000
+CONSOLE_HEAD_BYTES = 256 << 10
 CONSOLE_TAIL_BYTES = 1 << 20
 CONSOLE_MAX_LINE = 64 << 10  # a longer run without a newline is split into lines this long
 SECTION_MAX_BYTES = 1 << 20
@@ -359,12 +360,15 @@ TAIL_LINES = 12
 
 
 class BoundedConsole:
-    """The console lines of a session: the first CONSOLE_HEAD_LINES and the lines of the last
-    CONSOLE_TAIL_BYTES; what falls between is counted (lines and bytes), not kept."""
+    """The console lines of a session: the first CONSOLE_HEAD_LINES (at most CONSOLE_HEAD_BYTES)
+    and the lines of the last CONSOLE_TAIL_BYTES; what falls between is counted, not kept."""
 
     def __init__(self, head_lines: int = CONSOLE_HEAD_LINES,
-                 tail_bytes: int = CONSOLE_TAIL_BYTES) -> None:  # fmt: skip
+                 tail_bytes: int = CONSOLE_TAIL_BYTES,
+                 head_bytes: int = CONSOLE_HEAD_BYTES) -> None:  # fmt: skip
         self.head: list[str] = []
+        self.head_bytes = head_bytes
+        self.head_size = 0
         self.tail: deque[str] = deque()
         self.head_lines, self.tail_bytes = head_lines, tail_bytes
         self.tail_size = 0
@@ -372,9 +376,11 @@ class BoundedConsole:
         self.cut_bytes = 0
 
     def append(self, line: str) -> None:
-        if len(self.head) < self.head_lines:
+        if len(self.head) < self.head_lines and self.head_size + len(line) < self.head_bytes:
             self.head.append(line)
+            self.head_size += len(line) + 1
             return
+        self.head_lines = 0  # the head is closed: every later line goes to the tail
         self.tail.append(line)
         self.tail_size += len(line) + 1
         while self.tail_size > self.tail_bytes and len(self.tail) > 1:
