@@ -564,6 +564,7 @@ class BootSession:
         work = Path(tempfile.mkdtemp(prefix="virtio-msix-uml-"))
         proc: subprocess.Popen[bytes] | None = None
         reaper: procs.Reaper | None = None
+        subreaper: procs.Subreaper | None = None
         gdb_log_text = ""
         under_gdb = bool(opts.backtraces or opts.gdb_init)
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -589,6 +590,7 @@ class BootSession:
             env = dict(os.environ, TMPDIR=str(work))
             self.times["start"] = time.monotonic()
             with sigs.deferred():  # the processes must be recorded before a signal can end us
+                subreaper = procs.Subreaper()
                 reaper = procs.Reaper()
                 proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, env=env, cwd=work,
@@ -615,6 +617,11 @@ class BootSession:
                 # Interrupted or timed out: the kernel is not about to power off, do not wait.
                 at_once = sigs.got is not None or (result.error or "").startswith("timeout")
                 result.exit_code = self._stop(proc, at_once=at_once)
+                if subreaper is not None:
+                    # Processes that left the kernel's session (setsid) and were orphaned
+                    # to us, or still run below it: killed and reaped too.
+                    keep = {reaper.proc.pid} if reaper is not None else set()
+                    self.left_alive += subreaper.kill_escaped(keep, {proc.pid})
                 if self._out_fd is not None:
                     self._drain(self._out_fd)  # the console to its last line
                 if proc.stdout is not None:
@@ -633,6 +640,8 @@ class BootSession:
             shutil.rmtree(work, ignore_errors=True)
             if reaper is not None:
                 reaper.close()
+            if subreaper is not None:
+                subreaper.close()
         if self._partial:
             self._console_line(self._partial)
             self._partial = ""
