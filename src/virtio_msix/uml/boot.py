@@ -751,7 +751,8 @@ class BootSession:
                     return None
                 return self._death_reason(proc, VhostUserError("no connection"))
             # A queue left with work at its per-call bound is served on the next pass at once.
-            wait = 0.0 if self.device.device.backlog else 0.05
+            busy = self.device.device.backlog or (self.host is not None and self.host.backlog)
+            wait = 0.0 if busy else 0.05
             ready, _, _ = select.select(rl, [], [], wait)
             for r in ready:
                 if r is srv:
