@@ -87,7 +87,11 @@ def serve_legal_reads(session: BootSession, passes: int) -> None:
             struct.pack_into("<H", mem.buf, 0x1404 + 2 * s, 2 * s)
         avail = (avail + 16) & 0xFFFF
         struct.pack_into("<H", mem.buf, 0x1402, avail)
-        assert host.process_cmds() == 16
+        served = 0
+        while served < 16:  # a pass may stop at its access bound: the next one goes on
+            n = host.process_cmds()
+            assert n
+            served += n
 
 
 def test_boot_keeps_the_first_records_whole_and_a_bounded_tail(monkeypatch, tmp_path):
