@@ -8,6 +8,7 @@ memory is wrapped only to count what the device reads and writes.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from virtio_msix.host.backends import LoopbackBackend
 from virtio_msix.virtio import make_virtio_net_pci
@@ -35,8 +36,12 @@ class CountingMemory(GuestMemory):
         self.reads = 0
         self.writes = 0
         self.desc_reads = 0
+        # Called before each device read: a driver acting concurrently (another vCPU).
+        self.on_read: Callable[[int, int], None] | None = None
 
     def read(self, addr: int, length: int) -> bytes:
+        if self.on_read is not None:
+            self.on_read(addr, length)
         self.reads += 1
         if length == 16:
             self.desc_reads += 1

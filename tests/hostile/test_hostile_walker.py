@@ -231,6 +231,22 @@ def device_case(draw):
     for n in frames:
         rig.inject(frame(n) if n >= 14 else bytes(n))
     order = draw(st.permutations(["rx", "tx", "cvq", "poll"]))
+    if draw(st.booleans()):
+        # A driver adding buffers while the device walks: each time the device reads a ring's
+        # avail index, one more entry (a head already offered in that ring) is there, as long
+        # as the ring has room. The rings never run dry.
+        reposts = [0]
+
+        def repost(addr: int, length: int) -> None:
+            for ring in rig.rings:
+                in_flight = (ring.avail_idx - ring.used_idx()) & 0xFFFF
+                if addr == ring.avail + 2 and length == 2 and in_flight < ring.size:
+                    slot = ring.avail + 4 + 2 * ((ring.avail_idx - 1) % ring.size)
+                    ring.offer(int.from_bytes(rig.mem.buf[slot : slot + 2], "little"))
+                    reposts[0] += 1
+                    assert reposts[0] < 10_000, "one call keeps consuming what the guest adds"
+
+        rig.mem.on_read = repost
     return rig, order, len(frames)
 
 
@@ -241,6 +257,8 @@ def test_fuzz_queue_notify_writes_only_offered_buffers_with_bounded_work(case):
     before = bytes(rig.mem.buf)
     allowed = [(r.used, 6 + 8 * size) for r in rig.rings]
     allowed += writable_oracle(rig.mem, [(r.desc, size) for r in rig.rings])
+    if rig.mem.on_read is not None:  # the concurrent driver's own writes to its avail rings
+        allowed += [(r.avail, 4 + 2 * size) for r in rig.rings]
     # One kick may walk each offered chain once, and RX about twice the queue size more
     # (frames that do not fit give their chains back), each walk bounded by size +
     # VIRTQUEUE_MAX_SIZE descriptors and as many segment reads; a few ring-index reads on top.

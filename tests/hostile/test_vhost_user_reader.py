@@ -301,3 +301,22 @@ def test_a_broken_irq_ring_does_not_surface_inside_the_device():
     host.queue_irq(PcidevOp.MSI, 0xA0000, 65)
     with pytest.raises(VirtqueueError):
         host.flush_irqs()
+
+
+def test_a_broken_irq_ring_on_pop_ends_the_session_too_counted():
+    """One way for a broken irq ring, pop or push: counted, the waiting interrupts dropped
+    with the reason, and raised (the session ends with a VhostUserError)."""
+    from virtio_msix.virtio.queue import VirtqueueError
+
+    mem = GuestMemory(1 << 16)
+    irq = VirtQueue(1, 16)
+    irq.size, irq.desc_addr, irq.avail_addr, irq.used_addr = 16, 0x1000, 0x2000, 0x3000
+    irq.enabled = True
+    host = VirtPciHost(mem, VirtQueue(0, 16), irq)
+    mem.write(0x2002, struct.pack("<H", 40))  # avail idx 40 ahead on a 16-ring: pop fails
+    host.pending_irqs.extend([b"a" * 20, b"b" * 20])
+    with pytest.raises(VirtqueueError):
+        host.flush_irqs()
+    assert host.stats.bad_by_kind == {"irq queue": 1}
+    assert host.stats.irq_dropped_by_reason == {"irq queue broken": 2}
+    assert not host.pending_irqs

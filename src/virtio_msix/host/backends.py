@@ -62,24 +62,44 @@ class ResponderBackend:
     """A host on the other end of the wire that answers ARP requests and ICMP echo requests
     for its own IPv4 address — enough for a guest to ping through the device."""
 
-    def __init__(self, host_ip: str = "10.0.2.2", host_mac: bytes = bytes.fromhex("525400000002")):
+    def __init__(
+        self,
+        host_ip: str = "10.0.2.2",
+        host_mac: bytes = bytes.fromhex("525400000002"),
+        limit: int = 4096,
+        max_bytes: int = 4 << 20,
+    ) -> None:
         self.host_ip = ip_bytes(host_ip)
         self.host_mac = host_mac
         self.queue: deque[bytes] = deque()
+        self.limit = limit
+        self.max_bytes = max_bytes
+        self.queued_bytes = 0
         self.sent = 0
         self.answered = 0
         self.ignored = 0
+        self.dropped = 0  # answers not queued: the guest sent faster than it receives
 
     def take_frame(self) -> bytes | None:
-        return self.queue.popleft() if self.queue else None
+        if not self.queue:
+            return None
+        frame = self.queue.popleft()
+        self.queued_bytes -= len(frame)
+        return frame
 
     def send(self, frame: bytes) -> None:
         self.sent += 1
         reply = self._answer(frame)
         if reply is None:
             self.ignored += 1
+        elif len(self.queue) >= self.limit or self.queued_bytes + len(reply) > self.max_bytes:
+            # A guest that transmits requests without posting receive buffers would make the
+            # answers pile up without end: keep ``limit`` frames and ``max_bytes`` (as QEMU's
+            # net queue keeps nq_maxlen packets), count the rest.
+            self.dropped += 1
         else:
             self.answered += 1
+            self.queued_bytes += len(reply)
             self.queue.append(reply)
 
     def _answer(self, frame: bytes) -> bytes | None:
@@ -141,9 +161,9 @@ class PcapWriter:
         self.file.flush()
         self.frames += 1
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes) -> bool | None:
         self._write(frame)
-        self.inner.send(frame)
+        return self.inner.send(frame)
 
     def take_frame(self) -> bytes | None:
         frame = self.inner.take_frame()
@@ -159,6 +179,7 @@ class TapBackend:
     """A Linux TAP interface (needs /dev/net/tun and CAP_NET_ADMIN)."""
 
     TUNSETIFF = 0x400454CA
+    dropped = 0  # frames the interface refused (per instance once one is)
     IFF_TAP = 0x0002
     IFF_NO_PI = 0x1000
 
@@ -170,16 +191,21 @@ class TapBackend:
         res = fcntl.ioctl(self.fd, self.TUNSETIFF, ifr)
         self.name = res[:16].rstrip(b"\0").decode()
         self.sent = 0
+        self.dropped = 0
 
     def fileno(self) -> int:
         return self.fd
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes) -> bool:
         try:
             os.write(self.fd, frame)
-            self.sent += 1
         except OSError:
-            pass  # interface down: the frame is lost on the wire, as on real hardware
+            # Interface down, its queue full (EAGAIN, ENOBUFS), a frame it refuses: the frame
+            # is lost on the wire, as on real hardware, but counted (here and by the device).
+            self.dropped += 1
+            return False
+        self.sent += 1
+        return True
 
     def take_frame(self) -> bytes | None:
         try:

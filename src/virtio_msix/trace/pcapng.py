@@ -71,9 +71,9 @@ class FrameTap:
         self.inner = inner
         self.writer = writer
 
-    def send(self, frame: bytes) -> None:
-        self.writer.frame(frame, outbound=True)
-        self.inner.send(frame)
+    def send(self, frame: bytes) -> bool | None:
+        self.writer.frame(frame, outbound=True)  # an OSError here: the device counts the frame
+        return self.inner.send(frame)
 
     def take_frame(self) -> bytes | None:
         frame = self.inner.take_frame()

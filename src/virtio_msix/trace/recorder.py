@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -25,11 +26,26 @@ Record = dict[str, Any]
 class Recorder:
     """Collects records in order; listeners see each record as it is made."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(
+        self, enabled: bool = True, keep_first: int | None = None, keep_last: int = 0
+    ) -> None:
         self.enabled = enabled  # False: records go to the listeners only, none are kept
-        self.records: list[Record] = []
+        self._records: list[Record] = []
         self._listeners: list[Callable[[Record], None]] = []
         self.t0 = time.monotonic_ns()
+        # Bounded (keep_first set): the first ``keep_first`` records and the last
+        # ``keep_last``; ``dropped`` counts those between, which listeners still saw.
+        self.keep_first = keep_first
+        self._tail: deque[Record] = deque(maxlen=keep_last or None)
+        self.keep_last = keep_last
+        self.dropped = 0
+
+    @property
+    def records(self) -> list[Record]:
+        """The records kept, in order (when bounded: the first ones, then the last ones)."""
+        if not self._tail:
+            return self._records
+        return self._records + list(self._tail)
 
     def subscribe(self, listener: Callable[[Record], None], first: bool = False) -> None:
         """``first``: before the listeners already there (one that adds keys others read)."""
@@ -56,12 +72,20 @@ class Recorder:
     def _emit(self, rec: Record) -> None:
         rec["t"] = time.monotonic_ns() - self.t0
         if self.enabled:
-            self.records.append(rec)
+            if self.keep_first is None or len(self._records) < self.keep_first:
+                self._records.append(rec)
+            elif self.keep_last:
+                if len(self._tail) == self.keep_last:
+                    self.dropped += 1
+                self._tail.append(rec)
+            else:
+                self.dropped += 1
         for listener in self._listeners:
             listener(rec)
 
     def clear(self) -> None:
-        self.records.clear()
+        self._records.clear()
+        self._tail.clear()
 
     def accesses(self) -> Iterator[Record]:
         """Only the register-access records (those replay compares)."""

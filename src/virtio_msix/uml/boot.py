@@ -22,6 +22,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -40,6 +41,7 @@ from ..host.phases import PhaseTagger
 from ..host.views import default_vectors, device_views, queue_names
 from ..pci.sink import NullSink
 from ..trace import Recorder
+from ..trace.recorder import JsonlWriter
 from ..virtio import make_virtio_net_pci
 from ..virtio.device import VirtioDevice
 from ..virtio.memory import GuestMemoryError
@@ -61,6 +63,17 @@ TAP_GUEST_IP = "172.30.77.15"
 TAP_HOST_IP = "172.30.77.1"
 MARK = "@@vmsix"
 CONSOLE_READS_PER_PASS = 16  # of 64 KiB each, per pass of the event loop
+# What a session keeps of what the kernel prints and does (a guest decides how much that is):
+# the console's first lines and its last bytes, each section parsed from markers up to a size,
+# the first register-access records (enumeration and probe, what the sim-vs-real comparisons
+# read) and the last ones. Everything cut is counted and the result says so.
+CONSOLE_HEAD_LINES = 2000
+CONSOLE_HEAD_BYTES = 256 << 10
+CONSOLE_TAIL_BYTES = 1 << 20
+CONSOLE_MAX_LINE = 64 << 10  # a longer run without a newline is split into lines this long
+SECTION_MAX_BYTES = 1 << 20
+RECORDS_FIRST = 100_000
+RECORDS_LAST = 20_000
 
 # For a device of the user's: what the kernel made of it.
 DEVICE_SCRIPT = f"""\
@@ -136,6 +149,8 @@ class BootOptions:
     device: VirtioDevice | None = None
     # Which UML kernel (uml/kernel.py VERSIONS): "6.1" (Debian 12) or "6.12" (bookworm-backports).
     kernel: str = uml_kernel.DEFAULT_VERSION
+    # Stream every access record to this file (JSON lines) as it is made.
+    trace_json: str | Path | None = None
 
 
 @dataclass
@@ -159,6 +174,8 @@ class BootResult:
     finished: bool = False
     panic: str | None = None
     console_tail: list[str] = field(default_factory=list)
+    # What the bounds above cut: console lines and bytes, section bytes, access records.
+    cut: dict[str, int] = field(default_factory=dict)
 
     def interrupts(self, when: str) -> list[dict[str, Any]]:
         return parse_proc_interrupts(self.sections.get(f"interrupts-{when}", ""))
@@ -338,6 +355,46 @@ DEATH_LINES = re.compile(r"(Kernel panic - not syncing: .*|BUG: .*|Oops: .*|"
 TAIL_LINES = 12
 
 
+class BoundedConsole:
+    """The console lines of a session: the first CONSOLE_HEAD_LINES (at most CONSOLE_HEAD_BYTES)
+    and the lines of the last CONSOLE_TAIL_BYTES; what falls between is counted, not kept."""
+
+    def __init__(self, head_lines: int = CONSOLE_HEAD_LINES,
+                 tail_bytes: int = CONSOLE_TAIL_BYTES,
+                 head_bytes: int = CONSOLE_HEAD_BYTES) -> None:  # fmt: skip
+        self.head: list[str] = []
+        self.head_bytes = head_bytes
+        self.head_size = 0
+        self.tail: deque[str] = deque()
+        self.head_lines, self.tail_bytes = head_lines, tail_bytes
+        self.tail_size = 0
+        self.cut_lines = 0
+        self.cut_bytes = 0
+
+    def append(self, line: str) -> None:
+        if len(self.head) < self.head_lines and self.head_size + len(line) < self.head_bytes:
+            self.head.append(line)
+            self.head_size += len(line) + 1
+            return
+        self.head_lines = 0  # the head is closed: every later line goes to the tail
+        self.tail.append(line)
+        self.tail_size += len(line) + 1
+        while self.tail_size > self.tail_bytes and len(self.tail) > 1:
+            old = self.tail.popleft()
+            self.tail_size -= len(old) + 1
+            self.cut_lines += 1
+            self.cut_bytes += len(old) + 1
+
+    def lines(self) -> list[str]:
+        return self.head + list(self.tail)
+
+    def text(self) -> str:
+        cut = []
+        if self.cut_lines:
+            cut = [f"[... {self.cut_lines} console lines ({self.cut_bytes} bytes) not kept ...]"]
+        return "\n".join(self.head + cut + list(self.tail))
+
+
 def console_tail(console: list[str]) -> tuple[str | None, list[str]]:
     """(the death line, the console lines leading to it). The death line is the panic line if
     the kernel printed one, else the first oops/BUG line; the lines are those before the first
@@ -389,7 +446,8 @@ class BootSession:
 
     def __init__(self, opts: BootOptions) -> None:
         self.opts = opts
-        self.recorder = Recorder()
+        # Bounded: a kernel may make legal register accesses for as long as --timeout lets it.
+        self.recorder = Recorder(keep_first=RECORDS_FIRST, keep_last=RECORDS_LAST)
         PhaseTagger(self.recorder, probe_on_common=True)
         self.netdev: Any = None
         self.guest_ip, self.host_ip = GUEST_IP, HOST_IP
@@ -421,9 +479,12 @@ class BootSession:
                 backend=self.netdev,
             )
         self.queue_names = queue_names(self.device.device)
-        self.console: list[str] = []
+        self.console = BoundedConsole()
         self._partial = ""
-        self.sections: dict[str, str] = {}
+        # Sections as lists of lines (joined at the end: no quadratic re-copying), bounded.
+        self._sections: dict[str, list[str]] = {}
+        self._section_size: dict[str, int] = {}
+        self.sections_cut = 0  # bytes of section lines not kept
         self._section: str | None = None
         self.times: dict[str, float] = {}
         self.snapshot: dict[str, Any] = {}
@@ -442,6 +503,15 @@ class BootSession:
         *lines, self._partial = text.split("\n")
         for line in lines:
             self._console_line(line.rstrip("\r"))
+        # A console that never prints a newline must not grow one line without end (nor make
+        # each read re-join all of it): a long run becomes lines of CONSOLE_MAX_LINE.
+        while len(self._partial) > CONSOLE_MAX_LINE:
+            self._console_line(self._partial[:CONSOLE_MAX_LINE])
+            self._partial = self._partial[CONSOLE_MAX_LINE:]
+
+    @property
+    def sections(self) -> dict[str, str]:
+        return {k: "".join(v) for k, v in self._sections.items()}
 
     def _console_line(self, line: str) -> None:
         self.console.append(line)
@@ -457,10 +527,16 @@ class BootSession:
                 self._section = None
             elif tag:
                 self._section = tag
-                self.sections.setdefault(tag, "")
+                self._sections.setdefault(tag, [])
+                self._section_size.setdefault(tag, 0)
             return
         if self._section is not None:
-            self.sections[self._section] += line + "\n"
+            size = len(line) + 1
+            if self._section_size[self._section] + size > SECTION_MAX_BYTES:
+                self.sections_cut += size
+            else:
+                self._sections[self._section].append(line + "\n")
+                self._section_size[self._section] += size
         if self.opts.console is not None:
             self.opts.console.write(line + "\n")
             self.opts.console.flush()
@@ -469,11 +545,20 @@ class BootSession:
     def run(self) -> BootResult:
         """Boot, serve, stop. Every process started is stopped and the run's directory removed
         on every way out; SIGINT/SIGTERM/SIGHUP end the run with ``BootInterrupted``."""
-        with procs.Signals() as sigs:
-            # A stand-in peer (tests) needs no kernel.
-            linux = (uml_kernel.build(progress=True, version=self.opts.kernel)
-                     if self.opts.kernel_command is None else None)  # fmt: skip
-            result = self._run_kernel(linux, sigs)
+        trace = None
+        if self.opts.trace_json is not None:
+            # Streamed as they come: the file has every record, the bound is on memory only.
+            trace = open(self.opts.trace_json, "w", encoding="utf-8")  # noqa: SIM115
+            self.recorder.subscribe(JsonlWriter(trace))
+        try:
+            with procs.Signals() as sigs:
+                # A stand-in peer (tests) needs no kernel.
+                linux = (uml_kernel.build(progress=True, version=self.opts.kernel)
+                         if self.opts.kernel_command is None else None)  # fmt: skip
+                result = self._run_kernel(linux, sigs)
+        finally:
+            if trace is not None:
+                trace.close()
         if sigs.got is not None:
             raise BootInterrupted(sigs.got)
         return result
@@ -484,6 +569,7 @@ class BootSession:
         work = Path(tempfile.mkdtemp(prefix="virtio-msix-uml-"))
         proc: subprocess.Popen[bytes] | None = None
         reaper: procs.Reaper | None = None
+        subreaper: procs.Subreaper | None = None
         gdb_log_text = ""
         under_gdb = bool(opts.backtraces or opts.gdb_init)
         # gdb stops at every breakpoint and writes its log as the kernel exits: on a loaded host
@@ -513,6 +599,7 @@ class BootSession:
             env = dict(os.environ, TMPDIR=str(work))
             self.times["start"] = time.monotonic()
             with sigs.deferred():  # the processes must be recorded before a signal can end us
+                subreaper = procs.Subreaper()
                 reaper = procs.Reaper()
                 proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, env=env, cwd=work,
@@ -539,6 +626,11 @@ class BootSession:
                 # Interrupted or timed out: the kernel is not about to power off, do not wait.
                 at_once = sigs.got is not None or (result.error or "").startswith("timeout")
                 result.exit_code = self._stop(proc, at_once=at_once)
+                if subreaper is not None:
+                    # Processes that left the kernel's session (setsid) and were orphaned
+                    # to us, or still run below it: killed and reaped too.
+                    keep = {reaper.proc.pid} if reaper is not None else set()
+                    self.left_alive += subreaper.kill_escaped(keep, {proc.pid})
                 if self._out_fd is not None:
                     self._drain(self._out_fd)  # the console to its last line
                 if proc.stdout is not None:
@@ -557,6 +649,8 @@ class BootSession:
             shutil.rmtree(work, ignore_errors=True)
             if reaper is not None:
                 reaper.close()
+            if subreaper is not None:
+                subreaper.close()
         if self._partial:
             self._console_line(self._partial)
             self._partial = ""
@@ -564,10 +658,20 @@ class BootSession:
         if not result.finished:
             # What was observed, nothing more: the device as the kernel left it.
             self.snapshot = device_views(self.device, self.queue_names, "um")
-            result.panic, result.console_tail = console_tail(self.console)
+            result.panic, result.console_tail = console_tail(self.console.lines())
             if proc is not None:
                 result.error = self._fate(result, gdb_log_text if under_gdb else None)
-        result.console = "\n".join(self.console)
+        result.console = self.console.text()
+        result.cut = {
+            k: v
+            for k, v in (
+                ("console_lines", self.console.cut_lines),
+                ("console_bytes", self.console.cut_bytes),
+                ("section_bytes", self.sections_cut),
+                ("records", self.recorder.dropped),
+            )
+            if v
+        }
         result.host = self.host
         result.vhost = self.vhost
         result.times = {k: v for k, v in self.times.items() if k != "start"}
@@ -660,7 +764,11 @@ class BootSession:
                 if "done" in self.times:
                     return None
                 return self._death_reason(proc, VhostUserError("no connection"))
-            ready, _, _ = select.select(rl, [], [], 0.05)
+            # A queue left with work at its per-call bound is served on the next pass at once.
+            busy = getattr(self.device.device, "backlog", None) or (
+                self.host is not None and self.host.backlog)
+            wait = 0.0 if busy else 0.05
+            ready, _, _ = select.select(rl, [], [], wait)
             for r in ready:
                 if r is srv:
                     srv.setblocking(False)  # a connection that went away must not block us

@@ -15,7 +15,6 @@ from ..host.devmodule import device_module
 from ..host.env import PrerequisiteMissing
 from ..host.views import render_event_vectors, render_msix_table
 from ..trace.pcapng import FrameTap, PcapngWriter
-from ..trace.recorder import write_jsonl
 from ..trace.text import table
 from . import kernel as uml_kernel
 from .boot import BootError, BootInterrupted, BootOptions, BootResult, BootSession, run_boot
@@ -92,6 +91,7 @@ def to_json(res: BootResult) -> dict[str, Any]:
         "ping": res.ping(),
         "virt_pci": res.host.summary() if res.host else None,
         "health": health(res),
+        "cut": res.cut,
     }
 
 
@@ -172,6 +172,10 @@ def render(res: BootResult) -> str:
         out.append("")
         out.append("Backtraces from the real kernel (gdb)")
         out.extend(res.backtraces)
+    if res.cut:
+        out.append("")
+        out.append("Not kept (bounded memory; --trace-json still has every record): "
+                   + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in res.cut.items()))  # fmt: skip
     if res.error:
         out.append("")
         out.append(f"error: {res.error}")
@@ -214,6 +218,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
         net=args.net,
         timeout=args.timeout,
         backtraces=args.backtraces,
+        trace_json=args.trace_json,
         # With --json, stdout is the JSON document alone: the console goes to stderr.
         console=None if args.quiet else sys.stderr if args.json else sys.stdout,
         kernel=args.kernel,
@@ -235,8 +240,6 @@ def cmd_boot(args: argparse.Namespace) -> int:
         print(f"virtio-msix boot: {e}; the kernel and every process it started were stopped",
               file=sys.stderr)  # fmt: skip
         return 128 + e.signum
-    if args.trace_json:
-        write_jsonl(res.recorder.records, args.trace_json)
     if args.json:
         print(json.dumps(to_json(res), indent=2))
     else:

@@ -56,6 +56,10 @@ IRQ_MSG_MAX = MSG.size + 4  # virt-pci's MAX_IRQ_MSG_SIZE
 # recycles each): identical ones coalesce, so a real kernel needs one per vector at most.
 MAX_PENDING_IRQS = 256
 ERRORS_KEPT = 8  # the last bad messages' texts kept for the summary
+# Register accesses one pass may make for the kernel's requests: a 4096-byte MMIO_MEMSET to a
+# register region is hundreds of register writes (each notify write a kick), so the pass also
+# stops at this many and leaves the other requests for the next one (``backlog``).
+MAX_ACCESSES_PER_PASS = 4096
 
 
 class PcidevError(Exception):
@@ -114,6 +118,8 @@ class VirtPciHost:
         self.signal_cmd = False
         self.signal_irq = False
         self.irq_error: VirtqueueError | None = None
+        self.accesses = 0  # register accesses made for requests (8/4/2/1-byte pieces)
+        self.backlog = False  # the last pass stopped at a bound with requests left
 
     def attach(self, function: PciFunction) -> None:
         self.function = function
@@ -128,9 +134,15 @@ class VirtPciHost:
     # -- cmd queue ---------------------------------------------------------------------------
     def process_cmds(self) -> int:
         """Serve the available requests, at most a queue's worth (the kernel may keep adding
-        while we serve); returns how many."""
+        while we serve) and at most MAX_ACCESSES_PER_PASS register accesses; returns how
+        many. ``backlog`` says whether requests were left for the next pass."""
         n = 0
+        start = self.accesses
+        self.backlog = False
         while n < max(self.cmd.size, 1):
+            if self.accesses - start >= MAX_ACCESSES_PER_PASS:
+                self.backlog = self.cmd.has_available(self.memory)
+                return n
             elem = self.cmd.pop(self.memory)
             if elem is None:
                 return n
@@ -143,6 +155,7 @@ class VirtPciHost:
             written = elem.write(self.memory, reply) if reply else 0
             self.cmd.push(self.memory, elem, written)
             self.signal_cmd = True
+        self.backlog = self.cmd.has_available(self.memory)
         return n
 
     def _read_prefix(self, elem: Element, length: int) -> bytes:
@@ -237,19 +250,23 @@ class VirtPciHost:
         if not self._bar_ok(fn, "MMIO_READ", bar, addr, size):
             return b"\xff" * size  # what a read nobody claims returns on PCI
         if size in (1, 2, 4, 8):
+            self.accesses += 1
             return fn.bar_read(bar, addr, size).to_bytes(size, "little")
-        return b"".join(fn.bar_read(bar, a, n).to_bytes(n, "little")
-                        for a, n, _ in split_access(addr, size, 8))  # fmt: skip
+        pieces = list(split_access(addr, size, 8))
+        self.accesses += len(pieces)
+        return b"".join(fn.bar_read(bar, a, n).to_bytes(n, "little") for a, n, _ in pieces)
 
     def _mmio_write(self, fn: PciFunction, bar: int, addr: int, data: bytes) -> None:
         size = len(data)
         if not self._bar_ok(fn, "MMIO_WRITE", bar, addr, size):
             return
         if size in (1, 2, 4, 8):
+            self.accesses += 1
             fn.bar_write(bar, addr, size, int.from_bytes(data, "little"))
             return
         # Naturally aligned pieces of 8, 4, 2 or 1 bytes, as the CPU's copy would make them.
         for a, n, _ in split_access(addr, size, 8):
+            self.accesses += 1
             fn.bar_write(bar, a, n, int.from_bytes(data[a - addr : a - addr + n], "little"))
 
     # -- irq queue ---------------------------------------------------------------------------
@@ -286,24 +303,26 @@ class VirtPciHost:
         if self.irq_error is not None:
             e, self.irq_error = self.irq_error, None
             raise e
-        while self.pending_irqs:
-            try:
+        try:
+            while self.pending_irqs:
                 elem = self.irq.pop(self.memory)
-            except VirtqueueError as e:
-                self.bad("irq queue", f"irq queue: {e}")
-                self._drop_irqs("irq queue broken", len(self.pending_irqs))
-                self.pending_irqs.clear()
-                return
-            if elem is None:
-                return
-            msg = self.pending_irqs.popleft()
-            if elem.writable_len < len(msg):
-                self.bad("irq buffer", f"irq buffer of {elem.writable_len} bytes < {len(msg)}")
-                self._drop_irqs("irq buffer too small", 1)
-                self.irq.push(self.memory, elem, 0)
-            else:
-                self.irq.push(self.memory, elem, elem.write(self.memory, msg))
-            self.signal_irq = True
+                if elem is None:
+                    return
+                msg = self.pending_irqs.popleft()
+                if elem.writable_len < len(msg):
+                    self.bad("irq buffer", f"irq buffer of {elem.writable_len} bytes < {len(msg)}")
+                    self._drop_irqs("irq buffer too small", 1)
+                    self.irq.push(self.memory, elem, 0)
+                else:
+                    self.irq.push(self.memory, elem, elem.write(self.memory, msg))
+                self.signal_irq = True
+        except VirtqueueError as e:
+            # A broken irq ring (pop or push) is the peer's error and ends the session, one way
+            # for both: counted, the interrupts waiting dropped with their reason, raised.
+            self.bad("irq queue", f"irq queue: {e}")
+            self._drop_irqs("irq queue broken", len(self.pending_irqs))
+            self.pending_irqs.clear()
+            raise
 
     def summary(self) -> dict[str, Any]:
         return dict(vars(self.stats), pending_irqs=len(self.pending_irqs), errors=list(self.errors))

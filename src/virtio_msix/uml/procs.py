@@ -7,6 +7,11 @@ leader (``start_new_session``), and neither UML (whose own ``setsid()`` fails on
 group leader) nor gdb starts another. A session's id is not reused while any process is in it,
 so "every process whose session is the kernel's" names exactly that tree.
 
+A process of that tree may still leave the session (``setsid``, as a guest-started daemon
+could): while a kernel runs we are a child subreaper (``PR_SET_CHILD_SUBREAPER``), so such a
+process, once orphaned, becomes our child instead of init's, and ``Subreaper.kill_escaped``
+kills and reaps every descendant we did not have before the kernel started.
+
 Three layers stop them:
 - ``kill_session`` on every exit path of the boot (normal, error, SIGINT/SIGTERM);
 - ``PR_SET_PDEATHSIG`` (SIGKILL) on the process we start, for a parent that dies without
@@ -33,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
 # Bound on killing a session (processes can fork between a scan and the kill; rescans until
 # none is left, but never for longer than this).
 KILL_DEADLINE_S = 10.0
@@ -72,6 +79,79 @@ def kill_session(sid: int, deadline_s: float = KILL_DEADLINE_S) -> list[int]:
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def process_table() -> dict[int, tuple[int, str]]:
+    """Every process: pid → (parent pid, state letter)."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 1:
+            table[int(entry)] = (int(fields[1]), fields[0])
+    return table
+
+
+def descendants(root: int, skip: set[int] | frozenset[int] = frozenset()) -> dict[int, str]:
+    """The processes below ``root`` (children, theirs, ...) → state letter, leaving out the
+    subtrees of the pids in ``skip``."""
+    table = process_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    out: dict[int, str] = {}
+    todo = [p for p in children.get(root, []) if p not in skip]
+    while todo:
+        pid = todo.pop()
+        if pid in out:
+            continue
+        out[pid] = table[pid][1]
+        todo.extend(p for p in children.get(pid, []) if p not in skip)
+    return out
+
+
+class Subreaper:
+    """While open, this process is a child subreaper: whatever the kernel's tree orphans (a
+    process that left its session included) becomes our child. ``kill_escaped`` kills and
+    reaps every descendant that was not there when it opened (``keep``: our own helpers)."""
+
+    def __init__(self) -> None:
+        old = ctypes.c_int(0)
+        _libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(old), 0, 0, 0)
+        self._old = old.value
+        _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        self.before = frozenset(descendants(os.getpid()))  # not ours to kill
+
+    def kill_escaped(self, keep: set[int], waited_by_others: set[int],
+                     deadline_s: float = KILL_DEADLINE_S) -> list[int]:  # fmt: skip
+        """SIGKILL every new descendant (not below ``before`` or ``keep``) until none is left,
+        reaping those that became our children (not ``waited_by_others``: a Popen's own);
+        returns the pids still alive at the deadline."""
+        me, skip = os.getpid(), set(self.before) | keep
+        end = time.monotonic() + deadline_s
+        while True:
+            found = descendants(me, frozenset(skip))
+            for pid, state in found.items():
+                if state != "Z":
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            for pid in found:
+                if pid not in waited_by_others and process_table().get(pid, (0, ""))[0] == me:
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(pid, os.WNOHANG)
+            alive = [p for p, st in descendants(me, frozenset(skip)).items()
+                     if st != "Z" and p not in waited_by_others]  # fmt: skip
+            if not alive or time.monotonic() > end:
+                return alive
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        _libc.prctl(PR_SET_CHILD_SUBREAPER, self._old, 0, 0, 0)
 
 
 def die_with_parent() -> Callable[[], None]:

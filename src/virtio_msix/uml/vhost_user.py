@@ -35,11 +35,17 @@ bytes.
 from __future__ import annotations
 
 import array
+import contextlib
+import fcntl
 import os
+import select
+import signal as signals
 import socket
 import stat
 import struct
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -102,6 +108,14 @@ MAX_ERRORS_KEPT = 8  # the last problems' texts kept for the summary
 
 # Payload layouts (packed, little endian): name -> struct.
 U64 = struct.Struct("<Q")
+FD_SYSCALL_LIMIT = 1.0  # seconds a read/write of a call/kick descriptor may block at worst
+
+
+def _ready(fd: int, events: int) -> bool:
+    """Whether ``fd`` is ready for ``events`` now (poll with a zero timeout: any fd number)."""
+    p = select.poll()
+    p.register(fd, events)
+    return bool(p.poll(0))
 VRING_STATE = struct.Struct("<II")  # index, num
 VRING_ADDR = struct.Struct("<IIQQQQ")  # index, flags, desc, used, avail, log
 MEM_REGIONS_HDR = struct.Struct("<II")  # num, padding
@@ -340,6 +354,9 @@ class VhostUserStats:
     unused_fds_closed: int = 0  # descriptors attached to a message that takes none (or fewer)
     calls_coalesced: int = 0  # call pipe full: the peer has not read the earlier ones yet
     kicks_on_stopped_rings: int = 0
+    # A call/kick descriptor the peer made blocking again (it shares the open file
+    # description): set non-blocking once more before the access, counted.
+    fd_blocking_reset: int = 0
     errors: int = 0  # VhostUserError raised (the first ends the session)
 
 
@@ -576,30 +593,77 @@ class VhostUserBackend:
         vr.queue.enabled = vr.enabled and vr.started
 
     # -- used-buffer notification ------------------------------------------------------------
+    def _nonblocking(self, fd: int) -> bool:
+        """Make sure ``fd`` is non-blocking before we read or write it. The call and kick
+        descriptors share their open file description with the peer, which can clear
+        O_NONBLOCK on its copy at any time: returns True if it had (the fd is then suspect)."""
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        if flags & os.O_NONBLOCK:
+            return False
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+        self.stats.fd_blocking_reset += 1
+        return True
+
+    @contextlib.contextmanager
+    def _bounded_syscall(self, what: str, suspect: bool) -> Iterator[None]:
+        """The last guard for a descriptor a peer has made blocking: even after the readiness
+        check and O_NONBLOCK set again, the peer can race us (clear the flag and fill or
+        drain the descriptor in between). A real-time timer interrupts a read or write that
+        blocks anyway (PEP 475: a handler that raises ends the call). Only on such suspect
+        descriptors and only in the main thread (where Python runs signal handlers)."""
+        if not suspect or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def expired(_sig: int, _frame: object) -> None:
+            raise VhostUserError(f"{what}: blocked (the front-end made it blocking)")
+
+        old = signals.signal(signals.SIGALRM, expired)
+        old_timer = signals.setitimer(signals.ITIMER_REAL, FD_SYSCALL_LIMIT)
+        try:
+            yield
+        finally:
+            signals.setitimer(signals.ITIMER_REAL, 0)
+            signals.signal(signals.SIGALRM, old)
+            if old_timer[0]:
+                signals.setitimer(signals.ITIMER_REAL, *old_timer)
+
     def signal(self, index: int) -> None:
         """Tell the front-end about used buffers on ``index`` (write to its call descriptor)."""
         vr = self.vrings[index]
         if vr.call_fd < 0 or not vr.started:
             return
+        what = f"call descriptor of vring {index}"
         try:
-            os.write(vr.call_fd, U64.pack(1))
+            suspect = self._nonblocking(vr.call_fd)
+            if not _ready(vr.call_fd, select.POLLOUT):
+                # The pipe is full of unread calls: one more changes nothing (an eventfd adds
+                # up).
+                self.stats.calls_coalesced += 1
+                return
+            with self._bounded_syscall(what, suspect):
+                os.write(vr.call_fd, U64.pack(1))
         except BlockingIOError:
-            # The pipe is full of unread calls: one more changes nothing (an eventfd adds up).
             self.stats.calls_coalesced += 1
-        except OSError as e:
-            raise VhostUserError(f"call descriptor of vring {index}: {e}") from None
+        except (OSError, ValueError) as e:
+            raise VhostUserError(f"{what}: {e}") from None
 
     def drain_kick(self, index: int) -> int:
         """Consume a kick; returns how many were pending (0 if none)."""
         vr = self.vrings[index]
         if vr.kick_fd < 0:
             return 0
+        what = f"kick descriptor of vring {index}"
         try:
-            data = os.read(vr.kick_fd, 8)
+            suspect = self._nonblocking(vr.kick_fd)
+            if not _ready(vr.kick_fd, select.POLLIN):
+                return 0  # the peer took the count itself between our select and now
+            with self._bounded_syscall(what, suspect):
+                data = os.read(vr.kick_fd, 8)
         except BlockingIOError:
             return 0
-        except OSError as e:
-            raise VhostUserError(f"kick descriptor of vring {index}: {e}") from None
+        except (OSError, ValueError) as e:
+            raise VhostUserError(f"{what}: {e}") from None
         if len(data) != 8:  # cannot happen with the eventfd SET_VRING_KICK checked
             raise VhostUserError(
                 f"kick descriptor of vring {index}: read {len(data)} bytes, not an eventfd count"

@@ -12,8 +12,9 @@ from typing import Protocol
 
 
 class NetBackend(Protocol):
-    def send(self, frame: bytes) -> None:
-        """A frame the guest transmitted (Ethernet, no virtio-net header)."""
+    def send(self, frame: bytes) -> bool | None:
+        """A frame the guest transmitted (Ethernet, no virtio-net header). False (or an
+        OSError) says it was not sent: the device counts it as dropped (tx_backend_error)."""
 
     def take_frame(self) -> bytes | None:
         """The next frame for the guest, or None."""

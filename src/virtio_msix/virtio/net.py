@@ -156,7 +156,9 @@ HDR_LEN = 12  # struct virtio_net_hdr_v1 (VERSION_1 or MRG_RXBUF)
 HDR_LEN_LEGACY = 10
 MAX_FRAME = 65535 + 14
 CTRL_LOG_MAX = 256
-CTRL_MAX_COMMAND = 65536  # longest control command read (QEMU has none; a guard for memory)
+CTRL_MAX_COMMAND = 65536  # most of a control command read whole (QEMU has none; for memory)
+CTRL_LOG_PAYLOAD = 64  # bytes of each command's payload kept in ctrl_log
+MAC_TABLE_ENTRIES = 64  # QEMU's filter table; more set the overflow flags (accept all)
 
 
 class VirtioNet(VirtioDevice):
@@ -210,6 +212,10 @@ class VirtioNet(VirtioDevice):
         # A frame taken from the backend that waits for receive buffers. It survives a device
         # reset and is delivered to the next driver, as QEMU keeps a netdev's queued packets.
         self._held: bytes | None = None
+        # Queues whose last service stopped at its per-call bound with chains still available
+        # (a guest may add buffers as fast as we consume them): poll() comes back to them, as
+        # QEMU's TX bottom half reschedules itself after tx_burst packets.
+        self.backlog: set[int] = set()
         self._reset_net_state()
 
     # -- state -------------------------------------------------------------------------------------
@@ -218,11 +224,14 @@ class VirtioNet(VirtioDevice):
         self.promisc = True
         self.allmulti = False
         self.mac_table: list[bytes] = []
+        self.uni_overflow = False
+        self.multi_overflow = False
         self.vlans: set[int] = set()
         self.guest_offloads = 0
 
     def reset(self) -> None:
         super().reset()
+        self.backlog.clear()
         self.mac[:] = self.default_mac
         self._reset_net_state()
 
@@ -234,7 +243,15 @@ class VirtioNet(VirtioDevice):
             "rx_dropped": rx_dropped,
             "tx_dropped": tx_dropped,
             "rx_held": int(self._held is not None),
+            "backlog_queues": len(self.backlog),
+            **self._backend_counters(),
         }
+
+    def _backend_counters(self) -> dict[str, int]:
+        """Frames the backend itself lost (a loopback queue full, ...), so that a health
+        view shows every drop, not only the device's."""
+        dropped = getattr(self.backend, "dropped", None)
+        return {"backend_dropped": dropped} if isinstance(dropped, int) else {}
 
     def set_driver_features(self, features: int) -> None:
         super().set_driver_features(features)
@@ -306,14 +323,26 @@ class VirtioNet(VirtioDevice):
         if not self.status & DRIVER_OK or not self._dma_allowed():
             return
         try:
-            if index == self.ctrl_index:
-                self._handle_ctrl(index)
-            elif index % 2 == 1:
-                self._handle_tx(index)
-            else:
-                self._deliver_rx()
+            self._service_queue(index)
         except (VirtqueueError, GuestMemoryError) as e:
             self._error(str(e))
+
+    def _service_queue(self, index: int) -> None:
+        if index == self.ctrl_index:
+            self._handle_ctrl(index)
+        elif index % 2 == 1:
+            self._handle_tx(index)
+        else:
+            self._deliver_rx()
+
+    def _note_backlog(self, index: int, done: int, budget: int) -> None:
+        """After a bounded pass: remember the queue if it stopped at its bound with more
+        available, so that the next poll() serves the rest."""
+        q = self.queues[index]
+        if done >= budget and q.has_available(self.memory):
+            self.backlog.add(index)
+        else:
+            self.backlog.discard(index)
 
     def _error(self, reason: str) -> None:
         if self.hooks is not None:
@@ -326,7 +355,10 @@ class VirtioNet(VirtioDevice):
         q = self.queues[index]
         mem = self.memory
         done = 0
-        while (elem := q.pop(mem)) is not None:
+        # At most a ring's worth of chains per call (QEMU stops at tx_burst and reschedules):
+        # a guest that re-posts buffers while we walk must not keep one kick going for ever.
+        budget = max(q.size, 1)
+        while done < budget and (elem := q.pop(mem)) is not None:
             if elem.readable_len < self.hdr_len:
                 # QEMU virtio_net_flush_tx: "virtio-net header incorrect" is a device error.
                 raise VirtqueueError(
@@ -343,20 +375,36 @@ class VirtioNet(VirtioDevice):
             q.push(mem, elem, 0)
             done += 1
             if frame:
-                self.stats["tx_frames"] += 1
-                self.stats["tx_bytes"] += len(frame)
-                self.backend.send(frame)
+                self._send(frame)
             elif frame is not None:
                 self._drop("tx_empty")
+        self._note_backlog(index, done, budget)
         if done and q.should_notify(mem) and self.hooks is not None:
             self.hooks.notify_queue(index)
         if done:
             self._deliver_rx()  # a loopback backend may have frames now
 
+    def _send(self, frame: bytes) -> None:
+        """Hand a transmitted frame to the backend. A backend reports a frame it could not
+        send by returning False or raising OSError (a full disk under a pcap writer, a TAP
+        queue full): the frame is counted as dropped, never as sent, and the device goes on."""
+        try:
+            ok = self.backend.send(frame)
+        except OSError:
+            self._drop("tx_backend_error")
+            return
+        if ok is False:
+            self._drop("tx_backend_error")
+            return
+        self.stats["tx_frames"] += 1
+        self.stats["tx_bytes"] += len(frame)
+
     def poll(self) -> int:
         if not self.status & DRIVER_OK or not self._dma_allowed():
             return 0
         try:
+            for index in sorted(self.backlog):
+                self._service_queue(index)
             return self._deliver_rx()
         except (VirtqueueError, GuestMemoryError) as e:
             self._error(str(e))
@@ -460,7 +508,9 @@ class VirtioNet(VirtioDevice):
         need = self.hdr_len + len(frame)
         elems: list[Element] = []
         room = 0
-        while room < need:
+        # At most a ring's worth of chains for one packet (the guest may keep adding while we
+        # pop), so unpop never gives back more than this call took.
+        while room < need and len(elems) < q.size:
             elem = q.pop(mem)
             if elem is None:
                 break
@@ -502,22 +552,77 @@ class VirtioNet(VirtioDevice):
         q = self.queues[index]
         mem = self.memory
         done = 0
-        while (elem := q.pop(mem)) is not None:
-            if (
-                elem.readable_len < 2
-                or elem.writable_len < 1
-                or elem.readable_len > CTRL_MAX_COMMAND
-            ):
+        budget = max(q.size, 1)  # a ring's worth per call, as for TX
+        while done < budget and (elem := q.pop(mem)) is not None:
+            if elem.readable_len < 2 or elem.writable_len < 1:
                 raise VirtqueueError(f"queue {index}: malformed control command")
-            data = elem.read(mem)
+            # Read at most CTRL_MAX_COMMAND bytes: no command but MAC_TABLE_SET can be longer
+            # than a few bytes, and that one is parsed in place (_mac_table_set).
+            data = elem.read(mem, min(elem.readable_len, CTRL_MAX_COMMAND))
             cls, cmd, payload = data[0], data[1], data[2:]
-            ack = self._ctrl_command(cls, cmd, payload)
-            self.ctrl_log.append((CTRL_CLASS_NAMES.get(cls, str(cls)), cmd, bytes(payload), ack))
+            if cls == CTRL_MAC and cmd == 0:
+                ack = self._mac_table_set(elem, mem, payload)
+            elif elem.readable_len > CTRL_MAX_COMMAND:
+                ack = VIRTIO_NET_ERR  # no such command is that long
+            else:
+                ack = self._ctrl_command(cls, cmd, payload)
+            logged = bytes(payload[:CTRL_LOG_PAYLOAD])
+            self.ctrl_log.append((CTRL_CLASS_NAMES.get(cls, str(cls)), cmd, logged, ack))
             elem.write(mem, bytes([ack]))
             q.push(mem, elem, 1)
             done += 1
+        self._note_backlog(index, done, budget)
         if done and q.should_notify(mem) and self.hooks is not None:
             self.hooks.notify_queue(index)
+
+    def _mac_table_set(self, elem: Element, mem: Memory, prefix: bytes) -> int:
+        """VIRTIO_NET_CTRL_MAC_TABLE_SET (§5.1.6.5.2): a unicast then a multicast table, each a
+        le32 count and that many MACs. As QEMU 7.2 (virtio_net_handle_mac): a table that would
+        take the filter past MAC_TABLE_ENTRIES is not stored but sets its overflow flag (the
+        device then accepts all such frames), and the command is OK; only a length that does
+        not match the counts is an error. The counts are read where they lie, the MACs only
+        when they are kept, so a command of any length costs a bounded read."""
+        total = elem.readable_len - 2  # payload length
+        base = len(prefix)
+
+        def read_at(off: int, n: int) -> bytes:
+            if off + n <= base:
+                return prefix[off : off + n]
+            # Past the prefix read whole: skip to the offset in the chain (2 header bytes).
+            out, skip = [], off + 2
+            for a, seg in elem.readable:
+                if skip >= seg:
+                    skip -= seg
+                    continue
+                take = min(seg - skip, n - sum(map(len, out)))
+                out.append(mem.read(a + skip, take))
+                skip = 0
+                if sum(map(len, out)) >= n:
+                    break
+            return b"".join(out)
+
+        tables: list[list[bytes] | None] = []
+        pos = 0
+        for _ in range(2):
+            if pos + 4 > total:
+                return VIRTIO_NET_ERR
+            (n,) = struct.unpack("<I", read_at(pos, 4))
+            pos += 4
+            if pos + 6 * n > total:
+                return VIRTIO_NET_ERR
+            kept = sum(len(t) for t in tables if t is not None)
+            if kept + n <= MAC_TABLE_ENTRIES:
+                raw = read_at(pos, 6 * n)
+                tables.append([raw[6 * i : 6 * i + 6] for i in range(n)])
+            else:
+                tables.append(None)  # overflow: not read, not stored
+            pos += 6 * n
+        if pos != total:
+            return VIRTIO_NET_ERR
+        uni, multi = tables
+        self.uni_overflow, self.multi_overflow = uni is None, multi is None
+        self.mac_table = (uni or []) + (multi or [])
+        return VIRTIO_NET_OK
 
     def _ctrl_command(self, cls: int, cmd: int, payload: bytes) -> int:
         if cls == CTRL_RX and self.has_feature(VIRTIO_NET_F_CTRL_RX):
@@ -532,23 +637,7 @@ class VirtioNet(VirtioDevice):
             if cmd == 1 and len(payload) == 6:  # ADDR_SET
                 self.mac[:] = payload
                 return VIRTIO_NET_OK
-            if cmd == 0:  # TABLE_SET: two tables, unicast then multicast
-                macs: list[bytes] = []
-                pos = 0
-                for _ in range(2):
-                    if pos + 4 > len(payload):
-                        return VIRTIO_NET_ERR
-                    (n,) = struct.unpack_from("<I", payload, pos)
-                    pos += 4
-                    if pos + 6 * n > len(payload):
-                        return VIRTIO_NET_ERR
-                    macs += [payload[pos + 6 * i : pos + 6 * i + 6] for i in range(n)]
-                    pos += 6 * n
-                if pos != len(payload):
-                    return VIRTIO_NET_ERR
-                self.mac_table = macs
-                return VIRTIO_NET_OK
-            return VIRTIO_NET_ERR
+            return VIRTIO_NET_ERR  # TABLE_SET is _mac_table_set
         if cls == CTRL_VLAN and self.has_feature(VIRTIO_NET_F_CTRL_VLAN):
             if len(payload) != 2:
                 return VIRTIO_NET_ERR

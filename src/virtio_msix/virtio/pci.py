@@ -249,8 +249,10 @@ class VirtioPciDevice(CommonCfg, LegacyInterface, PciFunction):
             self._serve_deferred_kicks()
 
     def dma_allowed(self) -> bool:
-        """TransportHooks: the device may touch guest memory only while Bus Master is on."""
-        return self.bus_master
+        """TransportHooks: the device may touch guest memory only while Bus Master is on, and
+        not while it needs a reset (§2.1.2; QEMU's virtqueue_pop returns nothing while the
+        device is broken), whatever the driver writes to device_status meanwhile."""
+        return self.bus_master and not self.broken
 
     # -- dispatch tables --------------------------------------------------------------------------
     def _handlers(

@@ -124,6 +124,13 @@ def walk_chain(
             # §2.7.5.3.1: no indirect table inside an indirect table, no NEXT with INDIRECT.
             if indirect:
                 raise VirtqueueError(f"{where}: indirect table inside an indirect table")
+            if reads > 1:
+                # Only a chain's head may refer to an indirect table: the driver puts one
+                # INDIRECT descriptor alone in the ring (§2.7.5.3.1: INDIRECT with NEXT is
+                # forbidden, so an indirect descriptor ends a chain; Linux never chains one).
+                # QEMU 7.2 honours INDIRECT only on the head and maps a later one as a plain
+                # buffer; we refuse it as a device error instead, so the driver learns.
+                raise VirtqueueError(f"{where}: INDIRECT descriptor {i} after direct ones")
             if flags & VRING_DESC_F_NEXT:
                 raise VirtqueueError(f"{where}: INDIRECT together with NEXT")
             if length == 0 or length % DESC_SIZE:
