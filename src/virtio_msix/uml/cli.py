@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -37,6 +38,7 @@ def health(res: BootResult) -> dict[str, Any]:
         },
         "vhost_user": res.vhost.summary() if res.vhost is not None else None,
         "device": device_health() if callable(device_health) else None,
+        "event_loop": dict(res.loop),
     }
 
 
@@ -166,8 +168,10 @@ def render(res: BootResult) -> str:
 
 
 def _run_with_pcap(opts: BootOptions, path: str) -> BootResult:
-    """boot --pcap: the device's backend, wrapped, writes every frame both ways."""
-    session = BootSession(opts)
+    """boot --pcap: the device's backend, wrapped, writes every frame both ways. A TAP then
+    has no vnet header (QEMU's vnet_hdr=off): the capture shows the frames on the wire, never
+    a 64 KiB segment with a virtio-net header in front."""
+    session = BootSession(dataclasses.replace(opts, tap_vnet_hdr=False))
     pcap = PcapngWriter(open(path, "wb"))
     try:
         session.device.device.backend = FrameTap(session.device.device.backend, pcap)
