@@ -228,7 +228,8 @@ def uml_floor() -> dict[str, Any]:
 
 def uml_device(args: argparse.Namespace) -> dict[str, Any]:
     features: list[int] = []
-    session = BootSession(BootOptions(net="tap", timeout=300, script=workload(args)))
+    session = BootSession(BootOptions(net="tap", timeout=300, script=workload(args),
+                                      tap_vnet_hdr=not args.no_vnet_hdr))  # fmt: skip
     main = threading.main_thread().ident
     assert main is not None
     dev_clock = time.pthread_getcpuclockid(main)
@@ -430,6 +431,8 @@ def main() -> int:
     p.add_argument("--mib", type=int, default=16, help="MiB sent each way (default 16)")
     p.add_argument("--pings", type=int, default=20)
     p.add_argument("--no-qemu", action="store_true", help="UML only (for profiling the device)")
+    p.add_argument("--no-vnet-hdr", action="store_true",
+                   help="our device's TAP without vnet header (no offloads, as vnet_hdr=off)")  # fmt: skip
     p.add_argument("--out", default=str(Path(__file__).with_name("results.md")))
     args = p.parse_args()
     if args.rounds < 1 or args.mib < 1:

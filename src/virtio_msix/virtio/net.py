@@ -396,34 +396,43 @@ class VirtioNet(VirtioDevice):
         q = self.queues[index]
         mem = self.memory
         done = 0
+        try:
+            done = self._tx_burst(q, mem, index)
+        finally:
+            q.publish_used(mem)  # one used-index write per burst
+        if done and q.should_notify(mem) and self.hooks is not None:
+            self.hooks.notify_queue(index)
+        if done:
+            self._deliver_rx()  # a loopback backend may have frames now
+
+    def _tx_burst(self, q: VirtQueue, mem: Memory, index: int) -> int:
+        done = 0
+        hdr_len = self.hdr_len
         while (elem := q.pop(mem)) is not None:
-            if elem.readable_len < self.hdr_len:
+            if elem.readable_len < hdr_len:
                 # QEMU virtio_net_flush_tx: "virtio-net header incorrect" is a device error.
                 raise VirtqueueError(
                     f"queue {index}: TX chain of {elem.readable_len} bytes is shorter than "
-                    f"the {self.hdr_len}-byte virtio-net header"
+                    f"the {hdr_len}-byte virtio-net header"
                 )
-            if elem.readable_len > MAX_FRAME + self.hdr_len:
+            if elem.readable_len > MAX_FRAME + hdr_len:
                 # Not read at all (it could be gigabytes); the buffer goes back, the frame
                 # is counted as dropped.
                 frame = None
                 self._drop("tx_oversize")
             else:
                 frame = elem.read(mem)
-            q.push(mem, elem, 0)
+            q.push(mem, elem, 0, publish=False)
             done += 1
-            if frame is not None and len(frame) > self.hdr_len:
+            if frame is not None and len(frame) > hdr_len:
                 self.stats["tx_frames"] += 1
-                self.stats["tx_bytes"] += len(frame) - self.hdr_len
+                self.stats["tx_bytes"] += len(frame) - hdr_len
                 # A vnet-header peer takes the guest's header (checksum and GSO requests) with
                 # the frame, as QEMU passes it to the TAP; others get the bare frame.
-                self.backend.send(frame if self.vnet else frame[self.hdr_len :])
+                self.backend.send(frame if self.vnet else frame[hdr_len:])
             elif frame is not None:
                 self._drop("tx_empty")
-        if done and q.should_notify(mem) and self.hooks is not None:
-            self.hooks.notify_queue(index)
-        if done:
-            self._deliver_rx()  # a loopback backend may have frames now
+        return done
 
     def poll(self) -> int:
         if not self.status & DRIVER_OK or not self._dma_allowed():
@@ -455,6 +464,15 @@ class VirtioNet(VirtioDevice):
         """
         q = self.queues[0]
         mem = self.memory
+        try:
+            delivered = self._rx_burst(q, mem)
+        finally:
+            q.publish_used(mem)  # one used-index write per burst
+        if delivered and q.should_notify(mem) and self.hooks is not None:
+            self.hooks.notify_queue(0)
+        return delivered
+
+    def _rx_burst(self, q: VirtQueue, mem: Memory) -> int:
         delivered = 0
         mergeable = self.has_feature(VIRTIO_NET_F_MRG_RXBUF)
         # Each delivered frame uses at least one chain, so at most q.size are delivered per
@@ -499,8 +517,6 @@ class VirtioNet(VirtioDevice):
                 self.stats["rx_bytes"] += len(frame) - (self.hdr_len if self.vnet else 0)
             else:
                 self._drop(outcome)
-        if delivered and q.should_notify(mem) and self.hooks is not None:
-            self.hooks.notify_queue(0)
         return delivered
 
     def _packet(self, frame: bytes, num_buffers: int) -> bytes:
@@ -529,7 +545,7 @@ class VirtioNet(VirtioDevice):
             q.unpop()
             return "rx_buffer_too_small"
         written = elem.write(mem, packet)
-        q.push(mem, elem, written)
+        q.push(mem, elem, written, publish=False)
         return "ok"
 
     def _rx_mergeable(self, q: VirtQueue, mem: Memory, frame: bytes) -> str:
@@ -574,7 +590,7 @@ class VirtioNet(VirtioDevice):
             lens.append(n)
             pos += n
         for elem, n in zip(elems, lens, strict=True):
-            q.push(mem, elem, n)
+            q.push(mem, elem, n, publish=False)
         return "ok"
 
     # -- control queue (§5.1.6.5) ---------------------------------------------------------------------

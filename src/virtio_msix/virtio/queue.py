@@ -25,6 +25,7 @@ VRING_USED_F_NO_NOTIFY = 1
 DESC_SIZE = 16  # struct virtq_desc: le64 addr, le32 len, le16 flags, le16 next
 USED_ELEM_SIZE = 8  # struct virtq_used_elem: le32 id, le32 len
 _DESC = struct.Struct("<QIHH")
+_USED_ELEM = struct.Struct("<II")
 
 # QEMU 7.2's VIRTQUEUE_MAX_SIZE: no chain maps more than 1024 segments, whatever an indirect
 # table's length claims (virtqueue_map_desc). A direct chain is further capped at the queue
@@ -177,6 +178,13 @@ class VirtQueue:
         self.vector = NO_VECTOR
         self.last_avail_idx = 0
         self.used_idx = 0
+        # Chains known to be available past last_avail_idx (QEMU's shadow_avail_idx): the
+        # avail index is read again only once they are used up, so a burst costs one read.
+        self.shadow_pending = 0
+        # The used index as the driver last saw it written: pushes of a burst write their
+        # elements, and one write of the index publishes them all (publish_used).
+        self.published_used = 0
+        self._no_notify: tuple[int, bool] | None = None  # (used ring, flag) last written
         self.signalled_used = 0
         self.signalled_used_valid = False
         self.pops = 0
@@ -212,26 +220,38 @@ class VirtQueue:
     def has_available(self, mem: Memory) -> bool:
         if not self.ready():
             return False
+        if self.shadow_pending:
+            return True
         return self.avail_idx(mem) != self.last_avail_idx
+
+    def forget_shadow(self) -> None:
+        """The ring's indexes were set from outside (vhost-user SET_VRING_BASE): nothing is
+        known to be available until the avail index is read again."""
+        self.shadow_pending = 0
+        self.published_used = self.used_idx
+        self._no_notify = None
 
     # -- pop / push --------------------------------------------------------------------------------
     def pop(self, mem: Memory) -> Element | None:
         """The next available chain, or None when the driver offered nothing new."""
-        if not self.ready():
+        if not (self.enabled and self.size > 0 and self.desc_addr != 0):
             return None
-        avail = self.avail_idx(mem)
-        pending = (avail - self.last_avail_idx) & 0xFFFF
-        if pending == 0:
-            return None
-        if pending > self.size:
-            raise VirtqueueError(
-                f"queue {self.index}: avail idx {avail} is {pending} ahead of "
-                f"{self.last_avail_idx}, more than the queue size {self.size}"
-            )
+        if not self.shadow_pending:
+            avail = self.avail_idx(mem)
+            pending = (avail - self.last_avail_idx) & 0xFFFF
+            if pending == 0:
+                return None
+            if pending > self.size:
+                raise VirtqueueError(
+                    f"queue {self.index}: avail idx {avail} is {pending} ahead of "
+                    f"{self.last_avail_idx}, more than the queue size {self.size}"
+                )
+            self.shadow_pending = pending
         slot = self.last_avail_idx % self.size
         head = self._u16(mem, self.avail_addr + 4 + 2 * slot)
         elem = self._walk(mem, head)
         self.last_avail_idx = (self.last_avail_idx + 1) & 0xFFFF
+        self.shadow_pending -= 1
         self.pops += 1
         if self.event_idx:
             # avail_event: ask for a kick as soon as anything new is added (§2.7.10).
@@ -248,24 +268,43 @@ class VirtQueue:
         """Give the last ``count`` popped chains back unused (QEMU's virtqueue_unpop): the
         next pop returns them again. Only chains popped since the last push may be given back."""
         self.last_avail_idx = (self.last_avail_idx - count) & 0xFFFF
+        self.shadow_pending += count
         self.pops -= count
 
-    def push(self, mem: Memory, elem: Element, written: int) -> None:
-        """Return a chain to the driver with ``written`` bytes filled (§2.7.8)."""
+    def push(self, mem: Memory, elem: Element, written: int, publish: bool = True) -> None:
+        """Return a chain to the driver with ``written`` bytes filled (§2.7.8). With
+        ``publish=False`` the used index is not written yet: the caller publishes a burst with
+        ``publish_used`` (before any notification, §2.7.8.2 order: element, then index)."""
         slot = self.used_idx % self.size
         try:
             mem.write(
                 self.used_addr + 4 + USED_ELEM_SIZE * slot,
-                struct.pack("<II", elem.head, written),
+                _USED_ELEM.pack(elem.head, written),
             )
         except GuestMemoryError as e:
             raise VirtqueueError(f"queue {self.index}: used ring: {e}") from None
         self.used_idx = (self.used_idx + 1) & 0xFFFF
-        self._w16(mem, self.used_addr + 2, self.used_idx)
         self.pushes += 1
+        if publish:
+            self.publish_used(mem)
+
+    def set_no_notify(self, mem: Memory, on: bool) -> None:
+        """VRING_USED_F_NO_NOTIFY (§2.7.7.1 and §2.7.10: without EVENT_IDX): whether the driver
+        need not kick when it adds buffers. Written only when it changes."""
+        state = (self.used_addr, on)
+        if self._no_notify != state:
+            self._w16(mem, self.used_addr, VRING_USED_F_NO_NOTIFY if on else 0)
+            self._no_notify = state
+
+    def publish_used(self, mem: Memory) -> None:
+        """Write the used index if pushes since the last write left it behind."""
+        if self.published_used != self.used_idx:
+            self._w16(mem, self.used_addr + 2, self.used_idx)
+            self.published_used = self.used_idx
 
     def should_notify(self, mem: Memory) -> bool:
         """Whether the driver wants a used-buffer notification now (§2.7.7.2, §2.7.10)."""
+        self.publish_used(mem)
         if not self.event_idx:
             return not self.avail_flags(mem) & VRING_AVAIL_F_NO_INTERRUPT
         was_valid = self.signalled_used_valid
