@@ -207,3 +207,48 @@ def test_irq_queue_kicks_are_suppressed_while_no_interrupt_waits():
     host.flush_irqs()
     assert not host.pending_irqs and mem.read_u16(USED + 2) == 2
     assert mem.read_u16(USED) == 1
+
+
+class ReadLog(GuestMemory):
+    def __init__(self, size):
+        super().__init__(size)
+        self.log = []
+
+    def read(self, addr, length):
+        self.log.append((addr, length))
+        return super().read(addr, length)
+
+
+def test_a_burst_reads_ring_and_table_whole_and_writes_used_elements_in_one_go():
+    mem = ReadLog(1 << 16)
+    q = VirtQueue(0, 8)
+    q.desc_addr, q.avail_addr, q.used_addr, q.enabled = DESC, AVAIL, USED, True
+    for i in range(6):
+        desc(mem, i, 0x5000 + 0x100 * i, 16, VRING_DESC_F_WRITE)
+    offer(mem, q, 5, 4, 3, 2, 1, 0)
+    mem.log.clear()
+    elems = [q.pop(mem) for _ in range(6)]
+    assert [e.head for e in elems] == [5, 4, 3, 2, 1, 0]
+    assert [e.writable for e in elems] == [[(0x5000 + 0x100 * h, 16)] for h in (5, 4, 3, 2, 1, 0)]
+    # avail idx, the avail ring, the descriptor table: three reads for six chains
+    assert mem.log == [(AVAIL + 2, 2), (AVAIL + 4, 16), (DESC, 16 * 8)]
+    for e in elems[:4]:
+        q.push(mem, e, 1, publish=False)
+    q.unpop(2)  # not given back: unpop applies to the unpushed two
+    assert [q.pop(mem).head for _ in range(2)] == [1, 0]
+
+
+def test_a_ring_whose_table_runs_past_memory_is_walked_as_before():
+    """The copy covers only what lies inside memory: chains inside it are served, one outside
+    fails as the walk in place would."""
+    size = 0x4000
+    mem = GuestMemory(size)
+    q = VirtQueue(0, 8)
+    table = size - 16 * 5  # five of eight entries inside memory
+    q.desc_addr, q.avail_addr, q.used_addr, q.enabled = table, AVAIL, USED, True
+    for i in range(5):
+        desc(mem, i, 0x100 * (i + 1), 8, VRING_DESC_F_WRITE, table=table)
+    offer(mem, q, 0, 1, 2, 3, 4, 7)
+    assert [q.pop(mem).head for _ in range(5)] == [0, 1, 2, 3, 4]
+    with pytest.raises(VirtqueueError):
+        q.pop(mem)
