@@ -582,7 +582,8 @@ class VirtioNet(VirtioDevice):
                     f"queue {q.index}: RX buffer of {elem.writable_len} bytes is smaller than "
                     f"the {self.hdr_len}-byte virtio-net header"
                 )
-        packet = self._packet(frame, len(elems))
+        # A view: slicing a 64 KiB TSO packet per buffer would copy it once per buffer.
+        packet = memoryview(self._packet(frame, len(elems)))
         pos = 0
         lens = []
         for elem in elems:
