@@ -101,3 +101,16 @@ def test_tap_without_vnet_header_keeps_the_user_feature_set(linux):
     assert out["max_tx_frame"] <= 1514
     assert out["max_rx_frame"] <= 1514
     _intact(out, nbytes)
+
+
+def test_event_loop_counters_are_in_the_health_summary():
+    from virtio_msix.uml.cli import render_health
+
+    h = {
+        "bad_messages": {"count": 0, "by_kind": {}, "last": []},
+        "irq_messages": {"dropped": 0, "dropped_by_reason": {}, "coalesced": 0, "pending": 0},
+        "vhost_user": None,
+        "device": None,
+        "event_loop": {"passes": 812, "kicks": 300, "tap_watched": 90},
+    }
+    assert "event loop: 812 passes, 300 kicks, TAP watched in 90" in "\n".join(render_health(h))

@@ -59,6 +59,10 @@ def render_health(h: dict[str, Any]) -> list[str]:
                    f"{vu['calls_coalesced']} calls coalesced, "
                    f"{vu['kicks_on_stopped_rings']} kicks on stopped rings")  # fmt: skip
         out.extend(f"    {e}" for e in vu["last_errors"])
+    loop = h.get("event_loop") or {}
+    if loop:
+        out.append(f"  event loop: {loop.get('passes', 0)} passes, {loop.get('kicks', 0)} kicks, "
+                   f"TAP watched in {loop.get('tap_watched', 0)}")  # fmt: skip
     dev = h["device"]
     if dev is not None:
         dropped = ", ".join(f"{k}: {n}" for k, n in sorted(dev.get("dropped", {}).items()))
