@@ -137,3 +137,118 @@ def test_random_ring_contents_only_raise_virtqueue_error(table, avail_idx, size)
             q.push(mem, e, random.randrange(0, 100))
         except VirtqueueError:
             break
+
+
+class CountingMemory(GuestMemory):
+    """Guest memory that counts the device's reads and writes of one address."""
+
+    def __init__(self, size, watch):
+        super().__init__(size)
+        self.watch, self.reads, self.writes = watch, 0, 0
+
+    def read(self, addr, length):
+        self.reads += addr == self.watch
+        return super().read(addr, length)
+
+    def write(self, addr, data):
+        self.writes += addr == self.watch
+        super().write(addr, data)
+
+
+def test_a_burst_reads_the_avail_index_once_and_publishes_the_used_index_once():
+    mem = CountingMemory(1 << 16, AVAIL + 2)
+    q = VirtQueue(0, 8)
+    q.desc_addr, q.avail_addr, q.used_addr, q.enabled = DESC, AVAIL, USED, True
+    for i in range(4):
+        desc(mem, i, 0x5000 + 0x100 * i, 16, VRING_DESC_F_WRITE)
+    offer(mem, q, 0, 1, 2, 3)
+    mem.reads = 0
+    elems = [q.pop(mem) for _ in range(4)]
+    assert mem.reads == 1  # QEMU's shadow avail index: read again only when used up
+    assert q.pop(mem) is None and mem.reads == 2
+    mem.watch, mem.writes = USED + 2, 0
+    for e in elems:
+        q.push(mem, e, 16, publish=False)
+    assert mem.read_u16(USED + 2) == 0  # not visible to the driver yet
+    q.publish_used(mem)
+    assert mem.writes == 1 and mem.read_u16(USED + 2) == 4
+    assert [struct.unpack("<II", mem.read(USED + 4 + 8 * i, 8)) for i in range(4)] == [
+        (i, 16) for i in range(4)
+    ]
+    offer(mem, q, 0)  # a new chain: seen once the shadow is used up
+    assert q.pop(mem).head == 0
+
+
+def test_should_notify_publishes_pending_used_entries_first():
+    mem, q = ring()
+    desc(mem, 0, 0x5000, 16, VRING_DESC_F_WRITE)
+    offer(mem, q, 0)
+    q.push(mem, q.pop(mem), 16, publish=False)
+    q.should_notify(mem)
+    assert mem.read_u16(USED + 2) == 1
+
+
+def test_irq_queue_kicks_are_suppressed_while_no_interrupt_waits():
+    """virt-pci need not kick the irq queue when it gives a buffer back unless a message waits
+    for one (VRING_USED_F_NO_NOTIFY in the used ring's flags)."""
+    from virtio_msix.uml.pcidev import PcidevOp, VirtPciHost
+
+    mem, irq = ring()
+    host = VirtPciHost(mem, VirtQueue(0, 8), irq)
+    desc(mem, 0, 0x5000, 20, VRING_DESC_F_WRITE)
+    offer(mem, irq, 0)
+    host.queue_irq(PcidevOp.MSI, 0xA0000, 65)
+    assert host.signal_irq and mem.read_u16(USED + 2) == 1
+    assert mem.read_u16(USED) == 1  # nothing waits: no kicks wanted
+    host.queue_irq(PcidevOp.MSI, 0xA0000, 66)  # no buffer left: it waits
+    assert len(host.pending_irqs) == 1
+    assert mem.read_u16(USED) == 0  # now a kick is wanted when a buffer comes
+    offer(mem, irq, 0)
+    host.flush_irqs()
+    assert not host.pending_irqs and mem.read_u16(USED + 2) == 2
+    assert mem.read_u16(USED) == 1
+
+
+class ReadLog(GuestMemory):
+    def __init__(self, size):
+        super().__init__(size)
+        self.log = []
+
+    def read(self, addr, length):
+        self.log.append((addr, length))
+        return super().read(addr, length)
+
+
+def test_a_burst_reads_ring_and_table_whole_and_writes_used_elements_in_one_go():
+    mem = ReadLog(1 << 16)
+    q = VirtQueue(0, 8)
+    q.desc_addr, q.avail_addr, q.used_addr, q.enabled = DESC, AVAIL, USED, True
+    for i in range(6):
+        desc(mem, i, 0x5000 + 0x100 * i, 16, VRING_DESC_F_WRITE)
+    offer(mem, q, 5, 4, 3, 2, 1, 0)
+    mem.log.clear()
+    elems = [q.pop(mem) for _ in range(6)]
+    assert [e.head for e in elems] == [5, 4, 3, 2, 1, 0]
+    assert [e.writable for e in elems] == [[(0x5000 + 0x100 * h, 16)] for h in (5, 4, 3, 2, 1, 0)]
+    # avail idx, the avail ring, the descriptor table: three reads for six chains
+    assert mem.log == [(AVAIL + 2, 2), (AVAIL + 4, 16), (DESC, 16 * 8)]
+    for e in elems[:4]:
+        q.push(mem, e, 1, publish=False)
+    q.unpop(2)  # not given back: unpop applies to the unpushed two
+    assert [q.pop(mem).head for _ in range(2)] == [1, 0]
+
+
+def test_a_ring_whose_table_runs_past_memory_is_walked_as_before():
+    """The copy covers only what lies inside memory: chains inside it are served, one outside
+    fails as the walk in place would."""
+    size = 0x4000
+    mem = GuestMemory(size)
+    q = VirtQueue(0, 8)
+    table = size - 16 * 5  # five of eight entries inside memory
+    q.desc_addr, q.avail_addr, q.used_addr, q.enabled = table, AVAIL, USED, True
+    for i in range(5):
+        desc(mem, i, 0x100 * (i + 1), 8, VRING_DESC_F_WRITE, table=table)
+    offer(mem, q, 0, 1, 2, 3, 4, 7)
+    assert [q.pop(mem).head for _ in range(5)] == [0, 1, 2, 3, 4]
+    with pytest.raises(VirtqueueError):
+        q.pop(mem)

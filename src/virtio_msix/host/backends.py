@@ -176,22 +176,86 @@ class PcapWriter:
 
 
 class TapBackend:
-    """A Linux TAP interface (needs /dev/net/tun and CAP_NET_ADMIN)."""
+    """A Linux TAP interface (needs /dev/net/tun and CAP_NET_ADMIN).
+
+    With ``vnet_hdr`` (QEMU's ``-netdev tap`` default when the kernel supports it) every frame
+    crosses the TAP with a virtio-net header in front (``IFF_VNET_HDR``): the device then passes
+    the guest's header through and offers checksum and segmentation offloads, so the host kernel
+    checksums and segments 64 KiB frames. ``vnet_hdr`` is False when the kernel refuses it.
+    """
 
     TUNSETIFF = 0x400454CA
     dropped = 0  # frames the interface refused (per instance once one is)
+    TUNSETOFFLOAD = 0x400454D0
+    TUNSETVNETHDRSZ = 0x400454D8
     IFF_TAP = 0x0002
     IFF_NO_PI = 0x1000
+    IFF_VNET_HDR = 0x4000
+    TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO = 0x01, 0x02, 0x04, 0x08, 0x10
 
-    def __init__(self, name: str = "vmsix%d") -> None:
+    def __init__(self, name: str = "vmsix%d", vnet_hdr: bool = False) -> None:
         import fcntl
 
         self.fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
-        ifr = struct.pack("16sH", name.encode(), self.IFF_TAP | self.IFF_NO_PI)
-        res = fcntl.ioctl(self.fd, self.TUNSETIFF, ifr)
+        flags = self.IFF_TAP | self.IFF_NO_PI
+        try:
+            try:
+                res = fcntl.ioctl(self.fd, self.TUNSETIFF,
+                                  struct.pack("16sH", name.encode(), flags | self.IFF_VNET_HDR * vnet_hdr))  # fmt: skip
+                self.vnet_hdr = vnet_hdr
+            except OSError:
+                if not vnet_hdr:
+                    raise
+                res = fcntl.ioctl(
+                    self.fd, self.TUNSETIFF, struct.pack("16sH", name.encode(), flags)
+                )
+                self.vnet_hdr = False
+        except OSError:
+            os.close(self.fd)
+            raise
         self.name = res[:16].rstrip(b"\0").decode()
         self.sent = 0
         self.dropped = 0
+        self.offload = 0
+        self.vnet_hdr_len = 10  # the kernel's default: struct virtio_net_hdr
+        # UFO, as QEMU probes it (tap_probe_has_ufo): the kernel accepts it in TUNSETOFFLOAD.
+        self.has_ufo = self.vnet_hdr and self._ioctl_offload(self.TUN_F_CSUM | self.TUN_F_UFO)
+        if self.has_ufo:
+            self._ioctl_offload(0)
+
+    def _ioctl_offload(self, flags: int) -> bool:
+        import fcntl
+
+        try:
+            fcntl.ioctl(self.fd, self.TUNSETOFFLOAD, flags)
+        except OSError:
+            return False
+        self.offload = flags
+        return True
+
+    def set_vnet_hdr_len(self, n: int) -> None:
+        """The header size both ways (10, or 12 with MRG_RXBUF / VERSION_1)."""
+        import fcntl
+
+        if self.vnet_hdr and n != self.vnet_hdr_len:
+            fcntl.ioctl(self.fd, self.TUNSETVNETHDRSZ, struct.pack("i", n))
+            self.vnet_hdr_len = n
+
+    def set_offload(self, csum: bool, tso4: bool, tso6: bool, ecn: bool, ufo: bool) -> None:
+        """What the host may hand the guest: partial checksums, TSO/UFO frames (the guest's
+        negotiated GUEST_* offloads). As QEMU's tap: segmentation only with checksum offload,
+        ECN only with TSO; a kernel that refuses UFO is asked again without it."""
+        if not self.vnet_hdr:
+            return
+        flags = 0
+        if csum:
+            flags = self.TUN_F_CSUM
+            flags |= self.TUN_F_TSO4 * tso4 | self.TUN_F_TSO6 * tso6
+            if (tso4 or tso6) and ecn:
+                flags |= self.TUN_F_TSO_ECN
+            flags |= self.TUN_F_UFO * ufo
+        if flags != self.offload and not self._ioctl_offload(flags):
+            self._ioctl_offload(flags & ~self.TUN_F_UFO)
 
     def fileno(self) -> int:
         return self.fd
@@ -209,7 +273,8 @@ class TapBackend:
 
     def take_frame(self) -> bytes | None:
         try:
-            return os.read(self.fd, 65536)
+            # A TSO/UFO frame is up to 64 KiB plus the Ethernet and virtio-net headers.
+            return os.read(self.fd, 65536 + 14 + 12)
         except BlockingIOError:
             return None
 

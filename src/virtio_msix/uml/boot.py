@@ -130,6 +130,9 @@ class BootOptions:
     disable_legacy: bool = False
     script: str = DEFAULT_SCRIPT
     net: str = "responder"  # or "tap"
+    # With --net tap: frames cross the TAP with a virtio-net header and the device offers
+    # QEMU's tap offloads (QEMU's vnet_hdr=on default); False is QEMU's vnet_hdr=off.
+    tap_vnet_hdr: bool = True
     memory_mb: int = 128
     timeout: float = 120.0
     backtraces: bool = False
@@ -176,6 +179,7 @@ class BootResult:
     console_tail: list[str] = field(default_factory=list)
     # What the bounds above cut: console lines and bytes, section bytes, access records.
     cut: dict[str, int] = field(default_factory=dict)
+    loop: dict[str, Any] = field(default_factory=dict)  # the event loop's counters (EventLoopStats)
 
     def interrupts(self, when: str) -> list[dict[str, Any]]:
         return parse_proc_interrupts(self.sections.get(f"interrupts-{when}", ""))
@@ -441,6 +445,33 @@ def _status(rc: int | None) -> str:
     return f"exited with status {rc}"
 
 
+@dataclass
+class EventLoopStats:
+    """How the event loop spent its passes: a pass that finds nothing to do is a wasted
+    wake-up, and a loop that spins shows as passes far beyond the events it served."""
+
+    passes: int = 0
+    tap_watched: int = 0  # passes that selected on the TAP (the device could take a frame)
+    kicks: int = 0
+    # Microseconds from a wake-up (a kick drained, or the TAP readable) to writing the irq call
+    # it caused, per script section ("" outside one): the device's own share of a round trip
+    # (ping: once for the request's TX, once for the reply's RX). Bounded per section.
+    kick_to_call_us: dict[str, list[float]] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"passes": self.passes, "tap_watched": self.tap_watched,
+                               "kicks": self.kicks}  # fmt: skip
+        for sect, v in self.kick_to_call_us.items():
+            if v:
+                s = sorted(v)
+                out[f"kick_to_call_us[{sect or '-'}]"] = {"n": len(s), "median": s[len(s) // 2],
+                                                          "max": s[-1]}  # fmt: skip
+        return out
+
+
+LATENCY_SAMPLES = 100_000  # per section
+
+
 class BootSession:
     """One kernel, one device, one event loop."""
 
@@ -453,7 +484,7 @@ class BootSession:
         self.guest_ip, self.host_ip = GUEST_IP, HOST_IP
         if opts.device is None:
             if opts.net == "tap":
-                self.netdev = _tap_with_host_address(TAP_HOST_IP)
+                self.netdev = _tap_with_host_address(TAP_HOST_IP, opts.tap_vnet_hdr)
                 self.guest_ip, self.host_ip = TAP_GUEST_IP, TAP_HOST_IP
             elif opts.net == "responder":
                 self.netdev = ResponderBackend(host_ip=HOST_IP)
@@ -496,6 +527,8 @@ class BootSession:
         self.left_alive: list[int] = []
         self._poweroff_wait = 5.0
         self.stopped_by_us = False
+        self.loop = EventLoopStats()
+        self._kick_ns = 0  # when the oldest kick not yet answered by an irq call was drained
 
     # -- console -----------------------------------------------------------------------------
     def _console_data(self, data: bytes) -> None:
@@ -678,6 +711,7 @@ class BootSession:
         result.sections = self.sections
         result.snapshot = self.snapshot
         result.backtraces = self.backtraces
+        result.loop = self.loop.summary()
         if "done" in self.times and self.device.msix is not None:
             result.after_teardown = {
                 "all_masked": all(e.masked for e in self.device.msix.entries),
@@ -744,8 +778,11 @@ class BootSession:
         self._deadline = deadline
         conn: socket.socket | None = None
         tap_fd = self.netdev.fileno() if hasattr(self.netdev, "fileno") else None
+        net = self.device.device
+        rx_ready = getattr(net, "rx_ready", None)
         stdout_open = True
         while True:
+            self.loop.passes += 1
             now = time.monotonic()
             if now > deadline:
                 return f"timeout: the guest did not finish within {self.opts.timeout:.0f} s"
@@ -758,8 +795,13 @@ class BootSession:
                     if vr.kick_fd >= 0:
                         kicks[vr.kick_fd] = i
                         rl.append(vr.kick_fd)
-            if tap_fd is not None:
+            # The TAP is watched only while the device can take a frame: before DRIVER_OK, or
+            # with no receive buffers posted, a readable TAP would wake every pass for nothing
+            # (the loop spun). The guest's RX kick, when it posts buffers, wakes us instead, and
+            # _service() then pulls what waits.
+            if tap_fd is not None and (rx_ready is None or rx_ready()):
                 rl.append(tap_fd)
+                self.loop.tap_watched += 1
             if not stdout_open and proc.poll() is not None:
                 if "done" in self.times:
                     return None
@@ -796,6 +838,11 @@ class BootSession:
                 elif r in kicks:
                     assert self.vhost is not None
                     self.vhost.drain_kick(kicks[r])
+                    self.loop.kicks += 1
+                    if not self._kick_ns:
+                        self._kick_ns = time.perf_counter_ns()
+                elif r == tap_fd and not self._kick_ns:
+                    self._kick_ns = time.perf_counter_ns()  # a frame for the guest
             self._service()
 
     def _death_reason(self, proc: subprocess.Popen[bytes], e: Exception) -> str:
@@ -842,13 +889,18 @@ class BootSession:
         if host.signal_irq:
             host.signal_irq = False
             vhost.signal(IRQ_QUEUE)
+            if self._kick_ns:
+                samples = self.loop.kick_to_call_us.setdefault(self._section or "", [])
+                if len(samples) < LATENCY_SAMPLES:
+                    samples.append((time.perf_counter_ns() - self._kick_ns) / 1000)
+        self._kick_ns = 0
 
 
-def _tap_with_host_address(host_ip: str) -> TapBackend:
+def _tap_with_host_address(host_ip: str, vnet_hdr: bool = True) -> TapBackend:
     """A TAP whose host side has ``host_ip``/24 and is up, so guest traffic reaches host
     sockets (needs /dev/net/tun and CAP_NET_ADMIN, and iproute2's ``ip``)."""
     try:
-        tap = TapBackend()
+        tap = TapBackend(vnet_hdr=vnet_hdr)
     except OSError as e:
         raise BootError(f"--net tap: cannot create a TAP interface: {e}") from None
     ip = uml_kernel.require("ip", "iproute2")

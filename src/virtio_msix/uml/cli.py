@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -40,6 +41,7 @@ def health(res: BootResult) -> dict[str, Any]:
         },
         "vhost_user": res.vhost.summary() if res.vhost is not None else None,
         "device": device_health() if callable(device_health) else None,
+        "event_loop": dict(res.loop),
     }
 
 
@@ -60,6 +62,10 @@ def render_health(h: dict[str, Any]) -> list[str]:
                    f"{vu['calls_coalesced']} calls coalesced, "
                    f"{vu['kicks_on_stopped_rings']} kicks on stopped rings")  # fmt: skip
         out.extend(f"    {e}" for e in vu["last_errors"])
+    loop = h.get("event_loop") or {}
+    if loop:
+        out.append(f"  event loop: {loop.get('passes', 0)} passes, {loop.get('kicks', 0)} kicks, "
+                   f"TAP watched in {loop.get('tap_watched', 0)}")  # fmt: skip
     dev = h["device"]
     if dev is not None:
         dropped = ", ".join(f"{k}: {n}" for k, n in sorted(dev.get("dropped", {}).items()))
@@ -188,8 +194,10 @@ def render(res: BootResult) -> str:
 
 
 def _run_with_pcap(opts: BootOptions, path: str) -> BootResult:
-    """boot --pcap: the device's backend, wrapped, writes every frame both ways."""
-    session = BootSession(opts)
+    """boot --pcap: the device's backend, wrapped, writes every frame both ways. A TAP then
+    has no vnet header (QEMU's vnet_hdr=off): the capture shows the frames on the wire, never
+    a 64 KiB segment with a virtio-net header in front."""
+    session = BootSession(dataclasses.replace(opts, tap_vnet_hdr=False))
     pcap = PcapngWriter(open(path, "wb"))
     try:
         session.device.device.backend = FrameTap(session.device.device.backend, pcap)

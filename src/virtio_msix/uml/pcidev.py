@@ -139,23 +139,33 @@ class VirtPciHost:
         n = 0
         start = self.accesses
         self.backlog = False
-        while n < max(self.cmd.size, 1):
-            if self.accesses - start >= MAX_ACCESSES_PER_PASS:
-                self.backlog = self.cmd.has_available(self.memory)
-                return n
-            elem = self.cmd.pop(self.memory)
-            if elem is None:
-                return n
-            n += 1
-            try:
-                reply = self._execute(elem)
-            except PcidevError as e:
-                self.bad(e.kind, str(e))
-                reply = b""
-            written = elem.write(self.memory, reply) if reply else 0
-            self.cmd.push(self.memory, elem, written)
-            self.signal_cmd = True
-        self.backlog = self.cmd.has_available(self.memory)
+        try:
+            while n < max(self.cmd.size, 1):
+                if self.accesses - start >= MAX_ACCESSES_PER_PASS:
+                    self.backlog = self.cmd.has_available(self.memory)
+                    return n
+                elem = self.cmd.pop(self.memory)
+                if elem is None:
+                    return n
+                n += 1
+                try:
+                    reply = self._execute(elem)
+                except PcidevError as e:
+                    self.bad(e.kind, str(e))
+                    reply = b""
+                written = elem.write(self.memory, reply) if reply else 0
+                # A read's answer is published at once: virt-pci busy-polls for it while
+                # the requests behind it wait. Posted writes are published as a burst.
+                self.cmd.push(self.memory, elem, written, publish=bool(reply))
+                # One call per pass covers every used buffer of the pass. It is not held back
+                # further: virt-pci sets no VRING_AVAIL_F_NO_INTERRUPT, so a notification is
+                # owed (§2.7.7.2, without EVENT_IDX), and a front-end that waits on the call
+                # rather than polling (or a posted write's buffer that is freed only by the
+                # callback, before virt-pci's 256-entry ring fills) depends on it.
+                self.signal_cmd = True
+            self.backlog = self.cmd.has_available(self.memory)
+        finally:
+            self.cmd.publish_used(self.memory)
         return n
 
     def _read_prefix(self, elem: Element, length: int) -> bytes:
@@ -303,6 +313,18 @@ class VirtPciHost:
         if self.irq_error is not None:
             e, self.irq_error = self.irq_error, None
             raise e
+        self._fill_irq_buffers()
+        # virt-pci kicks the irq queue each time it gives a buffer back; we need to hear of
+        # buffers only while a message waits for one (VRING_USED_F_NO_NOTIFY otherwise:
+        # thousands fewer kicks and wake-ups per MiB). Clearing the flag races with a buffer
+        # added just before: look once more after clearing it.
+        if self.pending_irqs and self.irq.ready():
+            self.irq.set_no_notify(self.memory, False)
+            self._fill_irq_buffers()
+        if not self.pending_irqs and self.irq.ready():
+            self.irq.set_no_notify(self.memory, True)
+
+    def _fill_irq_buffers(self) -> None:
         try:
             while self.pending_irqs:
                 elem = self.irq.pop(self.memory)
@@ -312,9 +334,10 @@ class VirtPciHost:
                 if elem.writable_len < len(msg):
                     self.bad("irq buffer", f"irq buffer of {elem.writable_len} bytes < {len(msg)}")
                     self._drop_irqs("irq buffer too small", 1)
-                    self.irq.push(self.memory, elem, 0)
+                    self.irq.push(self.memory, elem, 0, publish=False)
                 else:
-                    self.irq.push(self.memory, elem, elem.write(self.memory, msg))
+                    written = elem.write(self.memory, msg)
+                    self.irq.push(self.memory, elem, written, publish=False)
                 self.signal_irq = True
         except VirtqueueError as e:
             # A broken irq ring (pop or push) is the peer's error and ends the session, one way
@@ -323,6 +346,8 @@ class VirtPciHost:
             self._drop_irqs("irq queue broken", len(self.pending_irqs))
             self.pending_irqs.clear()
             raise
+        finally:
+            self.irq.publish_used(self.memory)  # one used-index write for the burst
 
     def summary(self) -> dict[str, Any]:
         return dict(vars(self.stats), pending_irqs=len(self.pending_irqs), errors=list(self.errors))

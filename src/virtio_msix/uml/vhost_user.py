@@ -273,6 +273,7 @@ class SharedMemory:
     def __init__(self) -> None:
         self.regions: list[MemRegion] = []
         self.size = 0
+        self._last: MemRegion | None = None  # the region the last access hit
 
     def add(self, guest_addr: int, size: int, user_addr: int, mmap_offset: int, fd: int) -> None:
         """Take ``fd`` for a region; ValueError (and ``fd`` not taken) if the region is not
@@ -295,18 +296,32 @@ class SharedMemory:
         close_fds([r.fd for r in self.regions])
         self.regions.clear()
         self.size = 0
+        self._last = None
 
     def _find(self, addr: int, length: int) -> tuple[int, int]:
         if addr < 0 or length < 0:
             raise GuestMemoryError(f"DMA [{addr:#x}, +{length:#x}) is negative")
+        r = self._last
+        if r is not None and r.guest_addr <= addr and addr + length <= r.guest_addr + r.size:
+            return r.fd, r.file_offset + addr - r.guest_addr  # UML shares one region
         for r in self.regions:
             if r.guest_addr <= addr and addr + length <= r.guest_addr + r.size:
+                self._last = r
                 return r.fd, r.file_offset + addr - r.guest_addr
         raise GuestMemoryError(f"DMA [{addr:#x}, +{length:#x}) outside the peer's shared memory")
 
     def read(self, addr: int, length: int) -> bytes:
+        # pread, not a mapping (issue 8): UML's memory file is an unlinked temporary file, not
+        # a sealed memfd, so F_SEAL_SHRINK cannot be checked and a mapping could SIGBUS. The
+        # cost is kept down by reading a whole ring area or buffer per call, not per field.
         fd, off = self._find(addr, length)
-        out = b""
+        try:
+            data = os.pread(fd, length, off)  # whole at once, almost always
+        except OSError:
+            data = b""  # retried below, where the error is reported
+        if len(data) == length:
+            return data
+        out = data
         while len(out) < length:
             try:
                 data = os.pread(fd, length - len(out), off + len(out))
@@ -516,6 +531,7 @@ class VhostUserBackend:
         q = self._vring(index, "SET_VRING_BASE").queue
         q.last_avail_idx = num & 0xFFFF
         q.used_idx = num & 0xFFFF
+        q.forget_shadow()
 
     def _m_get_vring_base(self, payload: bytes, fds: list[int]) -> bytes:
         # vhost-user spec ("Starting and stopping rings"): GET_VRING_BASE stops the ring. As

@@ -12,6 +12,10 @@ from typing import Protocol
 
 
 class NetBackend(Protocol):
+    """A backend may also have ``vnet_hdr = True`` (frames both ways then carry a virtio-net
+    header first, of the size ``set_vnet_hdr_len`` set), ``has_ufo``, and ``set_offload``:
+    see host/backends.py's TapBackend."""
+
     def send(self, frame: bytes) -> bool | None:
         """A frame the guest transmitted (Ethernet, no virtio-net header). False (or an
         OSError) says it was not sent: the device counts it as dropped (tx_backend_error)."""

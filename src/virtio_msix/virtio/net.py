@@ -16,6 +16,7 @@ from collections import deque
 from .backends import NetBackend, NullBackend
 from .device import (
     DRIVER_OK,
+    FEATURES_OK,
     VIRTIO_F_ANY_LAYOUT,
     VIRTIO_F_EVENT_IDX,
     VIRTIO_F_INDIRECT_DESC,
@@ -131,6 +132,45 @@ QEMU_72_USER_NETDEV_FEATURES = _bits(
 )
 assert QEMU_72_USER_NETDEV_FEATURES == 0x0000010130BF8024
 
+# With a peer that has a vnet header (``-netdev tap``, vnet_hdr on by default) QEMU 7.2 keeps the
+# checksum and segmentation offloads virtio_net_get_features clears otherwise (UFO only when the
+# TAP accepts it: peer_has_ufo). Read from the real QEMU over qtest with a TAP in a private
+# network namespace: 0x0000010130BFFFA7 (MQ stays off: QEMU's mq property defaults to off).
+TAP_VNET_OFFLOADS = _bits(
+    VIRTIO_NET_F_CSUM,
+    VIRTIO_NET_F_GUEST_CSUM,
+    VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_GUEST_ECN,
+    VIRTIO_NET_F_GUEST_UFO,
+    VIRTIO_NET_F_HOST_TSO4,
+    VIRTIO_NET_F_HOST_TSO6,
+    VIRTIO_NET_F_HOST_ECN,
+    VIRTIO_NET_F_HOST_UFO,
+)
+UFO_BITS = _bits(VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_UFO)
+QEMU_72_TAP_VNET_FEATURES = QEMU_72_USER_NETDEV_FEATURES | TAP_VNET_OFFLOADS
+assert QEMU_72_TAP_VNET_FEATURES == 0x0000010130BFFFA7
+# The guest offloads a driver may switch (§5.1.6.5.6.1), as QEMU's
+# virtio_net_guest_offloads_by_features: the GUEST_* checksum and segmentation bits.
+GUEST_OFFLOAD_BITS = _bits(
+    VIRTIO_NET_F_GUEST_CSUM,
+    VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_GUEST_ECN,
+    VIRTIO_NET_F_GUEST_UFO,
+)
+
+
+def qemu_features_for(backend: object) -> int:
+    """QEMU 7.2's host features for ``-device virtio-net-pci`` with this peer."""
+    if not getattr(backend, "vnet_hdr", False):
+        return QEMU_72_USER_NETDEV_FEATURES
+    if not getattr(backend, "has_ufo", False):
+        return QEMU_72_TAP_VNET_FEATURES & ~UFO_BITS
+    return QEMU_72_TAP_VNET_FEATURES
+
+
 # Config layout (§5.1.4), and which feature makes each field exist (QEMU's feature_sizes).
 CONFIG_FIELDS = (
     ("mac", 0, 6, VIRTIO_NET_F_MAC),
@@ -178,7 +218,7 @@ class VirtioNet(VirtioDevice):
             raise ValueError("a MAC address has 6 bytes")
         if not 1 <= queue_pairs <= 0x8000:
             raise ValueError("queue_pairs must be 1..32768")
-        features = QEMU_72_USER_NETDEV_FEATURES if host_features is None else host_features
+        features = qemu_features_for(backend) if host_features is None else host_features
         if queue_pairs > 1:
             features |= 1 << VIRTIO_NET_F_MQ
         if mtu is not None:
@@ -198,6 +238,8 @@ class VirtioNet(VirtioDevice):
         self.default_mac = bytes(mac)
         self.mtu = mtu or 1500
         self.backend: NetBackend = backend if backend is not None else NullBackend()
+        # Frames cross the backend with their virtio-net header (a TAP with IFF_VNET_HDR).
+        self.vnet = bool(getattr(self.backend, "vnet_hdr", False))
         self.link_up = True
         self.stats = {
             "tx_frames": 0,
@@ -310,9 +352,44 @@ class VirtioNet(VirtioDevice):
     # -- queues ------------------------------------------------------------------------------------
     def set_status(self, status: int) -> None:
         became_ok = status & DRIVER_OK and not self.status & DRIVER_OK
+        features_ok = status & FEATURES_OK and not self.status & FEATURES_OK
         super().set_status(status)
+        if features_ok or (became_ok and not status & FEATURES_OK):  # a legacy driver
+            # QEMU virtio_net_set_features: the guest's offloads follow its features, and
+            # the peer's header size follows the header the driver uses.
+            self.guest_offloads = self.driver_features & GUEST_OFFLOAD_BITS
+            self._apply_offloads()
         if became_ok:
             self.poll()
+
+    def _apply_offloads(self) -> None:
+        """Tell a vnet-header backend the header size and which offloads the guest takes
+        (QEMU virtio_net_apply_guest_offloads → tap_set_offload)."""
+        if not self.vnet:
+            return
+        try:
+            self.backend.set_vnet_hdr_len(self.hdr_len)  # type: ignore[attr-defined]
+            o = self.guest_offloads
+            self.backend.set_offload(  # type: ignore[attr-defined]
+                bool(o >> VIRTIO_NET_F_GUEST_CSUM & 1),
+                bool(o >> VIRTIO_NET_F_GUEST_TSO4 & 1),
+                bool(o >> VIRTIO_NET_F_GUEST_TSO6 & 1),
+                bool(o >> VIRTIO_NET_F_GUEST_ECN & 1),
+                bool(o >> VIRTIO_NET_F_GUEST_UFO & 1),
+            )
+        except OSError:
+            self._drop("backend_offload_error")
+
+    def rx_ready(self) -> bool:
+        """Whether a frame from the backend could be delivered now: the driver is running and
+        has receive buffers posted, and no frame already waits. The host's event loop watches
+        the backend only then (a kick on the RX queue says when buffers come)."""
+        if not self.status & DRIVER_OK or self._held is not None or not self._dma_allowed():
+            return False
+        try:
+            return self.queues[0].has_available(self.memory)
+        except (VirtqueueError, GuestMemoryError):
+            return False  # the next queue operation reports it
 
     def _dma_allowed(self) -> bool:
         return self.hooks is not None and self.hooks.dma_allowed()
@@ -358,33 +435,44 @@ class VirtioNet(VirtioDevice):
         # At most a ring's worth of chains per call (QEMU stops at tx_burst and reschedules):
         # a guest that re-posts buffers while we walk must not keep one kick going for ever.
         budget = max(q.size, 1)
-        while done < budget and (elem := q.pop(mem)) is not None:
-            if elem.readable_len < self.hdr_len:
-                # QEMU virtio_net_flush_tx: "virtio-net header incorrect" is a device error.
-                raise VirtqueueError(
-                    f"queue {index}: TX chain of {elem.readable_len} bytes is shorter than "
-                    f"the {self.hdr_len}-byte virtio-net header"
-                )
-            if elem.readable_len > MAX_FRAME + self.hdr_len:
-                # Not read at all (it could be gigabytes); the buffer goes back, the frame
-                # is counted as dropped.
-                frame = None
-                self._drop("tx_oversize")
-            else:
-                frame = elem.read(mem)[self.hdr_len :]
-            q.push(mem, elem, 0)
-            done += 1
-            if frame:
-                self._send(frame)
-            elif frame is not None:
-                self._drop("tx_empty")
+        try:
+            done = self._tx_burst(q, mem, index, budget)
+        finally:
+            q.publish_used(mem)  # one used-index write per burst
         self._note_backlog(index, done, budget)
         if done and q.should_notify(mem) and self.hooks is not None:
             self.hooks.notify_queue(index)
         if done:
             self._deliver_rx()  # a loopback backend may have frames now
 
-    def _send(self, frame: bytes) -> None:
+    def _tx_burst(self, q: VirtQueue, mem: Memory, index: int, budget: int) -> int:
+        done = 0
+        hdr_len = self.hdr_len
+        while done < budget and (elem := q.pop(mem)) is not None:
+            if elem.readable_len < hdr_len:
+                # QEMU virtio_net_flush_tx: "virtio-net header incorrect" is a device error.
+                raise VirtqueueError(
+                    f"queue {index}: TX chain of {elem.readable_len} bytes is shorter than "
+                    f"the {hdr_len}-byte virtio-net header"
+                )
+            if elem.readable_len > MAX_FRAME + hdr_len:
+                # Not read at all (it could be gigabytes); the buffer goes back, the frame
+                # is counted as dropped.
+                frame = None
+                self._drop("tx_oversize")
+            else:
+                frame = elem.read(mem)
+            q.push(mem, elem, 0, publish=False)
+            done += 1
+            if frame is not None and len(frame) > hdr_len:
+                # A vnet-header peer takes the guest's header (checksum and GSO requests) with
+                # the frame, as QEMU passes it to the TAP; others get the bare frame.
+                self._send(frame if self.vnet else frame[hdr_len:], len(frame) - hdr_len)
+            elif frame is not None:
+                self._drop("tx_empty")
+        return done
+
+    def _send(self, frame: bytes, payload_len: int) -> None:
         """Hand a transmitted frame to the backend. A backend reports a frame it could not
         send by returning False or raising OSError (a full disk under a pcap writer, a TAP
         queue full): the frame is counted as dropped, never as sent, and the device goes on."""
@@ -397,7 +485,7 @@ class VirtioNet(VirtioDevice):
             self._drop("tx_backend_error")
             return
         self.stats["tx_frames"] += 1
-        self.stats["tx_bytes"] += len(frame)
+        self.stats["tx_bytes"] += payload_len
 
     def poll(self) -> int:
         if not self.status & DRIVER_OK or not self._dma_allowed():
@@ -431,6 +519,15 @@ class VirtioNet(VirtioDevice):
         """
         q = self.queues[0]
         mem = self.memory
+        try:
+            delivered = self._rx_burst(q, mem)
+        finally:
+            q.publish_used(mem)  # one used-index write per burst
+        if delivered and q.should_notify(mem) and self.hooks is not None:
+            self.hooks.notify_queue(0)
+        return delivered
+
+    def _rx_burst(self, q: VirtQueue, mem: Memory) -> int:
         delivered = 0
         mergeable = self.has_feature(VIRTIO_NET_F_MRG_RXBUF)
         # Each delivered frame uses at least one chain, so at most q.size are delivered per
@@ -445,8 +542,11 @@ class VirtioNet(VirtioDevice):
             waited = self._held is not None
             if (frame := self._take_frame()) is None:
                 break
-            if len(frame) > MAX_FRAME:
+            if len(frame) > MAX_FRAME + (self.hdr_len if self.vnet else 0):
                 self._drop("rx_oversize")
+                continue
+            if self.vnet and len(frame) <= self.hdr_len:
+                self._drop("rx_short")  # no frame behind the peer's header
                 continue
             if not q.has_available(mem):
                 self._held = frame
@@ -469,20 +569,23 @@ class VirtioNet(VirtioDevice):
             if outcome == "ok":
                 delivered += 1
                 self.stats["rx_frames"] += 1
-                self.stats["rx_bytes"] += len(frame)
+                self.stats["rx_bytes"] += len(frame) - (self.hdr_len if self.vnet else 0)
             else:
                 self._drop(outcome)
-        if delivered and q.should_notify(mem) and self.hooks is not None:
-            self.hooks.notify_queue(0)
         return delivered
 
-    def _header(self, num_buffers: int) -> bytes:
-        # flags 0, GSO_NONE (no offloads are offered). num_buffers exists in the 12-byte
-        # header; without MRG_RXBUF the device sets it to 1 (§5.1.6.4.1).
-        hdr = bytearray(self.hdr_len)
+    def _packet(self, frame: bytes, num_buffers: int) -> bytes:
+        """Header and frame as the guest receives them. From a vnet-header peer the header is
+        the peer's (checksum state, GSO type and sizes); otherwise flags 0, GSO_NONE. The device
+        sets num_buffers, which exists in the 12-byte header; without MRG_RXBUF it is 1
+        (§5.1.6.4.1)."""
+        if self.vnet:
+            if self.hdr_len != HDR_LEN:
+                return frame
+            return frame[:10] + struct.pack("<H", num_buffers) + frame[HDR_LEN:]
         if self.hdr_len == HDR_LEN:
-            struct.pack_into("<H", hdr, 10, num_buffers)
-        return bytes(hdr)
+            return b"\0" * 10 + struct.pack("<H", num_buffers) + frame
+        return b"\0" * self.hdr_len + frame
 
     def _rx_single(self, q: VirtQueue, mem: Memory, frame: bytes) -> str:
         elem = q.pop(mem)
@@ -490,14 +593,14 @@ class VirtioNet(VirtioDevice):
         if not elem.writable:
             # QEMU: "virtio-net receive queue contains no in buffers" — a device error.
             raise VirtqueueError(f"queue {q.index}: RX chain {elem.head} has no writable buffer")
-        packet = self._header(1) + frame
+        packet = self._packet(frame, 1)
         if elem.writable_len < len(packet):
             # Without MRG_RXBUF a packet must fit one chain (§5.1.6.3.1). QEMU gives the
             # buffer back (virtqueue_unpop) and drops the packet; so do we, and count it.
             q.unpop()
             return "rx_buffer_too_small"
         written = elem.write(mem, packet)
-        q.push(mem, elem, written)
+        q.push(mem, elem, written, publish=False)
         return "ok"
 
     def _rx_mergeable(self, q: VirtQueue, mem: Memory, frame: bytes) -> str:
@@ -505,7 +608,7 @@ class VirtioNet(VirtioDevice):
         header of the first. Chains are popped until the packet fits; if the driver has not
         offered enough, they are given back and the frame waits (QEMU checks
         virtqueue_avail_bytes first, to the same effect)."""
-        need = self.hdr_len + len(frame)
+        need = len(frame) + (0 if self.vnet else self.hdr_len)
         elems: list[Element] = []
         room = 0
         # At most a ring's worth of chains for one packet (the guest may keep adding while we
@@ -536,7 +639,8 @@ class VirtioNet(VirtioDevice):
                     f"queue {q.index}: RX buffer of {elem.writable_len} bytes is smaller than "
                     f"the {self.hdr_len}-byte virtio-net header"
                 )
-        packet = self._header(len(elems)) + frame
+        # A view: slicing a 64 KiB TSO packet per buffer would copy it once per buffer.
+        packet = memoryview(self._packet(frame, len(elems)))
         pos = 0
         lens = []
         for elem in elems:
@@ -544,7 +648,7 @@ class VirtioNet(VirtioDevice):
             lens.append(n)
             pos += n
         for elem, n in zip(elems, lens, strict=True):
-            q.push(mem, elem, n)
+            q.push(mem, elem, n, publish=False)
         return "ok"
 
     # -- control queue (§5.1.6.5) ---------------------------------------------------------------------
@@ -665,8 +769,14 @@ class VirtioNet(VirtioDevice):
             if len(payload) != 8:
                 return VIRTIO_NET_ERR
             offloads = struct.unpack("<Q", payload)[0]
-            if offloads & ~self.driver_features:
+            # QEMU virtio_net_handle_offloads: refused outright without a vnet-header peer
+            # (there is nothing to switch); RSC_EXT is not an offload of its own here.
+            if not self.vnet:
+                return VIRTIO_NET_ERR
+            offloads &= ~(1 << VIRTIO_NET_F_RSC_EXT)
+            if offloads & ~(self.driver_features & GUEST_OFFLOAD_BITS):
                 return VIRTIO_NET_ERR
             self.guest_offloads = offloads
+            self._apply_offloads()
             return VIRTIO_NET_OK
         return VIRTIO_NET_ERR

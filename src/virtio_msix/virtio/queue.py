@@ -15,10 +15,12 @@ from ..abi import ring
 from ..abi.ring import DESC as _DESC
 from ..abi.ring import (
     DESC_SIZE,
+    USED_ELEM_SIZE,
     VRING_AVAIL_F_NO_INTERRUPT,
     VRING_DESC_F_INDIRECT,
     VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE,
+    VRING_USED_F_NO_NOTIFY,
     vring_need_event,
 )
 from ..abi.ring import USED_ELEM as _USED_ELEM
@@ -29,6 +31,7 @@ from .memory import GuestMemoryError, Memory
 # table's length claims (virtqueue_map_desc). A direct chain is further capped at the queue
 # size (§2.7.5.3: a chain cannot be longer than the ring it lives in without a loop).
 VIRTQUEUE_MAX_SIZE = 1024
+SNAPSHOT_MIN_CHAINS = 4  # available chains from which the ring and table are read whole
 
 
 class VirtqueueError(Exception):
@@ -183,6 +186,16 @@ class VirtQueue:
         self.vector = NO_VECTOR
         self.last_avail_idx = 0
         self.used_idx = 0
+        # Chains known to be available past last_avail_idx (QEMU's shadow_avail_idx): the
+        # avail index is read again only once they are used up, so a burst costs one read.
+        self.shadow_pending = 0
+        # The used index as the driver last saw it written: pushes of a burst write their
+        # elements, and one write of the index publishes them all (publish_used).
+        self.published_used = 0
+        self._used_elems = bytearray()  # pushed, not yet written (from slot _used_first)
+        self._used_first = 0
+        self._snap: _RingSnapshot | None = None
+        self._no_notify: tuple[int, bool] | None = None  # (used ring, flag) last written
         self.signalled_used = 0
         self.signalled_used_valid = False
         self.pops = 0
@@ -218,26 +231,47 @@ class VirtQueue:
     def has_available(self, mem: Memory) -> bool:
         if not self.ready():
             return False
+        if self.shadow_pending:
+            return True
         return self.avail_idx(mem) != self.last_avail_idx
+
+    def forget_shadow(self) -> None:
+        """The ring's indexes were set from outside (vhost-user SET_VRING_BASE): nothing is
+        known to be available until the avail index is read again."""
+        self.shadow_pending = 0
+        self.published_used = self.used_idx
+        self._used_elems.clear()
+        self._snap = None
+        self._no_notify = None
 
     # -- pop / push --------------------------------------------------------------------------------
     def pop(self, mem: Memory) -> Element | None:
         """The next available chain, or None when the driver offered nothing new."""
-        if not self.ready():
+        if not (self.enabled and self.size > 0 and self.desc_addr != 0):
             return None
-        avail = self.avail_idx(mem)
-        pending = (avail - self.last_avail_idx) & 0xFFFF
-        if pending == 0:
-            return None
-        if pending > self.size:
-            raise VirtqueueError(
-                f"queue {self.index}: avail idx {avail} is {pending} ahead of "
-                f"{self.last_avail_idx}, more than the queue size {self.size}"
-            )
+        if not self.shadow_pending:
+            avail = self.avail_idx(mem)
+            pending = (avail - self.last_avail_idx) & 0xFFFF
+            if pending == 0:
+                return None
+            if pending > self.size:
+                raise VirtqueueError(
+                    f"queue {self.index}: avail idx {avail} is {pending} ahead of "
+                    f"{self.last_avail_idx}, more than the queue size {self.size}"
+                )
+            self.shadow_pending = pending
+            # A burst is copied in two reads; a chain or two is cheaper read in place.
+            self._snap = _RingSnapshot(self, mem) if pending >= SNAPSHOT_MIN_CHAINS else None
         slot = self.last_avail_idx % self.size
-        head = self._u16(mem, self.avail_addr + ring.avail_entry(slot))
-        elem = self._walk(mem, head)
+        snap = self._snap
+        if snap is not None and snap.valid_for(self):
+            head = snap.head(slot)
+            elem = self._walk(snap, head)
+        else:
+            head = self._u16(mem, self.avail_addr + ring.avail_entry(slot))
+            elem = self._walk(mem, head)
         self.last_avail_idx = (self.last_avail_idx + 1) & 0xFFFF
+        self.shadow_pending -= 1
         self.pops += 1
         if self.event_idx:
             # avail_event: ask for a kick as soon as anything new is added (§2.7.10).
@@ -254,24 +288,53 @@ class VirtQueue:
         """Give the last ``count`` popped chains back unused (QEMU's virtqueue_unpop): the
         next pop returns them again. Only chains popped since the last push may be given back."""
         self.last_avail_idx = (self.last_avail_idx - count) & 0xFFFF
+        self.shadow_pending += count
         self.pops -= count
 
-    def push(self, mem: Memory, elem: Element, written: int) -> None:
-        """Return a chain to the driver with ``written`` bytes filled (§2.7.8)."""
-        slot = self.used_idx % self.size
+    def push(self, mem: Memory, elem: Element, written: int, publish: bool = True) -> None:
+        """Return a chain to the driver with ``written`` bytes filled (§2.7.8). With
+        ``publish=False`` the used index is not written yet: the caller publishes a burst with
+        ``publish_used`` (before any notification, §2.7.8.2 order: element, then index)."""
+        if not self._used_elems:
+            self._used_first = self.used_idx % self.size
+        self._used_elems += _USED_ELEM.pack(elem.head, written)
+        self.used_idx = (self.used_idx + 1) & 0xFFFF
+        self.pushes += 1
+        if publish:
+            self.publish_used(mem)
+
+    def _write_used_elems(self, mem: Memory) -> None:
+        """The pushed elements, in as few writes as the ring's wrap allows."""
+        data, first = self._used_elems, self._used_first
+        self._used_elems = bytearray()
         try:
-            mem.write(
-                self.used_addr + ring.used_entry(slot),
-                _USED_ELEM.pack(elem.head, written),
-            )
+            while data:
+                n = min(len(data), (self.size - first) * USED_ELEM_SIZE)
+                mem.write(self.used_addr + ring.used_entry(first), bytes(data[:n]))
+                data, first = data[n:], 0
         except GuestMemoryError as e:
             raise VirtqueueError(f"queue {self.index}: used ring: {e}") from None
-        self.used_idx = (self.used_idx + 1) & 0xFFFF
-        self._w16(mem, self.used_addr + ring.USED_IDX, self.used_idx)
-        self.pushes += 1
+
+    def set_no_notify(self, mem: Memory, on: bool) -> None:
+        """VRING_USED_F_NO_NOTIFY (§2.7.7.1 and §2.7.10: without EVENT_IDX): whether the driver
+        need not kick when it adds buffers. Written only when it changes."""
+        state = (self.used_addr, on)
+        if self._no_notify != state:
+            self._w16(mem, self.used_addr + ring.USED_FLAGS, VRING_USED_F_NO_NOTIFY if on else 0)
+            self._no_notify = state
+
+    def publish_used(self, mem: Memory) -> None:
+        """Write the used elements and then the used index if pushes since the last write
+        left them behind."""
+        if self._used_elems:
+            self._write_used_elems(mem)
+        if self.published_used != self.used_idx:
+            self._w16(mem, self.used_addr + ring.USED_IDX, self.used_idx)
+            self.published_used = self.used_idx
 
     def should_notify(self, mem: Memory) -> bool:
         """Whether the driver wants a used-buffer notification now (§2.7.7.2, §2.7.10)."""
+        self.publish_used(mem)
         if not self.event_idx:
             return not self.avail_flags(mem) & VRING_AVAIL_F_NO_INTERRUPT
         was_valid = self.signalled_used_valid
@@ -280,3 +343,45 @@ class VirtQueue:
         event = self.used_event(mem)
         # Notify if used_event lies in (old, new].
         return not was_valid or vring_need_event(event, new, old)
+
+
+class _RingSnapshot:
+    """The avail ring and the descriptor table, each read whole when the avail index is read
+    (one read each instead of one per head and per descriptor). The driver wrote every
+    descriptor and ring entry of a chain before publishing the avail index (§2.7.13), and may
+    not touch them until the chain is used, so the copy holds for every chain counted then.
+    Reads outside the copied table (indirect tables, buffers) go to memory; the copy covers
+    only what lies inside guest memory, so a ring at its end fails exactly as before."""
+
+    def __init__(self, q: VirtQueue, mem: Memory) -> None:
+        self.key = (q.desc_addr, q.avail_addr, q.size)
+        self.mem = mem
+        self.size = mem.size
+        self.base = q.desc_addr
+        self.ring: bytes | None = None
+        self.table = b""
+        try:
+            self.ring = mem.read(q.avail_addr + ring.AVAIL_RING, 2 * q.size)
+        except GuestMemoryError:
+            pass  # read entry by entry (and fail where the walk would)
+        n = min(DESC_SIZE * q.size, max(0, mem.size - q.desc_addr))
+        try:
+            self.table = mem.read(q.desc_addr, n) if n else b""
+        except GuestMemoryError:
+            pass
+
+    def valid_for(self, q: VirtQueue) -> bool:
+        return self.ring is not None and self.key == (q.desc_addr, q.avail_addr, q.size)
+
+    def head(self, slot: int) -> int:
+        assert self.ring is not None
+        return self.ring[2 * slot] | self.ring[2 * slot + 1] << 8
+
+    def read(self, addr: int, length: int) -> bytes:
+        off = addr - self.base
+        if 0 <= off and off + length <= len(self.table):
+            return self.table[off : off + length]
+        return self.mem.read(addr, length)
+
+    def write(self, addr: int, data: bytes) -> None:
+        self.mem.write(addr, data)
