@@ -45,9 +45,9 @@ PR_GET_CHILD_SUBREAPER = 37
 KILL_DEADLINE_S = 10.0
 
 
-def session_pids(sid: int) -> list[int]:
-    """Live (not zombie) processes whose session id is ``sid``."""
-    pids = []
+def proc_stats() -> Iterator[tuple[int, list[str]]]:
+    """(pid, the /proc/PID/stat fields after the command name) of every process; the name may
+    itself hold spaces and parentheses, so the fields start after its last ")"."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -55,11 +55,13 @@ def session_pids(sid: int) -> list[int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        # Fields after the command name, which may itself hold spaces and parentheses.
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 3 and fields[0] != "Z" and int(fields[3]) == sid:
-            pids.append(int(entry))
-    return pids
+        yield int(entry), stat[stat.rfind(")") + 2 :].split()
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live (not zombie) processes whose session id is ``sid``."""
+    return [pid for pid, fields in proc_stats()
+            if len(fields) > 3 and fields[0] != "Z" and int(fields[3]) == sid]  # fmt: skip
 
 
 def kill_session(sid: int, deadline_s: float = KILL_DEADLINE_S) -> list[int]:
@@ -83,18 +85,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 def process_table() -> dict[int, tuple[int, str]]:
     """Every process: pid → (parent pid, state letter)."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 1:
-            table[int(entry)] = (int(fields[1]), fields[0])
-    return table
+    return {pid: (int(fields[1]), fields[0]) for pid, fields in proc_stats() if len(fields) > 1}
 
 
 def descendants(root: int, skip: set[int] | frozenset[int] = frozenset()) -> dict[int, str]:
