@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..host.phases import is_driver_ok_write
+from ..host.phases import PhaseTagger
 from ..trace.recorder import write_jsonl
 from .debian import MODULES, DebianKernel, build_initramfs, fetch_kernel, require
 
@@ -116,7 +116,9 @@ def convert(lines: Iterable[str], slot: int = SLOT) -> Iterator[dict[str, Any]]:
     """QEMU trace-log lines → access records of our device, in order, with phases."""
     devfn = slot << 3
     cf8 = 0
-    phase = "enumeration"
+    # The probe starts at the guest's marker read (not at the first common-config access, so
+    # that the driver's own config-space reads before it count as its probe).
+    tagger = PhaseTagger()
     vq_index: dict[str, int] = {}
     for line in lines:
         m = _OPS.search(line)
@@ -131,7 +133,7 @@ def convert(lines: Iterable[str], slot: int = SLOT) -> Iterator[dict[str, Any]]:
                     "space": "event",
                     "kind": "queue-notify",
                     "queue": vq_index[u.group(1)],
-                    "phase": phase,
+                    "phase": tagger.phase,
                 }
             continue
         op = "r" if m.group(1) == "read" else "w"
@@ -188,13 +190,11 @@ def convert(lines: Iterable[str], slot: int = SLOT) -> Iterator[dict[str, Any]]:
         if rec is None:
             continue
         if rec["space"] == "cfg" and op == "r" and size == 1 and rec["offset"] == MARKER_OFFSET:
-            if phase == "enumeration":
-                phase = "probe"
+            if tagger.phase == "enumeration":
+                tagger.phase = "probe"
                 continue
-        rec["phase"] = phase
+        tagger(rec)
         yield rec
-        if phase == "probe" and is_driver_ok_write(rec):
-            phase = "run"
 
 
 def qemu_command(
