@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.add_parsers(sub)
+    from .completion import add_parsers as add_completion
+
+    add_completion(sub, parser)
     return parser
 
 
