@@ -132,6 +132,15 @@ def render(res: SimResult, s: Style) -> str:
         masked = all(r["entry_masked"] for r in res.table_after_teardown)
         out.append(s.head("After virtnet_remove") + f": every entry masked: {masked}, "
                    f"MSI-X enabled: {res.msix_enabled_after_teardown}")  # fmt: skip
+    if o.teardown and res.teardown_steps:
+        out.append("")
+        out.append(s.head("Removal (phase 'teardown')"))
+        for st in res.teardown_steps:
+            out.append(f"  {st['step']:<18} {st['calls']:<42} {st['accesses']} accesses")
+        cmd = res.command_after_teardown or 0
+        out.append(f"  then: device status {res.status_after_teardown:#x} (ACKNOWLEDGE again), "
+                   f"Bus Master {'on' if cmd & 0x4 else 'off'}, "
+                   f"INTx {'disabled' if cmd & 0x400 else 'enabled'}")  # fmt: skip
     if o.backtraces:
         out.append("")
         out.append(s.head("Backtraces (from the model's call stack)"))
@@ -157,6 +166,11 @@ def to_json(res: SimResult) -> dict[str, Any]:
         "masked_demo": res.masked_demo,
         "table_after_teardown": res.table_after_teardown,
         "msix_enabled_after_teardown": res.msix_enabled_after_teardown,
+        "teardown": {
+            "steps": res.teardown_steps,
+            "status_after": res.status_after_teardown,
+            "command_after": res.command_after_teardown,
+        },
         "traffic": None
         if res.net is None
         else {

@@ -20,7 +20,7 @@ from ..virtio.regs import COMMON, VIRTIO_MSI_NO_VECTOR
 from .irqcore import mask_irq, unmask_irq
 from .kernel import IrqDesc, Kernel
 from .machine import Machine
-from .pci import PciDev, pci_clear_master
+from .pci import PCI_COMMAND, PciDev
 from .views import interrupts_view, table_view
 from .virtio_net import (
     VIRTIO_NET_DRIVER,
@@ -29,7 +29,7 @@ from .virtio_net import (
     virtnet_config_changed,
     virtnet_open,
 )
-from .virtio_pci import VpDev, irq_desc_of, virtio_pci_remove
+from .virtio_pci import VpDev, irq_desc_of, virtio_dev_remove, virtio_pci_remove
 
 SLOT = 3  # the slot the QEMU captures use (-device ...,addr=0x3)
 INTX_IRQ = {"x86": 23}  # q35 routes slot 3 INTA to GSI 23 (captured); UML's PCI IRQ
@@ -106,6 +106,11 @@ class SimResult:
     masked_demo: dict[str, Any] | None = None
     table_after_teardown: list[dict[str, Any]] = field(default_factory=list)
     msix_enabled_after_teardown: bool | None = None
+    # The removal path (phase ``teardown``): each module's removal and its register accesses,
+    # and what the device is left with.
+    teardown_steps: list[dict[str, Any]] = field(default_factory=list)
+    status_after_teardown: int | None = None
+    command_after_teardown: int | None = None
     capabilities: list[dict[str, Any]] = field(default_factory=list)
 
     def probe_records(self) -> list[dict[str, Any]]:
@@ -155,6 +160,8 @@ def run_sim(
     res.event_vectors = device.event_vectors(names)
     res.interrupts_after_probe = interrupts_view(k)
     if vi is None:
+        if opts.teardown:
+            teardown(res, machine)
         return res
 
     # The config work after probe reads the link status; `ip link set up` posts RX buffers and
@@ -172,11 +179,45 @@ def run_sim(
     res.interrupts = interrupts_view(k)
 
     if opts.teardown:
-        virtio_pci_remove(k, vp)
-        pci_clear_master(k, dev)
-        res.table_after_teardown = table_view(k, device)
-        res.msix_enabled_after_teardown = device.msix.enabled if device.msix else None
+        teardown(res, machine)
     return res
+
+
+class _AccessCounter:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self, rec: dict[str, Any]) -> None:
+        if "op" in rec:
+            self.n += 1
+
+
+def teardown(res: SimResult, machine: Machine) -> None:
+    """What ``rmmod virtio_net; rmmod virtio_pci`` does, as the QEMU teardown captures show
+    (tests/data/qemu-*-teardown*): virtio_dev_remove (virtnet_remove: reset, queues and
+    vectors freed, MSI-X off; then ACKNOWLEDGE again), then virtio_pci_remove (presence check,
+    Bus Master off). Recorded in the ``teardown`` phase. The simulator always ends with it, as
+    a real guest's life does (and as ``boot`` ends: the real kernel unbinds our device)."""
+    k, vp, device = res.kernel, res.vp, res.device
+    machine.phases.phase = "teardown"
+    counter = _AccessCounter()
+    res.recorder.subscribe(counter)
+    if vp.driver is not None:
+        name = vp.driver.name
+        virtio_dev_remove(k, vp)
+        res.teardown_steps.append({"step": f"rmmod {name}",
+                                   "calls": "virtio_dev_remove → virtnet_remove",
+                                   "accesses": counter.n})  # fmt: skip
+    if vp in getattr(k, "vp_devices", []):
+        before = counter.n
+        virtio_pci_remove(k, vp)
+        res.teardown_steps.append({"step": "rmmod virtio_pci",
+                                   "calls": "virtio_pci_remove → pci_disable_device",
+                                   "accesses": counter.n - before})  # fmt: skip
+    res.table_after_teardown = table_view(k, device)
+    res.msix_enabled_after_teardown = device.msix.enabled if device.msix else None
+    res.status_after_teardown = device.device.status
+    res.command_after_teardown = device.config_word(PCI_COMMAND)  # not a bus access
 
 
 def make_frame(mac: bytes, n: int) -> bytes:
