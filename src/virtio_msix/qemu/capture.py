@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from ..host.phases import PhaseTagger
-from ..trace.recorder import write_jsonl
+from ..trace.recorder import trace_meta, write_jsonl
 from .debian import (
     MODULES,
     DebianKernel,
@@ -551,7 +551,5 @@ def capture(
 
 def trace_config(records: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
     """The capture's configuration (its first record, ``space: meta``), or None for a trace
-    recorded before captures carried it."""
-    for rec in records:
-        return rec if rec.get("space") == "meta" else None
-    return None
+    recorded before captures carried it (trace/recorder.py ``trace_meta``)."""
+    return trace_meta(records)
