@@ -211,7 +211,9 @@ def teardown(res: SimResult, machine: Machine) -> None:
     if vp in getattr(k, "vp_devices", []):
         before = counter.n
         virtio_pci_remove(k, vp)
-        res.teardown_steps.append({"step": "rmmod virtio_pci",
+        # 6.12 builds virtio_pci in: its removal is the sysfs unbind (the same calls).
+        step = "unbind virtio-pci" if k.version == "6.12" else "rmmod virtio_pci"
+        res.teardown_steps.append({"step": step,
                                    "calls": "virtio_pci_remove → pci_disable_device",
                                    "accesses": counter.n - before})  # fmt: skip
     res.table_after_teardown = table_view(k, device)
