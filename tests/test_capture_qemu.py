@@ -52,8 +52,7 @@ def test_guest_pinged_through_both_pairs_and_removed_the_modules(captured):
     assert meta["ping_ok"] and meta["teardown_ok"], console[-3000:]
     after = console.split("VMSIX-INTERRUPTS-AFTER")[1].split("VMSIX-DMESG")[0]
     assert "virtio0-input.1" in after and "virtio0-output.1" in after
-    # queue pairs in use: the guest wrote 2 to the control queue's VQ_PAIRS_SET (device
-    # features: MQ and the vnet-header offloads of a TAP peer)
+    # the device offered MQ and, with a vnet-header TAP as its peer, QEMU's tap offloads
     features = [r["value"] for r in records if r.get("space") == "common" and r.get("op") == "r"
                 and r["offset"] == 0x04]  # fmt: skip
     assert features[0] == 0x30FFFFA7
