@@ -22,8 +22,8 @@ CAPTURES_612 = {
     "qemu612-q35-vectors2": 2,
     "qemu612-q35-vectors0": 0,
 }
-# 6.12 with two guest CPUs (capture-qemu --kernel 6.12 --smp 2): replayed; the model's vector
-# placement across CPUs at boot is not the real kernel's yet (see test_sim_vs_real_kernel.py)
+# 6.12 with two guest CPUs (capture-qemu --kernel 6.12 --smp 2): replayed, and the model's
+# probe equal to it (test_sim_vs_real_kernel.py test_612_two_cpus_equal_the_real_kernel)
 CAPTURES_612_SMP2 = {"qemu612-q35-smp2": None}
 ALL_CAPTURES = {**CAPTURES, **CAPTURES_612, **CAPTURES_612_SMP2}
 

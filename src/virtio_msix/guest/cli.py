@@ -236,8 +236,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queue-pairs", type=cliargs.queue_pairs, default=1, metavar="N",
                    help="virtio-net queue pairs the device offers, 1..511 (default 1)")  # fmt: skip
     p.add_argument("--cpus", type=cliargs.cpus, default=1, metavar="N",
-                   help="CPUs of the modelled machine, 1..255, each a local APIC with 204 "
-                        "device vectors (6 of CPU0's taken at boot) (default 1)")  # fmt: skip
+                   help="CPUs of the modelled machine, 1..255, each a local APIC with 201 "
+                        "device vectors (6.1; the boot interrupts spread over the CPUs as "
+                        "Linux places them) (default 1)")  # fmt: skip
     p.add_argument(
         "--arch",
         choices=("x86", "um"),

@@ -459,6 +459,8 @@ def __msi_domain_alloc_irqs(k: Kernel, dev: PciDev, nvec: int) -> int:
         irq.msix_entry = (dev, desc)
         irq.irq_chip = PCI_MSIX_CHIP
         desc.irq = irq
+        if reserve:
+            k.reserve_irq_vector(irq)  # x86_vector_alloc_irqs: non-managed, reserve only
         irq_domain_activate_irq(k, irq, reserve)
         if reserve:
             irq.activated = False  # msi_init_virq: a reservation is not an activation
