@@ -55,6 +55,7 @@ class IrqDesc:
     can_reserve: bool = False
     is_managed: bool = False
     move_in_progress: bool = False
+    cleanup_pending: bool = False  # the old vector waits for the cleanup IPI
     prev_cpu: int = 0
     prev_vector: int | None = None
     affinity: frozenset[int] | None = None  # None: irq_default_affinity (every CPU)

@@ -117,6 +117,8 @@ class Kernel:
         # The CPU the model is running on: the one whose APIC took the interrupt being handled
         # (the boot CPU otherwise); the two-step MSI move is done from it.
         self.this_cpu = 0
+        # Interrupts whose old vector waits for the cleanup IPI (per-CPU cleanup_list).
+        self.cleanup_list: list[IrqDesc] = []
         # XPS (net/core/dev.c netif_set_xps_queue): tx queue → the CPUs that transmit on it.
         self.xps: dict[str, frozenset[int]] = {}
         if self.x86 is not None:
@@ -174,8 +176,20 @@ class Kernel:
     def take_interrupts(self) -> None:
         if self.in_interrupt or self.irqs_disabled:
             return
+        try:
+            self._take_interrupts()
+        finally:
+            if self.cleanup_list:
+                self.smp_irq_move_cleanup_interrupt()
+
+    def _take_interrupts(self) -> None:
         for _ in range(10000):
             if self.pending_msi:
+                if self.x86 is not None and len(self.pending_msi) > 1:
+                    # Messages that arrived together wait in the local APICs' IRR; each APIC
+                    # serves its highest vector first (Intel SDM vol. 3 §11.8.3): on one CPU
+                    # output.0 (0x28) before input.0 (0x27), as captured.
+                    self.pending_msi.sort(key=lambda m: self.x86.service_order(*m, self.this_cpu))
                 address, data = self.pending_msi.pop(0)
                 self.deliver_msi(address, data)
             elif (
@@ -288,7 +302,7 @@ class Kernel:
         assert self.x86 is not None
         if desc.vector is not None and desc.cpu in dest:
             return 0
-        if desc.move_in_progress:
+        if desc.move_in_progress or desc.cleanup_pending:
             return -EBUSY
         got = self.x86.vectors.irq_matrix_alloc(dest, reserved=desc.has_reserved)
         if got is None:
@@ -297,11 +311,21 @@ class Kernel:
         return 0
 
     def irq_complete_move(self, desc: IrqDesc, cpu: int, vector: int) -> None:
-        """The first interrupt on the new vector: the previous one is freed (the cleanup IPI,
-        IRQ_MOVE_CLEANUP_VECTOR in 6.1, done here at once)."""
+        """The first interrupt on the new vector: __send_cleanup_vector queues the interrupt
+        for cleanup on the old CPU and sends it IRQ_MOVE_CLEANUP_VECTOR, the lowest-priority
+        vector: the old vector is freed when that CPU gets to it, after the interrupts already
+        pending (take_interrupts runs the cleanups once none is)."""
         if not desc.move_in_progress or (cpu, vector) != (desc.cpu, desc.vector):
             return
-        self.free_moved_vector(desc)
+        desc.move_in_progress = False
+        desc.cleanup_pending = True
+        self.cleanup_list.append(desc)
+
+    def smp_irq_move_cleanup_interrupt(self) -> None:
+        while self.cleanup_list:
+            desc = self.cleanup_list.pop(0)
+            if desc.cleanup_pending:
+                self.free_moved_vector(desc)
 
     def free_moved_vector(self, desc: IrqDesc) -> None:
         assert self.x86 is not None
@@ -309,7 +333,7 @@ class Kernel:
             self.x86.apics[desc.prev_cpu].handlers.pop(desc.prev_vector, None)
             self.x86.vectors.irq_matrix_free(desc.prev_cpu, desc.prev_vector, desc.is_managed)
         desc.prev_vector = None
-        desc.move_in_progress = False
+        desc.move_in_progress = desc.cleanup_pending = False
 
     def release_vector(self, desc: IrqDesc) -> None:
         """x86_vector_deactivate → clear_irq_vector, then a reservation again (a reservable
@@ -318,7 +342,7 @@ class Kernel:
             return
         self.x86.apics[desc.cpu].handlers.pop(desc.vector, None)
         self.x86.vectors.irq_matrix_free(desc.cpu, desc.vector, desc.is_managed)
-        if desc.move_in_progress:
+        if desc.move_in_progress or desc.cleanup_pending:
             self.free_moved_vector(desc)
         desc.vector = None
         if desc.can_reserve:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..host.backends import LoopbackBackend
+from ..host.backends import LoopbackBackend, MultiQueueLoopback
 from ..trace import Recorder
 from ..virtio import VirtioPciDevice, make_virtio_net_pci
 from ..virtio.describe import describe
@@ -21,10 +21,11 @@ from .irqcore import mask_irq, unmask_irq
 from .kernel import IrqDesc, Kernel
 from .machine import Machine
 from .pci import PciDev, pci_clear_master
-from .views import interrupts_view, table_view
+from .views import interrupts_view, table_view, vector_placement_view
 from .virtio_net import (
     VIRTIO_NET_DRIVER,
     VirtnetInfo,
+    netdev_pick_tx,
     start_xmit,
     virtnet_config_changed,
     virtnet_open,
@@ -107,6 +108,8 @@ class SimResult:
     table_after_teardown: list[dict[str, Any]] = field(default_factory=list)
     msix_enabled_after_teardown: bool | None = None
     capabilities: list[dict[str, Any]] = field(default_factory=list)
+    # x86: per CPU, the vectors in use and which interrupt holds each; and XPS
+    vector_placement: dict[str, Any] = field(default_factory=dict)
 
     def probe_records(self) -> list[dict[str, Any]]:
         """Accesses from the driver's first access to its DRIVER_OK write (inclusive)."""
@@ -129,7 +132,11 @@ def run_sim(
         queue_pairs=opts.queue_pairs,
         disable_legacy=opts.disable_legacy,
         recorder=recorder,
-        backend=LoopbackBackend(swap_macs=False),
+        # More than one pair: a peer with a queue per pair, as the multi-queue TAP a user
+        # gives QEMU for mq=on, so that every pair carries traffic.
+        backend=LoopbackBackend(swap_macs=False)
+        if opts.queue_pairs == 1
+        else MultiQueueLoopback(opts.queue_pairs),
     )
     refusal = None
     if opts.refuse_vectors_from is not None or opts.refuse_config_vector:
@@ -154,6 +161,7 @@ def run_sim(
     res.table_after_probe = table_view(k, device)
     res.event_vectors = device.event_vectors(names)
     res.interrupts_after_probe = interrupts_view(k)
+    res.vector_placement = vector_placement_view(k)
     if vi is None:
         return res
 
@@ -166,10 +174,16 @@ def run_sim(
     if opts.mask_during_traffic and vp.per_vq_vectors:
         res.masked_demo = mask_demo(k, vi, device)
 
+    # Each CPU sends in turn, on the TX queue XPS gives it (one queue for every CPU with a
+    # single pair).
     for n in range(opts.packets):
-        start_xmit(k, vi, make_frame(vi.mac, n))
+        cpu = n % k.cpus
+        k.this_cpu = cpu
+        start_xmit(k, vi, make_frame(vi.mac, n), netdev_pick_tx(k, vi, cpu))
         k.take_interrupts()
+    k.this_cpu = 0
     res.interrupts = interrupts_view(k)
+    res.vector_placement = vector_placement_view(k)
 
     if opts.teardown:
         virtio_pci_remove(k, vp)

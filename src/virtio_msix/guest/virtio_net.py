@@ -272,6 +272,15 @@ def virtnet_set_rx_mode(k: Kernel, vi: VirtnetInfo) -> None:
     virtnet_send_command(k, vi, dev_net.CTRL_MAC, 0, table)
 
 
+def netdev_pick_tx(k: Kernel, vi: VirtnetInfo, cpu: int) -> int:
+    """net/core/dev.c get_xps_queue: the TX queue whose XPS CPUs hold the sending CPU
+    (virtnet_set_affinity gives each CPU one); queue 0 when XPS names none."""
+    for i in range(vi.curr_queue_pairs):
+        if cpu in k.xps.get(f"tx-{i}", ()):
+            return i
+    return 0
+
+
 def start_xmit(k: Kernel, vi: VirtnetInfo, frame: bytes, qp: int = 0) -> bool:
     sq = vi.sq[qp]
     free_old_xmit_skbs(k, vi, qp)

@@ -332,6 +332,17 @@ class X86Interrupts:
             return [a for a in self.apics if msg.dest & a.logical_id()][:1]
         return [a for a in self.apics if a.cpu == msg.dest]
 
+    def service_order(self, address: int, data: int, this_cpu: int = 0) -> tuple[int, int, int]:
+        """Sort key for messages that arrived together: those for other CPUs first (they take
+        them at once while ``this_cpu`` is still finishing the access that raised them), then
+        per CPU the highest vector (priority) first; messages no APIC takes come last."""
+        decoded = decode_msi(address, data)
+        targets = self.targets(decoded) if decoded.valid else []
+        if not targets:
+            return (2, self.cpus, 0)
+        cpu = targets[0].cpu
+        return (int(cpu == this_cpu), cpu, -decoded.vector)
+
     def msi(self, address: int, data: int) -> None:
         decoded = decode_msi(address, data)
         self.log.append((address, data, decoded))
