@@ -22,6 +22,7 @@ from ..virtio.net import feature_names
 from .errnos import errname
 from .kernel import DEFAULT_KERNEL_VERSION, KERNEL_VERSIONS
 from .sim import SimOptions, SimResult, run_sim
+from .views import render_vector_placement
 
 
 class Style:
@@ -103,6 +104,10 @@ def render(res: SimResult, s: Style) -> str:
     rows = [[f"{r['irq']}:", *[str(c) for c in r["counts"]], r["chip"], r["hwirq"], r["name"]]
             for r in (res.interrupts or res.interrupts_after_probe)]  # fmt: skip
     out.append(table(rows, ["IRQ", *[f"CPU{c}" for c in range(o.cpus)], "chip", "hwirq", "name"]))
+    if res.vector_placement:
+        out.append("")
+        out.append(s.head("Vector placement (x86 vector matrix) and XPS"))
+        out.append(render_vector_placement(res.vector_placement))
     if res.net is not None:
         out.append(f"  traffic: {res.net.tx_packets} sent, {res.net.tx_completed} completed, "
                    f"{res.net.rx_packets} received through the loopback backend")  # fmt: skip
@@ -154,6 +159,8 @@ def to_json(res: SimResult) -> dict[str, Any]:
         "msix_table": res.table_after_probe,
         "event_vectors": [{"event": e, "vector": v} for e, v in res.event_vectors],
         "interrupts": res.interrupts or res.interrupts_after_probe,
+        "vector_placement_after_probe": res.vector_placement_after_probe,
+        "vector_placement": res.vector_placement,
         "masked_demo": res.masked_demo,
         "table_after_teardown": res.table_after_teardown,
         "msix_enabled_after_teardown": res.msix_enabled_after_teardown,

@@ -110,6 +110,7 @@ class SimResult:
     capabilities: list[dict[str, Any]] = field(default_factory=list)
     # x86: per CPU, the vectors in use and which interrupt holds each; and XPS
     vector_placement: dict[str, Any] = field(default_factory=dict)
+    vector_placement_after_probe: dict[str, Any] = field(default_factory=dict)
 
     def probe_records(self) -> list[dict[str, Any]]:
         """Accesses from the driver's first access to its DRIVER_OK write (inclusive)."""
@@ -161,7 +162,7 @@ def run_sim(
     res.table_after_probe = table_view(k, device)
     res.event_vectors = device.event_vectors(names)
     res.interrupts_after_probe = interrupts_view(k)
-    res.vector_placement = vector_placement_view(k)
+    res.vector_placement_after_probe = res.vector_placement = vector_placement_view(k)
     if vi is None:
         return res
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..host.views import msix_table
+from ..irq.x86 import BOOT_IRQ_NAMES
 from ..virtio.pci import VirtioPciDevice
 from .kernel import Kernel
 
@@ -39,12 +40,11 @@ def vector_placement_view(k: Kernel) -> dict[str, Any]:
         return {}
     owners: dict[tuple[int, int], str] = {}
     for irq, d in k.irqs.items():
-        name = d.name or {0: "timer", 1: "i8042", 4: "ttyS0", 8: "rtc0", 9: "acpi",
-                          12: "i8042"}.get(irq, f"irq{irq}")  # fmt: skip
+        name = d.name or BOOT_IRQ_NAMES.get(irq, "")
         if d.vector is not None:
-            owners[(d.cpu, d.vector)] = f"{irq} {name}"
+            owners[(d.cpu, d.vector)] = f"irq {irq} {name}".rstrip()
         if d.move_in_progress and d.prev_vector is not None:
-            owners[(d.prev_cpu, d.prev_vector)] = f"{irq} {name} (moving away)"
+            owners[(d.prev_cpu, d.prev_vector)] = f"irq {irq} {name} (moving away)"
     m = k.x86.vectors
     cpus = []
     for cpu, cm in enumerate(m.maps):
@@ -75,3 +75,37 @@ def vector_placement_view(k: Kernel) -> dict[str, Any]:
         "irqs": irqs,
         "xps": {q: sorted(c) for q, c in sorted(k.xps.items())},
     }
+
+
+def render_vector_placement(view: dict[str, Any]) -> str:
+    """The vector matrix per CPU, each MSI-X interrupt's place and hint, and XPS, as text."""
+    if not view:
+        return "  (no x86 vector matrix: --arch um)"
+    lines = [f"  destination mode {view['destination_mode']}; "
+             f"{view['reserved']} vector(s) reserved, not yet assigned"]  # fmt: skip
+    for c in view["cpus"]:
+        used = ", ".join(f"{v['vector']:#04x} {v['irq']}" for v in c["vectors"]) or "-"
+        lines.append(f"  CPU{c['cpu']}: {c['available']:3} free | {used}")
+    for r in view["irqs"]:
+        hint = "-" if r["affinity_hint"] is None else _cpus(r["affinity_hint"])
+        pending = f", move pending to CPU {_cpus(r['move_pending'])}" if r["move_pending"] else ""
+        lines.append(f"  irq {r['irq']} {r['name']}: CPU{r['cpu']} vector {r['vector']:#04x}, "
+                     f"affinity hint {hint}{pending}")  # fmt: skip
+    for q, cpus in view["xps"].items():
+        lines.append(f"  XPS {q}: CPU {_cpus(cpus)}")
+    return "\n".join(lines)
+
+
+def _cpus(cpus: list[int]) -> str:
+    """0-3,5 style, as /proc/irq/*/affinity_hint's list form."""
+    out, run = [], []
+    for c in sorted(cpus):
+        if run and c == run[-1] + 1:
+            run.append(c)
+            continue
+        if run:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [c]
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)

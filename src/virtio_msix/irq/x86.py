@@ -56,6 +56,8 @@ def system_vectors(version: str = "6.1") -> tuple[int, ...]:
 # captured /proc/interrupts (2, 3, 4, 8 CPUs) shows each line's count on the CPU the model gives.
 BOOT_TIMER_IRQ = 0
 BOOT_IRQS = (9, 12, 1, 8, 4)
+# Their names in /proc/interrupts.
+BOOT_IRQ_NAMES = {0: "timer", 1: "i8042", 4: "ttyS0", 8: "rtc0", 9: "acpi", 12: "i8042"}
 
 
 @dataclass(frozen=True)
