@@ -7,6 +7,7 @@ real kernel when its interrupts arrive in the captured order."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -335,3 +336,22 @@ def test_views_show_placement_and_xps():
     on = {r["name"]: (r["cpu"], r["vector"]) for r in view["irqs"]}
     assert on["virtio0-input.0"][0] == 0 and on["virtio0-input.1"][0] == 1  # moved to its hint
     assert any(v["irq"].endswith("timer") for v in view["cpus"][0]["vectors"])
+
+
+def test_sim_cli_shows_placement_and_xps(capsys):
+    """`virtio-msix sim --queue-pairs 2 --vectors 6 --cpus 4`: the text view has the per-CPU
+    vectors, each queue interrupt's hint and the XPS map; --json the same data."""
+    from virtio_msix.cli import main
+
+    assert main(["sim", "--queue-pairs", "2", "--vectors", "6", "--cpus", "4", "--color", "never"]) == 0
+    text = capsys.readouterr().out
+    assert "Vector placement (x86 vector matrix) and XPS" in text
+    assert re.search(r"CPU2: +\d+ free \| .*irq 24 virtio0-config", text)
+    assert "irq 27 virtio0-input.1: CPU3 vector 0x22, affinity hint 2-3" in text
+    assert "XPS tx-0: CPU 0-1" in text and "XPS tx-1: CPU 2-3" in text
+    assert main(["sim", "--queue-pairs", "2", "--vectors", "6", "--cpus", "4", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["vector_placement"]["xps"] == {"tx-0": [0, 1], "tx-1": [2, 3]}
+    after_probe = {r["name"]: (r["cpu"], r["vector"]) for r in doc["vector_placement_after_probe"]["irqs"]}
+    # as the real kernel placed them on 4 CPUs (qemu-q35-mq2-smp4): config on CPU2 at 0x22
+    assert after_probe["virtio0-config"] == (2, 0x22)
