@@ -30,6 +30,7 @@ SMP_CAPTURES = (
     "qemu-q35-smp3",
     "qemu-q35-smp4",
     "qemu-q35-smp8",
+    "qemu-q35-smp9",  # more than 8 CPUs: physical destination mode (apic_physflat)
     "qemu-q35-smp2-vectors2",
     "qemu-q35-smp4-vectors2",
     "qemu-q35-smp2-vectors0",
@@ -359,3 +360,14 @@ def test_sim_cli_shows_placement_and_xps(capsys):
     after_probe = {r["name"]: (r["cpu"], r["vector"]) for r in doc["vector_placement_after_probe"]["irqs"]}
     # as the real kernel placed them on 4 CPUs (qemu-q35-mq2-smp4): config on CPU2 at 0x22
     assert after_probe["virtio0-config"] == (2, 0x22)
+
+
+def test_more_than_8_cpus_use_physical_destination_mode():
+    """6.1 picks flat logical up to 8 CPUs and physical flat beyond (the captures' addresses:
+    0xFEE01004 = logical CPU0 on 8, 0xFEE00000 = APIC ID 0 on 9)."""
+    for name, logical in (("qemu-q35-smp8", True), ("qemu-q35-smp9", False)):
+        real = [r for r in virtio_phase(load(name)) if r["space"] == "msix-table"
+                and r["op"] == "w" and r["offset"] % 16 == 0]  # fmt: skip
+        assert all(bool(r["value"] & 4) == logical for r in real), name
+        res = run_sim(sim_options(load(name)))
+        assert res.vector_placement["destination_mode"] == ("logical (flat)" if logical else "physical")
