@@ -39,6 +39,7 @@ SMP_CAPTURES = (
     "qemu-q35-mq2-v3",
     "qemu-q35-mq4-smp2",
     "qemu-q35-mq2-smp4",
+    "qemu-q35-mq4-smp4",
     "qemu-pc-mq2-v6",
 )
 # One CPU: the run phase's lazy moves (nothing moves, the same message is written again).
