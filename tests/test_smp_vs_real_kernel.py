@@ -372,3 +372,16 @@ def test_more_than_8_cpus_use_physical_destination_mode():
         assert all(bool(r["value"] & 4) == logical for r in real), name
         res = run_sim(sim_options(load(name)))
         assert res.vector_placement["destination_mode"] == ("logical (flat)" if logical else "physical")
+
+
+def test_every_pair_carries_traffic_with_a_multi_queue_peer():
+    """sim with 2 pairs on 2 CPUs: CPU i sends on TX queue i (XPS), the peer (a queue per
+    pair, as a multi-queue TAP) answers on the same pair, so every queue interrupts."""
+    res = run_sim(SimOptions(cpus=2, queue_pairs=2, vectors=6, packets=8))
+    counts = {r["name"]: sum(r["counts"]) for r in res.interrupts}
+    for name in ("input.0", "output.0", "input.1", "output.1"):
+        assert counts[f"virtio0-{name}"] > 0, name
+    assert res.net.rx_packets == res.net.tx_packets == 8
+    # one pair: every CPU sends on queue 0 (XPS names all CPUs for it)
+    one = run_sim(SimOptions(cpus=2, packets=4))
+    assert one.vector_placement["xps"] == {"tx-0": [0, 1]} and one.net.rx_packets == 4
