@@ -83,9 +83,25 @@ def render_vector_placement(view: dict[str, Any]) -> str:
         return "  (no x86 vector matrix: --arch um)"
     lines = [f"  destination mode {view['destination_mode']}; "
              f"{view['reserved']} vector(s) reserved, not yet assigned"]  # fmt: skip
+    idle: list[dict[str, Any]] = []  # consecutive CPUs holding nothing: one line for them
+
+    def flush() -> None:
+        if idle:
+            cpus = _cpus([c["cpu"] for c in idle])
+            lines.append(f"  CPU {cpus}: {idle[0]['available']:3} free each | -")
+            idle.clear()
+
     for c in view["cpus"]:
-        used = ", ".join(f"{v['vector']:#04x} {v['irq']}" for v in c["vectors"]) or "-"
+        if not c["vectors"] and (not idle or idle[-1]["available"] == c["available"]):
+            idle.append(c)
+            continue
+        flush()
+        if not c["vectors"]:
+            idle.append(c)
+            continue
+        used = ", ".join(f"{v['vector']:#04x} {v['irq']}" for v in c["vectors"])
         lines.append(f"  CPU{c['cpu']}: {c['available']:3} free | {used}")
+    flush()
     for r in view["irqs"]:
         hint = "-" if r["affinity_hint"] is None else _cpus(r["affinity_hint"])
         pending = f", move pending to CPU {_cpus(r['move_pending'])}" if r["move_pending"] else ""
