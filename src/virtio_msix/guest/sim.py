@@ -17,11 +17,12 @@ from ..trace import Recorder
 from ..virtio import VirtioPciDevice, make_virtio_net_pci
 from ..virtio.describe import describe
 from ..virtio.regs import COMMON, VIRTIO_MSI_NO_VECTOR
+from . import views as guest_views
 from .irqcore import mask_irq, unmask_irq
 from .kernel import IrqDesc, Kernel
 from .machine import Machine
 from .pci import PciDev, pci_clear_master
-from .views import interrupts_view, table_view, vector_placement_view
+from .views import interrupts_view, table_view
 from .virtio_net import (
     VIRTIO_NET_DRIVER,
     VirtnetInfo,
@@ -133,15 +134,15 @@ def run_sim(
         queue_pairs=opts.queue_pairs,
         disable_legacy=opts.disable_legacy,
         recorder=recorder,
-        # More than one pair: a peer with a queue per pair, as the multi-queue TAP a user
-        # gives QEMU for mq=on, so that every pair carries traffic.
-        backend=LoopbackBackend(swap_macs=False)
-        if opts.queue_pairs == 1
-        else MultiQueueLoopback(opts.queue_pairs),
+        backend=LoopbackBackend(swap_macs=False),
     )
     refusal = None
     if opts.refuse_vectors_from is not None or opts.refuse_config_vector:
         refusal = VectorRefusal(device, opts.refuse_vectors_from, opts.refuse_config_vector)
+    if opts.queue_pairs > 1 and isinstance(device.device.backend, LoopbackBackend):
+        # More than one pair: a peer with a queue per pair, as the multi-queue TAP a user
+        # gives QEMU for mq=on, so that every pair carries traffic (same features offered).
+        device.device.backend = MultiQueueLoopback(opts.queue_pairs)
     machine = Machine(device, cpus=opts.cpus, arch=opts.arch, memory_mb=opts.memory_mb,
                       driver=VIRTIO_NET_DRIVER, recorder=recorder, backtraces=opts.backtraces,
                       version=opts.kernel,
@@ -162,7 +163,7 @@ def run_sim(
     res.table_after_probe = table_view(k, device)
     res.event_vectors = device.event_vectors(names)
     res.interrupts_after_probe = interrupts_view(k)
-    res.vector_placement_after_probe = res.vector_placement = vector_placement_view(k)
+    res.vector_placement_after_probe = res.vector_placement = guest_views.vector_placement_view(k)
     if vi is None:
         return res
 
@@ -184,7 +185,7 @@ def run_sim(
         k.take_interrupts()
     k.this_cpu = 0
     res.interrupts = interrupts_view(k)
-    res.vector_placement = vector_placement_view(k)
+    res.vector_placement = guest_views.vector_placement_view(k)
 
     if opts.teardown:
         virtio_pci_remove(k, vp)

@@ -74,6 +74,7 @@ class VirtnetInfo:
     sq: list[VringVirtqueue] = field(default_factory=list)
     cvq: VringVirtqueue | None = None
     link_up: bool = False
+    affinity_hint_set: bool = False  # virtnet_set_affinity gave the queues hints
     # The last frames handed up (the stack's socket buffers are not modelled: older ones go).
     received: deque[bytes] = field(default_factory=lambda: deque(maxlen=RECEIVED_KEPT))
     rx_packets: int = 0
@@ -83,7 +84,6 @@ class VirtnetInfo:
     rx_oom: int = 0  # RX refills cut short by guest RAM running out
     ctrl_results: list[tuple[int, int, int]] = field(default_factory=list)
     ctrl_buf: int = 0  # struct control_buf: allocated once, reused by every command
-    affinity_hint_set: bool = False
     # Sees every frame the driver sends (outbound=True) or hands up: pcap writers hook here.
     capture: Callable[[bytes, bool], None] | None = None
 
@@ -108,13 +108,13 @@ def virtnet_probe(k: Kernel, vp: VpDev) -> int:
     if vp.has_feature(dev_net.VIRTIO_NET_F_MQ) and vp.has_feature(dev_net.VIRTIO_NET_F_CTRL_VQ):
         pairs = virtio_cread16(k, vp, CONFIG_OFFSET["max_virtqueue_pairs"])
         vi.max_queue_pairs = pairs if 1 <= pairs <= 0x8000 else 1
+    # Multiqueue by default, at most one pair per online CPU; set before init_vqs, whose
+    # virtnet_set_affinity spreads these pairs (no device access: its place is free).
+    vi.curr_queue_pairs = min(vi.max_queue_pairs, k.cpus)
     if vp.has_feature(dev_net.VIRTIO_NET_F_MAC):
         vi.mac = virtio_cread_bytes(k, vp, CONFIG_OFFSET["mac"], 6)
     if vp.has_feature(dev_net.VIRTIO_NET_F_MTU):
         vi.mtu = virtio_cread16(k, vp, CONFIG_OFFSET["mtu"])
-    # Multiqueue by default, at most one pair per online CPU; set before init_vqs, whose
-    # virtnet_set_affinity spreads these pairs.
-    vi.curr_queue_pairs = min(vi.max_queue_pairs, k.cpus)
     err = init_vqs(k, vi)
     if err:
         return err
