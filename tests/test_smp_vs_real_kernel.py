@@ -390,3 +390,28 @@ def test_every_pair_carries_traffic_with_a_multi_queue_peer():
     # one pair: every CPU sends on queue 0 (XPS names all CPUs for it)
     one = run_sim(SimOptions(cpus=2, packets=4))
     assert one.vector_placement["xps"] == {"tx-0": [0, 1]} and one.net.rx_packets == 4
+
+
+def test_managed_interrupt_reserves_on_its_cpus_and_starts_on_one_of_them():
+    """A managed interrupt (PCI_IRQ_AFFINITY): a vector set aside on each CPU of its mask at
+    allocation, one of them taken at activation, given back to the reservation (not to the
+    free pool) at deactivation, the reservation gone when the descriptor is freed."""
+    from virtio_msix.guest.kernel import Kernel
+    from virtio_msix.pci.bus import PciBus
+    from virtio_msix.virtio.memory import SparseMemory
+
+    k = Kernel(PciBus(), SparseMemory(), cpus=2)
+    m = k.x86.vectors
+    free = [m.free_count(c) for c in range(2)]
+    desc = k.irq_alloc_desc("PCI-MSIX", 0)
+    assert k.reserve_managed_vector(desc, frozenset({1})) == 0
+    assert [m.free_count(c) for c in range(2)] == [free[0], free[1] - 1]
+    assert k.assign_vector(desc) == 0
+    assert desc.cpu == 1 and desc.vector in m.maps[1].managed_map
+    assert [m.free_count(c) for c in range(2)] == [free[0], free[1] - 1]  # no second vector
+    first = desc.vector
+    k.release_vector(desc)
+    assert desc.vector is None and m.free_count(1) == free[1] - 1
+    assert k.assign_vector(desc) == 0 and (desc.cpu, desc.vector) == (1, first)
+    k.irq_free_desc(desc)
+    assert [m.free_count(c) for c in range(2)] == free

@@ -224,6 +224,10 @@ class Kernel:
         if self.x86 is not None and desc.has_reserved:
             self.x86.vectors.irq_matrix_remove_reserved()
             desc.has_reserved = False
+        if self.x86 is not None and desc.is_managed and desc.affinity is not None:
+            self.release_vector(desc)
+            self.x86.vectors.irq_matrix_remove_managed(desc.affinity)
+            desc.is_managed = False
         self.irqs.pop(desc.irq, None)
         self.um_msi_used.pop(desc.irq, None)
 
@@ -267,11 +271,29 @@ class Kernel:
         self.x86.vectors.irq_matrix_reserve()
         desc.can_reserve = desc.has_reserved = True
 
+    def reserve_managed_vector(self, desc: IrqDesc, mask: frozenset[int]) -> int:
+        """reserve_managed_vector: a managed interrupt (its affinity fixed by the kernel,
+        pci_alloc_irq_vectors_affinity with PCI_IRQ_AFFINITY) sets a vector aside on every CPU
+        of its mask at allocation; activation takes one of them (activate_managed)."""
+        if self.x86 is None:
+            return 0
+        desc.is_managed, desc.affinity = True, frozenset(mask)
+        return self.x86.vectors.irq_matrix_reserve_managed(desc.affinity)
+
     def assign_vector(self, desc: IrqDesc) -> int:
         """x86_vector_activate → activate_reserved → assign_irq_vector_any_locked: the best CPU
         of the affinity mask (else of every online CPU); 0, or -ENOSPC when none has a free
         vector (arch/x86/kernel/apic/vector.c)."""
         if self.x86 is None or desc.vector is not None:
+            return 0
+        if desc.is_managed:
+            # activate_managed: on the CPU of the mask with fewest managed vectors in use
+            managed = self.x86.vectors.irq_matrix_alloc_managed(
+                (desc.affinity or self.cpu_online_mask) & self.cpu_online_mask)
+            if managed is None:
+                self.printk(f"Managed startup irq {desc.irq}, no vector available")
+                return -ENOSPC
+            self.apic_update_vector(desc, *managed)
             return 0
         for mask in (desc.affinity or self.cpu_online_mask) & self.cpu_online_mask, self.cpu_online_mask:
             got = self.x86.vectors.irq_matrix_alloc(mask, reserved=desc.has_reserved)

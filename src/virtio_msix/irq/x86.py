@@ -227,6 +227,17 @@ class VectorMatrix:
             done.append((cpu, bit))
         return 0
 
+    def irq_matrix_remove_managed(self, mask: frozenset[int] | set[int]) -> None:
+        """Give back one managed reservation per CPU of the mask (one not allocated)."""
+        for cpu in sorted(mask):
+            cm = self.maps[cpu]
+            spare = sorted(cm.managed_map - cm.alloc_map)
+            if not spare:
+                continue
+            cm.managed_map.discard(spare[-1])
+            cm.managed -= 1
+            cm.available += 1
+
     def matrix_find_best_cpu_managed(self, mask: frozenset[int] | set[int]) -> int | None:
         best, fewest = None, None
         for cpu in sorted(mask):
