@@ -87,6 +87,7 @@ class SimOptions:
     teardown: bool = True
     memory_mb: int = 64
     kernel: str = "6.1"  # the Linux version the driver model follows: "6.1" or "6.12"
+    packed: bool = False  # QEMU's packed=on: the device offers VIRTIO_F_RING_PACKED
 
 
 @dataclass
@@ -130,6 +131,7 @@ def run_sim(
         disable_legacy=opts.disable_legacy,
         recorder=recorder,
         backend=LoopbackBackend(swap_macs=False),
+        packed=opts.packed,
     )
     refusal = None
     if opts.refuse_vectors_from is not None or opts.refuse_config_vector:

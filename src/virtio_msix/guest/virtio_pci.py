@@ -63,7 +63,7 @@ from .pci import (
     pci_read_config_dword,
     pci_set_master,
 )
-from .vring import VringVirtqueue, vring_interrupt
+from .vring import PackedVringVirtqueue, VringVirtqueue, vring_interrupt
 
 PAGE_SIZE = 4096
 # drivers/virtio/virtio_ring.c vring_transport_features: the ring features the core keeps.
@@ -692,8 +692,10 @@ def setup_vq(
         return -ENOENT
     if num & (num - 1):
         return -EINVAL
-    vq = VringVirtqueue(k, index, num, name, callback, lambda q: vp_notify(k, q),
-                   vp.has_feature(VIRTIO_F_EVENT_IDX))  # fmt: skip
+    # vring_create_virtqueue: the packed layout when the device and driver took RING_PACKED.
+    cls = PackedVringVirtqueue if vp.has_feature(VIRTIO_F_RING_PACKED) else VringVirtqueue
+    vq = cls(k, index, num, name, callback, lambda q: vp_notify(k, q),
+             vp.has_feature(VIRTIO_F_EVENT_IDX))  # fmt: skip
     vp_modern_set_queue_size(k, vp, index, num)
     vp_modern_queue_address(k, vp, index, vq.desc, vq.avail, vq.used)
     if msix_vec != VIRTIO_MSI_NO_VECTOR:

@@ -5,7 +5,8 @@ Host features are what QEMU 7.2 offers with a ``-netdev user`` peer, read from t
 CTRL_GUEST_OFFLOADS, MRG_RXBUF, STATUS, CTRL_VQ, CTRL_RX, CTRL_VLAN, CTRL_RX_EXTRA,
 GUEST_ANNOUNCE, CTRL_MAC_ADDR, INDIRECT_DESC, EVENT_IDX, VERSION_1, RING_RESET. The user-mode
 peer has no vnet header, so no checksum or segmentation offloads are offered. MQ is offered
-when there is more than one queue pair (QEMU's ``mq=on``).
+when there is more than one queue pair (QEMU's ``mq=on``), RING_PACKED with ``packed=True``
+(QEMU's ``packed=on``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .device import (
     VIRTIO_F_EVENT_IDX,
     VIRTIO_F_INDIRECT_DESC,
     VIRTIO_F_NOTIFY_ON_EMPTY,
+    VIRTIO_F_RING_PACKED,
     VIRTIO_F_RING_RESET,
     VIRTIO_F_VERSION_1,
     VirtioDevice,
@@ -213,6 +215,7 @@ class VirtioNet(VirtioDevice):
         backend: NetBackend | None = None,
         mtu: int | None = None,
         host_features: int | None = None,
+        packed: bool = False,
     ) -> None:
         if len(mac) != 6:
             raise ValueError("a MAC address has 6 bytes")
@@ -223,6 +226,10 @@ class VirtioNet(VirtioDevice):
             features |= 1 << VIRTIO_NET_F_MQ
         if mtu is not None:
             features |= 1 << VIRTIO_NET_F_MTU
+        if packed:
+            # QEMU's packed=on (a property of every virtio device, off by default): offer
+            # VIRTIO_F_RING_PACKED; the queues go packed when the driver takes it.
+            features |= 1 << VIRTIO_F_RING_PACKED
         sizes = [RX_QUEUE_SIZE, TX_QUEUE_SIZE] * queue_pairs
         if features >> VIRTIO_NET_F_CTRL_VQ & 1:
             sizes.append(CTRL_QUEUE_SIZE)
