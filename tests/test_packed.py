@@ -158,3 +158,17 @@ def test_driver_model_add_writes_the_head_flags_for_its_wrap():
     avail_w0 = DESC_F_USED
     assert flags[0] & (DESC_F_AVAIL | DESC_F_USED) == avail_w1
     assert flags[sq.num] & (DESC_F_AVAIL | DESC_F_USED) == avail_w0
+
+
+def test_driver_model_sends_control_commands_through_indirect_tables():
+    """virtqueue_use_indirect: with INDIRECT_DESC a multi-segment buffer (a control command:
+    header, payload, status) takes one ring position; the device walks the table (§2.8.19)."""
+    res = run_sim(SimOptions(packed=True, teardown=False, packets=0))
+    cvq = res.net.cvq
+    assert cvq.indirect
+    results = res.net.ctrl_results
+    assert results and all(ack == 0 for *_, ack in results)
+    assert cvq.next_avail_idx == len(results)  # one position per command
+    assert cvq.num_free == cvq.num and not cvq.state  # every table given back
+    ctrl = res.device.device.queues[res.device.device.ctrl_index]
+    assert ctrl.desc_reads >= 4 * len(results)  # the ring descriptor and each table entry

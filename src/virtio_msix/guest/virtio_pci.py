@@ -693,9 +693,14 @@ def setup_vq(
     if num & (num - 1):
         return -EINVAL
     # vring_create_virtqueue: the packed layout when the device and driver took RING_PACKED.
-    cls = PackedVringVirtqueue if vp.has_feature(VIRTIO_F_RING_PACKED) else VringVirtqueue
-    vq = cls(k, index, num, name, callback, lambda q: vp_notify(k, q),
-             vp.has_feature(VIRTIO_F_EVENT_IDX))  # fmt: skip
+    vq: VringVirtqueue | PackedVringVirtqueue
+    if vp.has_feature(VIRTIO_F_RING_PACKED):
+        vq = PackedVringVirtqueue(k, index, num, name, callback, lambda q: vp_notify(k, q),
+                                  vp.has_feature(VIRTIO_F_EVENT_IDX),
+                                  indirect=vp.has_feature(VIRTIO_F_INDIRECT_DESC))  # fmt: skip
+    else:
+        vq = VringVirtqueue(k, index, num, name, callback, lambda q: vp_notify(k, q),
+                            vp.has_feature(VIRTIO_F_EVENT_IDX))  # fmt: skip
     vp_modern_set_queue_size(k, vp, index, num)
     vp_modern_queue_address(k, vp, index, vq.desc, vq.avail, vq.used)
     if msix_vec != VIRTIO_MSI_NO_VECTOR:

@@ -22,7 +22,7 @@ from ..abi.ring import (
     vring_size,
 )
 from ..abi.virtio import VIRTIO_MSI_NO_VECTOR
-from .errnos import EIO, ENOSPC
+from .errnos import EIO, ENOMEM, ENOSPC
 from .kernel import Kernel
 
 SMP_CACHE_BYTES = 64
@@ -179,8 +179,12 @@ class PackedVringVirtqueue:
         callback: Callable[[PackedVringVirtqueue], None] | None,
         notify: Callable[[PackedVringVirtqueue], bool],
         event_idx: bool,
+        indirect: bool = False,
     ) -> None:
         self.k = k
+        # vq->indirect: VIRTIO_RING_F_INDIRECT_DESC and no per-buffer context (virtio_net's RX
+        # queues have one; the model posts RX buffers as one segment, which never goes indirect).
+        self.indirect = indirect
         self.index = index
         self.num = num
         self.name = name
@@ -229,12 +233,18 @@ class PackedVringVirtqueue:
             self.avail + ring.PACKED_EVENT_FLAGS, struct.pack("<H", self.event_flags_shadow)
         )
 
-    # -- adding buffers (virtqueue_add_packed, the direct path) -------------------------------------
+    # -- adding buffers (virtqueue_add_packed) ---------------------------------------------------------
     def add_sgs(self, out: list[tuple[int, int]], inb: list[tuple[int, int]], token: Any) -> int:
         total = len(out) + len(inb)
         if self.broken:
             return -EIO
-        if total == 0 or self.num_free < total:
+        if total == 0:
+            return -ENOSPC
+        if self.indirect and total > 1 and self.num_free:  # virtqueue_use_indirect
+            rc = self._add_indirect(out, inb, token)
+            if rc != -ENOMEM:
+                return rc
+        if self.num_free < total:
             return -ENOSPC
         mem = self.k.memory
         head = i = self.next_avail_idx
@@ -263,12 +273,50 @@ class PackedVringVirtqueue:
         self.num_free -= total
         self.next_avail_idx = i
         self.free_head = curr
-        self.state[buf_id] = (token, total, prev)
+        self.state[buf_id] = (token, total, prev, 0)
         mem.write(
             self.desc + ring.PACKED_DESC_SIZE * head + ring.PACKED_DESC_FLAGS,
             struct.pack("<H", head_flags),
         )
         self.num_added += total
+        return 0
+
+    def _add_indirect(self, out: list[tuple[int, int]], inb: list[tuple[int, int]],
+                      token: Any) -> int:  # fmt: skip
+        """virtqueue_add_indirect_packed: the segments in a table of their own (only WRITE in
+        its flags), one ring descriptor with INDIRECT pointing at it."""
+        total = len(out) + len(inb)
+        try:
+            table = self.k.pages.alloc(total * ring.PACKED_DESC_SIZE, align=ring.PACKED_DESC_SIZE)
+        except MemoryError:
+            return -ENOMEM
+        mem = self.k.memory
+        entries = b"".join(
+            ring.PACKED_DESC.pack(addr, length, 0, ring.VRING_DESC_F_WRITE if n >= len(out) else 0)
+            for n, (addr, length) in enumerate(out + inb)
+        )
+        mem.write(table, entries)
+        head, buf_id = self.next_avail_idx, self.free_head
+        flags = ring.VRING_DESC_F_INDIRECT | self.avail_used_flags
+        mem.write(
+            self.desc + ring.PACKED_DESC_SIZE * head,
+            ring.PACKED_DESC.pack(table, len(entries), buf_id, 0),
+        )
+        n = head + 1
+        if n >= self.num:
+            n = 0
+            self.avail_wrap_counter ^= 1
+            self.avail_used_flags ^= ring.DESC_F_AVAIL | ring.DESC_F_USED
+        self.next_avail_idx = n
+        self.free_head = self.free_next[buf_id]
+        self.num_free -= 1
+        self.state[buf_id] = (token, 1, buf_id, table)
+        # The head's flags last: they make the buffer available.
+        mem.write(
+            self.desc + ring.PACKED_DESC_SIZE * head + ring.PACKED_DESC_FLAGS,
+            struct.pack("<H", flags),
+        )
+        self.num_added += 1
         return 0
 
     def kick_prepare(self) -> bool:
@@ -320,10 +368,12 @@ class PackedVringVirtqueue:
 
     def _detach(self, buf_id: int) -> tuple[Any, int]:
         """detach_buf_packed: the buffer's ids go back to the head of the free list."""
-        token, count, last = self.state.pop(buf_id)
+        token, count, last, table = self.state.pop(buf_id)
         self.free_next[last] = self.free_head
         self.free_head = buf_id
         self.num_free += count
+        if table:
+            self.k.pages.free(table)  # the indirect table, kfree'd
         return token, count
 
     def detach_unused_buf(self) -> Any:
