@@ -179,9 +179,14 @@ class PackedRing:
         if self.last_avail_idx >= q.size:
             # The size changed under a live ring (the transport forbids it once enabled).
             raise VirtqueueError(f"{self.where}: ring position beyond the queue size")
+        # The flags first, the rest after (QEMU vring_packed_desc_read with a barrier): the
+        # driver writes a head's flags last, and a real kernel runs beside us (UML), so a
+        # descriptor read whole could pair new flags with the old address.
+        if not packed_desc_avail(self._flags(mem, self.last_avail_idx), self.avail_wrap):
+            return None
         first = self._desc(mem, self.last_avail_idx)
         if not packed_desc_avail(first[3], self.avail_wrap):
-            return None
+            return None  # the driver took it back meanwhile (it may not; nothing to do)
         if self.inuse >= q.size:
             # QEMU virtqueue_packed_pop: "Virtqueue size exceeded".
             raise VirtqueueError(f"{self.where}: more buffers in use than the queue size")
