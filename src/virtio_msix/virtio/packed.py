@@ -30,6 +30,7 @@ from ..abi.ring import (
     PACKED_DESC_SIZE,
     PACKED_EVENT,
     PACKED_EVENT_FLAGS,
+    PACKED_EVENT_FLAGS_MASK,
     PACKED_EVENT_OFF_WRAP,
     PACKED_USED,
     VRING_DESC_F_INDIRECT,
@@ -276,12 +277,15 @@ class PackedRing:
         old, new = self.signalled_used, self.used_idx
         valid = self.signalled_used_valid
         self.signalled_used, self.signalled_used_valid = new, True
+        # §2.8.14: desc_event_flags is the low 2 bits, the other 14 are reserved (QEMU 7.2
+        # compares the whole word, so a driver setting reserved bits gets DESC treatment there).
+        flags &= PACKED_EVENT_FLAGS_MASK
         if flags == VRING_PACKED_EVENT_FLAG_DISABLE:
             return False
         if flags == VRING_PACKED_EVENT_FLAG_ENABLE:
             return True
-        # DESC, and — as QEMU — the reserved value 3 and any garbage: an event offset. Any
-        # off_wrap is a position modulo 2^16: it can only make the answer yes or no.
+        # DESC, and — as QEMU — the reserved value 3: an event offset. Any off_wrap is a
+        # position modulo 2^16: it can only make the answer yes or no.
         return not valid or packed_need_event(off_wrap, self.used_wrap, self.q.size, new, old)
 
     def set_no_notify(self, mem: Memory, on: bool) -> None:
