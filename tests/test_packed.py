@@ -172,3 +172,57 @@ def test_driver_model_sends_control_commands_through_indirect_tables():
     assert cvq.num_free == cvq.num and not cvq.state  # every table given back
     ctrl = res.device.device.queues[res.device.device.ctrl_index]
     assert ctrl.desc_reads >= 4 * len(results)  # the ring descriptor and each table entry
+
+
+@pytest.mark.qemu
+def test_packed_on_against_real_qemu_register_for_register():
+    """QEMU 7.2's own ``-device virtio-net-pci,packed=on`` (qtest) and ours, the same accesses:
+    the feature windows, the real kernel's packed probe from the capture, then a packed-only
+    queue size."""
+    from virtio_msix.qemu.qtest import QemuDevice, Qtest, qemu_available
+
+    missing = qemu_available()
+    if missing:
+        pytest.fail(f"this test needs the real QEMU: {missing}", pytrace=False)
+    ours = make_virtio_net_pci(packed=True, memory=SparseMemory())
+    with Qtest("packed=on") as qt:
+        q = QemuDevice(qt)
+        for off, val in ((0x10, 0xC000), (0x14, 0xE0100000), (0x20, 0xE0000000), (0x24, 0)):
+            ours.cfg_write(off, 4, val)
+        ours.cfg_write(4, 2, 7)
+        q.map_bars()
+        log = []
+
+        def both(op, bar, off, size, val=0):
+            if op == "w":
+                q.bar_write(bar, off, size, val)
+                ours.bar_write(bar, off, size, val)
+            else:
+                log.append((bar, off, size, q.bar_read(bar, off, size),
+                            ours.bar_read(bar, off, size)))  # fmt: skip
+
+        both("w", 4, COMMON["device_status"].offset, 1, 0)
+        for sel in (0, 1, 2):
+            both("w", 4, COMMON["device_feature_select"].offset, 4, sel)
+            both("r", 4, COMMON["device_feature"].offset, 4)
+        regions = {"common": 0, "isr": 0x1000, "device": 0x2000, "notify": 0x3000,
+                   "msix-table": 0, "msix-pba": 0x800}  # fmt: skip
+        bars = {"common": 4, "isr": 4, "device": 4, "notify": 4, "msix-table": 1, "msix-pba": 1}
+        for r in load(PACKED_CAPTURES[-1]):
+            if r.get("phase") != "probe" or r["space"] not in regions:
+                continue
+            both(r["op"], bars[r["space"]], regions[r["space"]] + r["offset"], r["size"],
+                 r["value"])  # fmt: skip
+        both("w", 4, COMMON["device_status"].offset, 1, 0)
+        for name, val in (("device_status", 3), ("driver_feature_select", 1),
+                          ("driver_feature", 5), ("device_status", 11)):  # fmt: skip
+            both("w", 4, COMMON[name].offset, COMMON[name].size, val)
+        both("r", 4, COMMON["device_status"].offset, 1)
+        both("w", 4, COMMON["queue_select"].offset, 2, 1)
+        both("w", 4, COMMON["queue_size"].offset, 2, 100)
+        both("r", 4, COMMON["queue_size"].offset, 2)
+    assert len(log) > 40
+    bad = [f"bar{b}+{o:#x}/{n}: qemu {a:#x} ours {c:#x}" for b, o, n, a, c in log if a != c]
+    assert bad == [], bad[:8]
+    assert log[1][3] == 0x105  # RING_PACKED in QEMU's own feature window 1
+    assert log[-1][3] == 100
