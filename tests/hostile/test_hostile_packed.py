@@ -435,3 +435,22 @@ def test_fuzz_queue_notify_writes_only_offered_buffers_with_bounded_work(case):
     h = rig.dev.health()
     event("needs reset" if h["needs_reset"] else "no error")
     event(f"tx {min(h['counters']['tx_frames'], 1)} rx {min(h['counters']['rx_frames'], 1)}")
+
+
+def test_vhost_user_keeps_virt_pcis_own_rings_split():
+    """The UML transport's vrings (virtio_pcidev's command and irq queues) are split: RING_PACKED
+    is not offered there, and a peer that acks it anyway is refused, so GET/SET_VRING_BASE never
+    need the packed encoding (vhost-user: bit 15 the wrap counter)."""
+    import socket
+
+    from virtio_msix.uml.vhost_user import VhostUserBackend, VhostUserError
+
+    a, b = socket.socketpair()
+    try:
+        vu = VhostUserBackend(a, features=1 << 32, num_queues=2)
+        assert not vu.features >> 34 & 1
+        with pytest.raises(VhostUserError, match="did not offer"):
+            vu._m_set_features(struct.pack("<Q", 1 << 32 | 1 << 34), [])
+    finally:
+        a.close()
+        b.close()
