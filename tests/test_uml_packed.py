@@ -19,14 +19,12 @@ VIRTIO_ID_NET = 1
 
 # The default script (interrupts, link up, ping) and, from the guest, each virtio device's id and
 # the feature bits its driver negotiated (sysfs: one '0'/'1' character per bit, bit 0 first).
-SCRIPT = (
-    DEFAULT_SCRIPT
-    + f"""\
+FEATURES_SCRIPT = f"""\
 echo {MARK} features
 for d in /sys/bus/virtio/devices/*; do echo "${{d##*/}} $(cat $d/device) $(cat $d/features)"; done
 echo {MARK} end
 """
-)
+SCRIPT = DEFAULT_SCRIPT + FEATURES_SCRIPT
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +94,25 @@ echo {MARK} ping; ping -c 600 -i 0.01 -q $HOST_IP; echo {MARK} end
     assert stats["tx_frames"] >= 600 and stats["rx_frames"] >= 600
     health = res.device.health()
     assert health["needs_reset"] is None and not health["errors"] and not health["dropped"]
+
+
+def test_a_device_module_of_the_users_gets_packed_rings_from_the_real_kernel(linux):
+    """examples/rng.py offering RING_PACKED under the real kernel: virtio_rng's queue is packed
+    (8 entries, so reading 256 bytes goes around it) and /dev/hwrng gives our bytes."""
+    import runpy
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "rng.py"
+    rng = runpy.run_path(str(example))["make_device"]()
+    rng.host_features |= 1 << VIRTIO_F_RING_PACKED
+    script = f"echo {MARK} rng; head -c 256 /dev/hwrng | od -An -v -tx1; echo {MARK} end\n"
+    script += FEATURES_SCRIPT
+    res = run_boot(BootOptions(device=rng, script=script, timeout=120))
+    assert res.error is None, f"{res.error}\n{res.console[-2000:]}"
+    feats = _guest_features(res)
+    assert feats[4][VIRTIO_F_RING_PACKED] == "1", res.sections.get("features")  # virtio-rng
+    got = bytes.fromhex("".join(res.sections["rng"].split()))
+    assert len(got) == 256
+    produced = b"".join(rng.produced)
+    assert len(produced) >= 256 and got[:8] in produced
+    assert not res.device.health()["errors"]
