@@ -208,10 +208,11 @@ class PackedVringVirtqueue:
         self.last_used_idx = 1 << ring.VRING_PACKED_EVENT_F_WRAP_CTR  # position 0, wrap 1
         self.num_added = 0
         self.num_free = num
-        # desc_extra[].next: the free list of buffer ids; desc_state[id]: (token, count).
+        # desc_extra[].next: the free list of buffer ids; desc_state[id]: (token, descriptors,
+        # last id of the buffer, indirect table or 0).
         self.free_next = [i + 1 for i in range(num)]
         self.free_head = 0
-        self.state: dict[int, tuple[Any, int]] = {}
+        self.state: dict[int, tuple[Any, int, int, int]] = {}
         self.priv: int = 0  # notify address
         self.msix_vector = VIRTIO_MSI_NO_VECTOR
         if callback is None:
@@ -258,9 +259,11 @@ class PackedVringVirtqueue:
                 | (ring.VRING_DESC_F_WRITE if c > len(out) else 0)
             )
             # Every descriptor but the head is complete at once; the head's flags are written
-            # last, which makes the whole chain available (§2.8.6).
-            raw = ring.PACKED_DESC.pack(addr, length, buf_id, 0 if i == head else flags)
-            mem.write(self.desc + ring.PACKED_DESC_SIZE * i, raw)
+            # last, which makes the whole chain available (§2.8.6): until then they stay what
+            # the device last wrote there.
+            raw = ring.PACKED_DESC.pack(addr, length, buf_id, flags)
+            mem.write(self.desc + ring.PACKED_DESC_SIZE * i,
+                      raw[: ring.PACKED_DESC_FLAGS] if i == head else raw)  # fmt: skip
             if i == head:
                 head_flags = flags
             prev, curr = curr, self.free_next[curr] if curr < self.num else self.num
@@ -298,10 +301,8 @@ class PackedVringVirtqueue:
         mem.write(table, entries)
         head, buf_id = self.next_avail_idx, self.free_head
         flags = ring.VRING_DESC_F_INDIRECT | self.avail_used_flags
-        mem.write(
-            self.desc + ring.PACKED_DESC_SIZE * head,
-            ring.PACKED_DESC.pack(table, len(entries), buf_id, 0),
-        )
+        raw = ring.PACKED_DESC.pack(table, len(entries), buf_id, 0)
+        mem.write(self.desc + ring.PACKED_DESC_SIZE * head, raw[: ring.PACKED_DESC_FLAGS])
         n = head + 1
         if n >= self.num:
             n = 0
