@@ -116,3 +116,12 @@ def test_a_device_module_of_the_users_gets_packed_rings_from_the_real_kernel(lin
     produced = b"".join(rng.produced)
     assert len(produced) >= 256 and got[:8] in produced
     assert not res.device.health()["errors"]
+
+
+def test_linux_612_negotiates_packed_rings_too(linux612):
+    res = run_boot(BootOptions(device_options={"packed": True}, script=SCRIPT, timeout=120,
+                               kernel="6.12"))  # fmt: skip
+    assert res.error is None, f"{res.error}\n{res.console[-2000:]}"
+    assert _guest_features(res)[VIRTIO_ID_NET][VIRTIO_F_RING_PACKED] == "1"
+    assert res.ping()["received"] == res.ping()["sent"] == 3
+    assert not res.device.health()["errors"]
