@@ -366,7 +366,7 @@ def test_device_event_suppression_is_written_for_the_irq_style_user():
     assert struct.unpack("<HH", mem.read(0x2100, 4)) == (3 | 1 << 15, 2)
 
 
-# -- the canary: the device writes nothing it was not given ------------------------------------------
+# -- the canary: the device writes nothing it was not given ----------------------------------------
 @st.composite
 def device_case(draw):
     size = draw(st.sampled_from([1, 2, 3, 4, 8]))

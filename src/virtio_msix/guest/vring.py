@@ -107,7 +107,7 @@ class VringVirtqueue:
             return self.notify(self)
         return True
 
-    # -- reaping -------------------------------------------------------------------------------------
+    # -- reaping -----------------------------------------------------------------------------------
     def more_used(self) -> bool:
         idx = struct.unpack("<H", self.k.memory.read(self.used + ring.USED_IDX, 2))[0]
         return idx != self.last_used_idx
@@ -229,12 +229,16 @@ class PackedVringVirtqueue:
         """Whether a descriptor is free (the split queue's free list, as try_fill_recv asks)."""
         return self.num_free > 0
 
+    def _write_driver_off_wrap(self) -> None:
+        off_wrap = struct.pack("<H", self.last_used_idx)
+        self.k.memory.write(self.avail + ring.PACKED_EVENT_OFF_WRAP, off_wrap)
+
     def _write_driver_flags(self) -> None:
         self.k.memory.write(
             self.avail + ring.PACKED_EVENT_FLAGS, struct.pack("<H", self.event_flags_shadow)
         )
 
-    # -- adding buffers (virtqueue_add_packed) ---------------------------------------------------------
+    # -- adding buffers (virtqueue_add_packed) -----------------------------------------------------
     def add_sgs(self, out: list[tuple[int, int]], inb: list[tuple[int, int]], token: Any) -> int:
         total = len(out) + len(inb)
         if self.broken:
@@ -335,14 +339,17 @@ class PackedVringVirtqueue:
             return self.notify(self)
         return True
 
-    # -- reaping -------------------------------------------------------------------------------------
+    # -- reaping -----------------------------------------------------------------------------------
     def _last_used(self) -> tuple[int, int]:
-        wrap_bit = 1 << ring.VRING_PACKED_EVENT_F_WRAP_CTR
-        return self.last_used_idx & (wrap_bit - 1), self.last_used_idx >> ring.VRING_PACKED_EVENT_F_WRAP_CTR
+        """(position, wrap counter) in last_used_idx (packed_last_used and
+        packed_used_wrap_counter)."""
+        shift = ring.VRING_PACKED_EVENT_F_WRAP_CTR
+        return self.last_used_idx & ((1 << shift) - 1), self.last_used_idx >> shift
 
     def more_used(self) -> bool:
         pos, wrap = self._last_used()
-        raw = self.k.memory.read(self.desc + ring.PACKED_DESC_SIZE * pos + ring.PACKED_DESC_FLAGS, 2)
+        flags_at = self.desc + ring.PACKED_DESC_SIZE * pos + ring.PACKED_DESC_FLAGS
+        raw = self.k.memory.read(flags_at, 2)
         return ring.packed_desc_used(struct.unpack("<H", raw)[0], wrap)
 
     def get_buf(self) -> tuple[Any, int] | None:
@@ -364,7 +371,7 @@ class PackedVringVirtqueue:
             wrap ^= 1
         self.last_used_idx = pos | wrap << ring.VRING_PACKED_EVENT_F_WRAP_CTR
         if self.event_flags_shadow == ring.VRING_PACKED_EVENT_FLAG_DESC:
-            mem.write(self.avail + ring.PACKED_EVENT_OFF_WRAP, struct.pack("<H", self.last_used_idx))
+            self._write_driver_off_wrap()
         return token, length
 
     def _detach(self, buf_id: int) -> tuple[Any, int]:
@@ -386,12 +393,13 @@ class PackedVringVirtqueue:
     def enable_cb(self) -> bool:
         """virtqueue_enable_cb_prepare_packed, then virtqueue_poll_packed: True when nothing
         was used meanwhile."""
-        mem = self.k.memory
         if self.event_idx:
-            mem.write(self.avail + ring.PACKED_EVENT_OFF_WRAP, struct.pack("<H", self.last_used_idx))
+            self._write_driver_off_wrap()
         if self.event_flags_shadow == ring.VRING_PACKED_EVENT_FLAG_DISABLE:
             self.event_flags_shadow = (
-                ring.VRING_PACKED_EVENT_FLAG_DESC if self.event_idx else ring.VRING_PACKED_EVENT_FLAG_ENABLE
+                ring.VRING_PACKED_EVENT_FLAG_DESC
+                if self.event_idx
+                else ring.VRING_PACKED_EVENT_FLAG_ENABLE
             )
             self._write_driver_flags()
         return not self.more_used()
