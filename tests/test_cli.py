@@ -274,7 +274,9 @@ def test_sim_trace_json_replays(capsys, tmp_path):
     assert run(capsys, "sim", "--trace-json", str(path))[0] == 0
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert all(isinstance(r["t"], int) for r in records)
-    assert {r["phase"] for r in records} == {"enumeration", "probe", "run"}
+    phases = [r["phase"] for r in records]
+    assert set(phases) == {"enumeration", "probe", "run", "teardown"}
+    assert phases[-1] == "teardown" and phases.index("teardown") > phases.index("run")
     rc, out, _ = run(capsys, "replay", str(path))
     assert rc == 0 and out.strip().endswith(", 0 mismatched")
 

@@ -165,6 +165,25 @@ def count_reads(records: list[dict[str, Any]]) -> int:
     return sum(1 for r in records if is_access(r) and r.get("op") == "r")
 
 
+def device_from_meta(rec: dict[str, Any]) -> tuple[int | None, int, bool]:
+    """(vectors, queue pairs, disable-legacy) from a trace's ``meta`` record (capture-qemu's
+    ``device``/``netdev`` strings, QEMU's syntax); the defaults for any other record. Only what
+    this model can express is taken: the other properties are not modelled here yet."""
+    if rec.get("space") != "meta" or not isinstance(rec.get("device"), str):
+        return None, 1, False
+    props = dict(p.split("=", 1) for p in rec["device"].split(",")[1:] if "=" in p)
+    on = ("on", "yes", "true", "y")
+    vectors = props.get("vectors")
+    netdev = str(rec.get("netdev", "user"))
+    peers = dict(p.split("=", 1) for p in netdev.split(",")[1:] if "=" in p)
+    try:
+        pairs = int(peers.get("queues", "1")) if props.get("mq", "off").lower() in on else 1
+        nvec = int(vectors, 0) if vectors is not None else None
+    except ValueError:
+        raise ValueError(f"meta record: bad vectors or queues in {rec['device']!r}") from None
+    return nvec, max(pairs, 1), props.get("disable-legacy", "off").lower() in on
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     name = "<stdin>" if args.trace == "-" else args.trace
     try:
@@ -176,12 +195,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return fail(f"replay: {name}: empty trace (no records)")
     if not any(is_access(r) for r in records):
         return fail(f"replay: {name}: no register accesses to replay")
+    vectors, queue_pairs, disable_legacy = args.vectors, args.queue_pairs, args.disable_legacy
     try:
+        if (vectors, queue_pairs, disable_legacy) == (None, 1, False):
+            # No device flags: the capture's own configuration (its meta record), if any.
+            vectors, queue_pairs, disable_legacy = device_from_meta(records[0])
         mismatches = replay_records(
             records,
-            args.vectors,
-            args.queue_pairs,
-            args.disable_legacy,
+            vectors,
+            queue_pairs,
+            disable_legacy,
             lines=[n for n, _ in numbered],
         )
     except ValueError as e:

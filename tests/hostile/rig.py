@@ -101,8 +101,76 @@ class Ring:
         return struct.unpack("<II", bytes(self.mem.buf[off : off + 8]))
 
 
+RING_PACKED = 1 << 34
+EVENT_IDX = 1 << 29
+P_AVAIL, P_USED = 1 << 7, 1 << 15  # packed descriptor flags (§2.8.1)
+
+
+class PackedRing:
+    """One packed ring the test controls (§2.8): the descriptor ring, the driver event
+    suppression structure (``avail``: the driver area) and the device's (``used``)."""
+
+    def __init__(self, mem: CountingMemory, index: int, size: int, base: int) -> None:
+        self.mem, self.index, self.size = mem, index, size
+        self.desc = base
+        self.avail = base + 16 * size  # driver area: off_wrap, flags
+        self.used = self.avail + 0x100  # device area
+        self.next = 0  # the driver's next position and wrap counter
+        self.wrap = 1
+        self.last_used = 0  # where the driver expects the next used descriptor
+        self.used_wrap = 1
+        self.ids: dict[int, int] = {}  # buffer id → descriptors
+
+    @property
+    def end(self) -> int:
+        return self.used + 4
+
+    def avail_flags(self, wrap: int | None = None) -> int:
+        w = self.wrap if wrap is None else wrap
+        return P_AVAIL if w else P_USED
+
+    def put(self, pos: int, addr: int, length: int, buf_id: int, flags: int) -> None:
+        self.mem.poke(self.desc + 16 * pos, struct.pack("<QIHH", addr, length, buf_id, flags))
+
+    def add(self, segs: list[tuple[int, int, int]], buf_id: int = 0) -> None:
+        """Make a chain of (addr, len, flags) available, its head's flags written last."""
+        head, head_flags = self.next, 0
+        for n, (addr, length, flags) in enumerate(segs):
+            f = flags | self.avail_flags() | (F_NEXT if n + 1 < len(segs) else 0)
+            if self.next == head and n == 0:
+                head_flags = f
+                self.put(self.next, addr, length, buf_id, 0)
+            else:
+                self.put(self.next, addr, length, buf_id, f)
+            self.next += 1
+            if self.next == self.size:
+                self.next, self.wrap = 0, self.wrap ^ 1
+        self.mem.poke(self.desc + 16 * head + 14, struct.pack("<H", head_flags))
+        self.ids[buf_id] = len(segs)
+
+    def take_used(self) -> tuple[int, int, int] | None:
+        """The next used descriptor as the driver reads it: (id, len, flags), or None."""
+        off = self.desc + 16 * self.last_used
+        _a, length, buf_id, flags = struct.unpack("<QIHH", bytes(self.mem.buf[off : off + 16]))
+        avail, used = bool(flags & P_AVAIL), bool(flags & P_USED)
+        if not (avail == used == bool(self.used_wrap)):
+            return None
+        self.last_used += self.ids.pop(buf_id, 1)
+        if self.last_used >= self.size:
+            self.last_used -= self.size
+            self.used_wrap ^= 1
+        return buf_id, length, flags
+
+    def driver_event(self, off_wrap: int, flags: int) -> None:
+        self.mem.poke(self.avail, struct.pack("<HH", off_wrap, flags))
+
+    def device_event(self) -> tuple[int, int]:
+        return struct.unpack("<HH", bytes(self.mem.buf[self.used : self.used + 4]))
+
+
 class Rig:
-    """virtio-net-pci with MSI-X on, brought to DRIVER_OK with small rings at known places."""
+    """virtio-net-pci with MSI-X on, brought to DRIVER_OK with small rings at known places;
+    ``packed``: the device built with packed=on and the driver taking RING_PACKED."""
 
     def __init__(
         self,
@@ -110,17 +178,25 @@ class Rig:
         mergeable: bool = True,
         qsize: int = 8,
         ctrl: bool = True,
+        packed: bool = False,
+        event_idx: bool = False,
     ) -> None:
         self.mem = CountingMemory(mem_size)
         self.sink = Sink()
         self.backend = LoopbackBackend()
-        self.dev = make_virtio_net_pci(memory=self.mem, sink=self.sink, backend=self.backend)
+        self.dev = make_virtio_net_pci(memory=self.mem, sink=self.sink, backend=self.backend,
+                                       packed=packed)  # fmt: skip
         self.net = self.dev.device
         self.qsize = qsize
         self.features = VERSION_1 | (1 << VIRTIO_NET_F_MRG_RXBUF if mergeable else 0)
         if ctrl:
             self.features |= 1 << VIRTIO_NET_F_CTRL_VQ | 1 << VIRTIO_NET_F_CTRL_VLAN
-        self.rings = [Ring(self.mem, i, qsize, 0x1000 + 0x3000 * i) for i in range(3)]
+        if packed:
+            self.features |= RING_PACKED
+        if event_idx:
+            self.features |= EVENT_IDX
+        kind = PackedRing if packed else Ring
+        self.rings = [kind(self.mem, i, qsize, 0x1000 + 0x3000 * i) for i in range(3)]
         self.rx, self.tx, self.cvq = self.rings
         self.data = 0x10000  # buffers from here on
         self.bring_up()

@@ -22,6 +22,7 @@ from ..virtio.net import feature_names
 from .errnos import errname
 from .kernel import DEFAULT_KERNEL_VERSION, KERNEL_VERSIONS
 from .sim import SimOptions, SimResult, run_sim
+from .views import render_vector_placement
 
 
 class Style:
@@ -103,6 +104,10 @@ def render(res: SimResult, s: Style) -> str:
     rows = [[f"{r['irq']}:", *[str(c) for c in r["counts"]], r["chip"], r["hwirq"], r["name"]]
             for r in (res.interrupts or res.interrupts_after_probe)]  # fmt: skip
     out.append(table(rows, ["IRQ", *[f"CPU{c}" for c in range(o.cpus)], "chip", "hwirq", "name"]))
+    if res.vector_placement:
+        out.append("")
+        out.append(s.head("Vector placement (x86 vector matrix) and XPS"))
+        out.append(render_vector_placement(res.vector_placement))
     if res.net is not None:
         out.append(f"  traffic: {res.net.tx_packets} sent, {res.net.tx_completed} completed, "
                    f"{res.net.rx_packets} received through the loopback backend")  # fmt: skip
@@ -132,6 +137,15 @@ def render(res: SimResult, s: Style) -> str:
         masked = all(r["entry_masked"] for r in res.table_after_teardown)
         out.append(s.head("After virtnet_remove") + f": every entry masked: {masked}, "
                    f"MSI-X enabled: {res.msix_enabled_after_teardown}")  # fmt: skip
+    if o.teardown and res.teardown_steps:
+        out.append("")
+        out.append(s.head("Removal (phase 'teardown')"))
+        for st in res.teardown_steps:
+            out.append(f"  {st['step']:<18} {st['calls']:<42} {st['accesses']} accesses")
+        cmd = res.command_after_teardown or 0
+        out.append(f"  then: device status {res.status_after_teardown:#x} (ACKNOWLEDGE again), "
+                   f"Bus Master {'on' if cmd & 0x4 else 'off'}, "
+                   f"INTx {'disabled' if cmd & 0x400 else 'enabled'}")  # fmt: skip
     if o.backtraces:
         out.append("")
         out.append(s.head("Backtraces (from the model's call stack)"))
@@ -154,9 +168,16 @@ def to_json(res: SimResult) -> dict[str, Any]:
         "msix_table": res.table_after_probe,
         "event_vectors": [{"event": e, "vector": v} for e, v in res.event_vectors],
         "interrupts": res.interrupts or res.interrupts_after_probe,
+        "vector_placement_after_probe": res.vector_placement_after_probe,
+        "vector_placement": res.vector_placement,
         "masked_demo": res.masked_demo,
         "table_after_teardown": res.table_after_teardown,
         "msix_enabled_after_teardown": res.msix_enabled_after_teardown,
+        "teardown": {
+            "steps": res.teardown_steps,
+            "status_after": res.status_after_teardown,
+            "command_after": res.command_after_teardown,
+        },
         "traffic": None
         if res.net is None
         else {
@@ -236,8 +257,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queue-pairs", type=cliargs.queue_pairs, default=1, metavar="N",
                    help="virtio-net queue pairs the device offers, 1..511 (default 1)")  # fmt: skip
     p.add_argument("--cpus", type=cliargs.cpus, default=1, metavar="N",
-                   help="CPUs of the modelled machine, 1..255, each a local APIC with 204 "
-                        "device vectors (6 of CPU0's taken at boot) (default 1)")  # fmt: skip
+                   help="CPUs of the modelled machine, 1..255, each a local APIC with 201 "
+                        "device vectors (6.1; the boot interrupts spread over the CPUs as "
+                        "Linux places them) (default 1)")  # fmt: skip
     p.add_argument(
         "--arch",
         choices=("x86", "um"),

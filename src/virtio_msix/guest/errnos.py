@@ -4,6 +4,7 @@ errno.h), and their names, which is how a user should see them: ``-ENOSPC``, not
 from __future__ import annotations
 
 ENOENT = 2
+EIO = 5
 ENOMEM = 12
 EBUSY = 16
 ENODEV = 19

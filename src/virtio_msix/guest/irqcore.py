@@ -86,20 +86,37 @@ def mask_irq(k: Kernel, desc: IrqDesc) -> None:
 
 
 def irq_setup_affinity(k: Kernel, desc: IrqDesc) -> None:
-    """Apply the default affinity: on x86 MSI this rewrites the same message (R2)."""
-    irq_do_set_affinity(k, desc)
+    """kernel/irq/manage.c: the affinity set before (irq_default_affinity: every CPU),
+    restricted to online CPUs. On x86 MSI the vector just assigned is on one of them, so
+    nothing moves and the same message is written again (R2)."""
+    mask = k.cpu_online_mask
+    if desc.affinity is not None and desc.affinity & mask:
+        mask = desc.affinity & mask
+    irq_do_set_affinity(k, desc, mask)
 
 
-def irq_do_set_affinity(k: Kernel, desc: IrqDesc) -> None:
-    if desc.msix_entry is not None:
-        msi_domain_set_affinity(k, desc)
+def irq_do_set_affinity(k: Kernel, desc: IrqDesc, mask: frozenset[int] | None = None) -> int:
+    if desc.msix_entry is None:
+        return 0
+    ret = msi_domain_set_affinity(k, desc, mask)
+    if ret >= 0 and mask is not None:
+        desc.affinity = mask
+    return ret
 
 
-def irq_set_affinity_hint(k: Kernel, desc: IrqDesc, cpus: object) -> None:
-    """An MSI without interrupt remapping cannot move from process context on x86: the move
-    is left pending and done by the next interrupt (kernel/irq/migration.c)."""
-    if k.arch == "x86" and cpus is not None and desc.msix_entry is not None:
-        desc.move_pending = True
+def irq_set_affinity_hint(k: Kernel, desc: IrqDesc, cpus: frozenset[int] | set[int] | None) -> None:
+    """irq_set_affinity_hint → __irq_apply_affinity_hint: remember the hint, and (a mask)
+    set the affinity. An MSI without interrupt remapping cannot move from process context on
+    x86 (no IRQD_MOVE_PCNTXT): the move is left pending with the mask and done by the next
+    interrupt (kernel/irq/migration.c); a deactivated one only records the mask."""
+    desc.affinity_hint = None if cpus is None else frozenset(cpus)
+    if cpus is None or k.arch != "x86" or desc.msix_entry is None:
+        return
+    if not desc.activated:
+        desc.affinity = frozenset(cpus)  # irq_set_affinity_deactivated
+        return
+    desc.move_pending = True
+    desc.pending_mask = frozenset(cpus)
 
 
 def free_irq(k: Kernel, irq: int, dev_id: Any) -> None:
@@ -130,17 +147,26 @@ def irq_move_irq(k: Kernel, desc: IrqDesc) -> None:
 
 def irq_move_masked_irq(k: Kernel, desc: IrqDesc) -> None:
     desc.move_pending = False
-    irq_do_set_affinity(k, desc)
+    mask = desc.pending_mask
+    if mask is not None and mask & k.cpu_online_mask:
+        if irq_do_set_affinity(k, desc, mask) == -EBUSY:
+            # the previous move is not cleaned up yet: try again at the next interrupt
+            desc.move_pending = True
+            return
+    desc.pending_mask = None
 
 
-def handle_edge_irq(k: Kernel, desc: IrqDesc) -> None:
-    """Count the interrupt, do a pending affinity move in the ack (apic_ack_edge), run the
-    actions."""
-    desc.counts[desc.cpu if desc.cpu < len(desc.counts) else 0] += 1
+def handle_edge_irq(k: Kernel, desc: IrqDesc, cpu: int | None = None, vector: int | None = None) -> None:
+    """Count the interrupt on the CPU that took it, then the ack (apic_ack_edge): complete a
+    finished move (free the old vector), do a pending one; then run the actions."""
+    cpu = desc.cpu if cpu is None else cpu
+    desc.counts[cpu if cpu < len(desc.counts) else 0] += 1
     start = time.monotonic_ns() if k.irq_hook is not None else 0
     k.in_interrupt += 1
     try:
         if desc.msix_entry is not None:
+            if k.x86 is not None and vector is not None:
+                k.irq_complete_move(desc, cpu, vector)
             irq_move_irq(k, desc)
         for action in list(desc.actions):
             action.handler(desc)

@@ -49,6 +49,18 @@ class IrqDesc:
     started: bool = False
     masked: bool = True
     move_pending: bool = False
+    # x86 vector domain state (struct apic_chip_data): a reservation instead of a vector until
+    # request_irq, and a move in progress until the first interrupt on the new vector.
+    has_reserved: bool = False
+    can_reserve: bool = False
+    is_managed: bool = False
+    move_in_progress: bool = False
+    cleanup_pending: bool = False  # the old vector waits for the cleanup IPI
+    prev_cpu: int = 0
+    prev_vector: int | None = None
+    affinity: frozenset[int] | None = None  # None: irq_default_affinity (every CPU)
+    affinity_hint: frozenset[int] | None = None
+    pending_mask: frozenset[int] | None = None
     actions: list[IrqAction] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
     message: MsiMessage | None = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..irq.x86 import MsiMessage
+from ..irq.x86 import MANAGED_IRQ_SHUTDOWN_VECTOR, MsiMessage
 from .irqdesc import IrqDesc
 
 if TYPE_CHECKING:
@@ -45,10 +45,41 @@ def irq_chip_write_msi_msg(k: Kernel, desc: IrqDesc, msg: MsiMessage) -> None:
         chip.irq_write_msi_msg(k, desc, msg)
 
 
-def msi_domain_set_affinity(k: Kernel, desc: IrqDesc) -> None:
-    # The vector stays where it is (one CPU set); the message is written again.
-    msg = k.compose_msi_msg(desc)
-    irq_chip_write_msi_msg(k, desc, msg)
+def msi_domain_set_affinity(k: Kernel, desc: IrqDesc, mask: frozenset[int] | None = None) -> int:
+    """The MSI chip's irq_set_affinity. x86: msi_set_affinity (arch/x86/kernel/apic/msi.c);
+    elsewhere the message is written again where it is."""
+    if k.x86 is None:
+        irq_chip_write_msi_msg(k, desc, k.compose_msi_msg(desc))
+        return 0
+    return msi_set_affinity(k, desc, mask if mask is not None else k.cpu_online_mask)
+
+
+def msi_set_affinity(k: Kernel, desc: IrqDesc, mask: frozenset[int]) -> int:
+    """x86 without interrupt remapping: the vector domain picks the new (cpu, vector)
+    (apic_set_affinity: none while the current CPU is in the mask), then the message is
+    written. Linux 6.1 writes it at once when the interrupt cannot use reservation mode, the
+    vector or the destination stays, the old vector was the shutdown vector, or the interrupt
+    has not started; otherwise in two steps from the CPU handling it: first the new vector on
+    the old CPU, then the new CPU, so that the address/data pair is never half-updated."""
+    old_cpu, old_vector = desc.cpu, desc.vector
+    ret = k.assign_vector_locked(desc, mask & k.cpu_online_mask)
+    if ret < 0:
+        return ret
+    assert k.x86 is not None and desc.vector is not None
+    new = k.compose_msi_msg(desc)
+    if (
+        not desc.can_reserve
+        or desc.vector == old_vector
+        or old_vector == MANAGED_IRQ_SHUTDOWN_VECTOR
+        or not desc.started
+        or k.x86.dest_id(desc.cpu) == k.x86.dest_id(old_cpu)
+        or old_cpu != k.this_cpu  # the paranoia check: not on the old CPU, write at once
+    ):
+        irq_chip_write_msi_msg(k, desc, new)
+        return ret
+    irq_chip_write_msi_msg(k, desc, k.x86.compose(old_cpu, desc.vector))
+    irq_chip_write_msi_msg(k, desc, new)
+    return ret
 
 
 def irq_domain_deactivate_irq(k: Kernel, desc: IrqDesc) -> None:

@@ -11,17 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..abi.uml import UML_MSI_ADDRESS
-from ..irq.x86 import (
-    BOOT_USED_VECTORS,
-    BOOT_USED_VECTORS_612,
-    MANAGED_IRQ_SHUTDOWN_VECTOR,
-    MsiMessage,
-    X86Interrupts,
-)
+from ..irq.x86 import MANAGED_IRQ_SHUTDOWN_VECTOR, MsiMessage, X86Interrupts
 from ..pci.bus import PciBus
 from ..virtio.memory import GuestMemory
 from . import backtrace
-from .errnos import ENOSPC
+from .errnos import EBUSY, ENOSPC
 from .irqcore import handle_edge_irq
 from .irqdesc import IrqAction, IrqChip, IrqDesc  # noqa: F401  (named here for importers)
 
@@ -101,9 +95,7 @@ class Kernel:
         )
         self.x86 = None
         if arch == "x86":
-            new = version == "6.12"
-            self.x86 = X86Interrupts(cpus, physical_only=new,
-                                     boot_used=BOOT_USED_VECTORS_612 if new else BOOT_USED_VECTORS)  # fmt: skip
+            self.x86 = X86Interrupts(cpus, physical_only=version == "6.12", version=version)
         self.irqs: dict[int, IrqDesc] = {}
         # x86: 0-23 are the IO-APIC's GSIs; dynamically allocated interrupts start after them.
         # UML: its fixed interrupts (timer, console, sigio...) come first.
@@ -122,6 +114,18 @@ class Kernel:
         # Called after each handler run with (desc, start, end), monotonic ns: timelines.
         self.irq_hook: Callable[[IrqDesc, int, int], None] | None = None
         self.um_msi_used: dict[int, int] = {}  # irq → bit of virt-pci's MSI bitmap (UML)
+        # The CPU the model is running on: the one whose APIC took the interrupt being handled
+        # (the boot CPU otherwise); the two-step MSI move is done from it.
+        self.this_cpu = 0
+        # Interrupts whose old vector waits for the cleanup IPI (per-CPU cleanup_list).
+        self.cleanup_list: list[IrqDesc] = []
+        # XPS (net/core/dev.c netif_set_xps_queue): tx queue → the CPUs that transmit on it.
+        self.xps: dict[str, frozenset[int]] = {}
+        if self.x86 is not None:
+            # The boot-time interrupts (timer, ACPI, i8042, RTC, serial) where Linux put them.
+            for irq, cpu, vector in self.x86.boot_irqs:
+                desc = self.legacy_irq(irq)
+                desc.cpu, desc.vector, desc.activated = cpu, vector, True
 
     # -- log ----------------------------------------------------------------------------------
     def printk(self, msg: str) -> None:
@@ -172,8 +176,20 @@ class Kernel:
     def take_interrupts(self) -> None:
         if self.in_interrupt or self.irqs_disabled:
             return
+        try:
+            self._take_interrupts()
+        finally:
+            if self.cleanup_list:
+                self.smp_irq_move_cleanup_interrupt()
+
+    def _take_interrupts(self) -> None:
         for _ in range(10000):
             if self.pending_msi:
+                if self.x86 is not None and len(self.pending_msi) > 1:
+                    # Messages that arrived together wait in the local APICs' IRR; each APIC
+                    # serves its highest vector first (Intel SDM vol. 3 §11.8.3): on one CPU
+                    # output.0 (0x28) before input.0 (0x27), as captured.
+                    self.pending_msi.sort(key=lambda m: self.x86.service_order(*m, self.this_cpu))
                 address, data = self.pending_msi.pop(0)
                 self.deliver_msi(address, data)
             elif (
@@ -203,6 +219,15 @@ class Kernel:
         return desc
 
     def irq_free_desc(self, desc: IrqDesc) -> None:
+        """irq_domain_free_irqs: x86_vector_free_irqs gives a reservation back
+        (vector_free_reserved_and_managed)."""
+        if self.x86 is not None and desc.has_reserved:
+            self.x86.vectors.irq_matrix_remove_reserved()
+            desc.has_reserved = False
+        if self.x86 is not None and desc.is_managed and desc.affinity is not None:
+            self.release_vector(desc)
+            self.x86.vectors.irq_matrix_remove_managed(desc.affinity)
+            desc.is_managed = False
         self.irqs.pop(desc.irq, None)
         self.um_msi_used.pop(desc.irq, None)
 
@@ -228,34 +253,133 @@ class Kernel:
         assert self.x86 is not None
         if reserve:
             # Reservation mode: no vector yet; park the entry on the shutdown vector of the
-            # first online CPU (arch/x86/kernel/apic/vector.c, x86_vector_activate).
-            return self.x86.compose(0, MANAGED_IRQ_SHUTDOWN_VECTOR)
+            # first online CPU (arch/x86/kernel/apic/vector.c, vector_assign_managed_shutdown).
+            return self.x86.compose(min(self.cpu_online_mask), MANAGED_IRQ_SHUTDOWN_VECTOR)
         assert desc.vector is not None
         return self.x86.compose(desc.cpu, desc.vector)
 
+    @property
+    def cpu_online_mask(self) -> frozenset[int]:
+        return frozenset(range(self.cpus))
+
+    def reserve_irq_vector(self, desc: IrqDesc) -> None:
+        """arch/x86/kernel/apic/vector.c reserve_irq_vector: a non-managed MSI gets no vector
+        at allocation, only a global reservation (irq_matrix_reserve); its message points at
+        the shutdown vector of the first online CPU until request_irq activates it."""
+        if self.x86 is None:
+            return
+        self.x86.vectors.irq_matrix_reserve()
+        desc.can_reserve = desc.has_reserved = True
+
+    def reserve_managed_vector(self, desc: IrqDesc, mask: frozenset[int]) -> int:
+        """reserve_managed_vector: a managed interrupt (its affinity fixed by the kernel,
+        pci_alloc_irq_vectors_affinity with PCI_IRQ_AFFINITY) sets a vector aside on every CPU
+        of its mask at allocation; activation takes one of them (activate_managed)."""
+        if self.x86 is None:
+            return 0
+        desc.is_managed, desc.affinity = True, frozenset(mask)
+        return self.x86.vectors.irq_matrix_reserve_managed(desc.affinity)
+
     def assign_vector(self, desc: IrqDesc) -> int:
-        """x86_vector_activate → assign_irq_vector_any_locked: 0, or -ENOSPC when no CPU has a
-        free vector (arch/x86/kernel/apic/vector.c)."""
+        """x86_vector_activate → activate_reserved → assign_irq_vector_any_locked: the best CPU
+        of the affinity mask (else of every online CPU); 0, or -ENOSPC when none has a free
+        vector (arch/x86/kernel/apic/vector.c)."""
         if self.x86 is None or desc.vector is not None:
             return 0
-        got = self.x86.vectors.alloc()
-        if got is None:
+        if desc.is_managed:
+            # activate_managed: on the CPU of the mask with fewest managed vectors in use
+            managed = self.x86.vectors.irq_matrix_alloc_managed(
+                (desc.affinity or self.cpu_online_mask) & self.cpu_online_mask)
+            if managed is None:
+                self.printk(f"Managed startup irq {desc.irq}, no vector available")
+                return -ENOSPC
+            self.apic_update_vector(desc, *managed)
+            return 0
+        for mask in (desc.affinity or self.cpu_online_mask) & self.cpu_online_mask, self.cpu_online_mask:
+            got = self.x86.vectors.irq_matrix_alloc(mask, reserved=desc.has_reserved)
+            if got is not None:
+                break
+        else:
             self.printk(f"irq {desc.irq}: no free vector on any CPU (-ENOSPC)")
             return -ENOSPC
-        desc.cpu, desc.vector = got
-        self.x86.apics[desc.cpu].handlers[desc.vector] = lambda d=desc: self.handle_irq(d)
+        desc.has_reserved = False
+        self.apic_update_vector(desc, *got)
         return 0
 
+    def apic_update_vector(self, desc: IrqDesc, cpu: int, vector: int) -> None:
+        """The new (cpu, vector) takes the interrupt; a previous vector on an online CPU stays
+        allocated (move in progress) until the first interrupt arrives on the new one."""
+        assert self.x86 is not None
+        desc.prev_vector = None
+        if desc.vector is not None and desc.vector != MANAGED_IRQ_SHUTDOWN_VECTOR:
+            desc.move_in_progress = True
+            desc.prev_cpu, desc.prev_vector = desc.cpu, desc.vector
+        desc.cpu, desc.vector = cpu, vector
+        self.x86.apics[cpu].handlers[vector] = lambda d=desc, c=cpu, v=vector: self.handle_irq(d, c, v)
+
+    def assign_vector_locked(self, desc: IrqDesc, dest: frozenset[int]) -> int:
+        """apic_set_affinity's non-managed path: nothing moves while the current CPU is in the
+        new mask; -EBUSY while a previous move is not cleaned up; else a vector on the best
+        CPU of the mask."""
+        assert self.x86 is not None
+        if desc.vector is not None and desc.cpu in dest:
+            return 0
+        if desc.move_in_progress or desc.cleanup_pending:
+            return -EBUSY
+        got = self.x86.vectors.irq_matrix_alloc(dest, reserved=desc.has_reserved)
+        if got is None:
+            return -ENOSPC
+        self.apic_update_vector(desc, *got)
+        return 0
+
+    def irq_complete_move(self, desc: IrqDesc, cpu: int, vector: int) -> None:
+        """The first interrupt on the new vector: __send_cleanup_vector queues the interrupt
+        for cleanup on the old CPU and sends it IRQ_MOVE_CLEANUP_VECTOR, the lowest-priority
+        vector: the old vector is freed when that CPU gets to it, after the interrupts already
+        pending (take_interrupts runs the cleanups once none is)."""
+        if not desc.move_in_progress or (cpu, vector) != (desc.cpu, desc.vector):
+            return
+        desc.move_in_progress = False
+        desc.cleanup_pending = True
+        self.cleanup_list.append(desc)
+
+    def smp_irq_move_cleanup_interrupt(self) -> None:
+        while self.cleanup_list:
+            desc = self.cleanup_list.pop(0)
+            if desc.cleanup_pending:
+                self.free_moved_vector(desc)
+
+    def free_moved_vector(self, desc: IrqDesc) -> None:
+        assert self.x86 is not None
+        if desc.prev_vector is not None:
+            self.x86.apics[desc.prev_cpu].handlers.pop(desc.prev_vector, None)
+            self.x86.vectors.irq_matrix_free(desc.prev_cpu, desc.prev_vector, desc.is_managed)
+        desc.prev_vector = None
+        desc.move_in_progress = desc.cleanup_pending = False
+
     def release_vector(self, desc: IrqDesc) -> None:
+        """x86_vector_deactivate → clear_irq_vector, then a reservation again (a reservable
+        interrupt goes back to the shutdown vector)."""
         if self.x86 is None or desc.vector is None:
             return
         self.x86.apics[desc.cpu].handlers.pop(desc.vector, None)
-        self.x86.vectors.free(desc.cpu, desc.vector)
+        self.x86.vectors.irq_matrix_free(desc.cpu, desc.vector, desc.is_managed)
+        if desc.move_in_progress or desc.cleanup_pending:
+            self.free_moved_vector(desc)
         desc.vector = None
+        if desc.can_reserve:
+            self.x86.vectors.irq_matrix_reserve()
+            desc.has_reserved = True
 
-    def handle_irq(self, desc: IrqDesc) -> None:
-        """The generic flow handler: count, run the actions (handle_edge_irq/fasteoi)."""
-        handle_edge_irq(self, desc)
+    def handle_irq(self, desc: IrqDesc, cpu: int | None = None, vector: int | None = None) -> None:
+        """The generic flow handler on the CPU whose APIC took it (``cpu``; the interrupt's
+        own CPU if not given): count, run the actions (handle_edge_irq/fasteoi)."""
+        cpu = desc.cpu if cpu is None else cpu
+        saved, self.this_cpu = self.this_cpu, cpu
+        try:
+            handle_edge_irq(self, desc, cpu, vector)
+        finally:
+            self.this_cpu = saved
 
     def deliver_msi(self, address: int, data: int) -> None:
         """A message from the device: the APIC model on x86, the IRQ number itself on UML."""

@@ -38,7 +38,14 @@ from .kernel import Kernel
 from .pci import Firmware, PciDev, pci_bus_add_device
 from .views import interrupts_view, table_view
 from .virtio_generic import GenericInfo, generic_driver, generic_transfer
-from .virtio_pci import VirtioBus, VirtioDriver, VpDev, pci_device_probe, virtio_pci_remove
+from .virtio_pci import (
+    VirtioBus,
+    VirtioDriver,
+    VpDev,
+    pci_device_probe,
+    virtio_dev_remove,
+    virtio_pci_remove,
+)
 
 SLOT = 3  # the slot the QEMU captures use (-device ...,addr=0x3)
 INTX_IRQ = {"x86": 23}  # q35 routes slot 3 INTA to GSI 23 (captured)
@@ -179,9 +186,16 @@ class Machine:
             raise RuntimeError("transfer needs a successful probe with the generic driver")
         return generic_transfer(self.kernel, info, queue, out, in_len)
 
-    def remove(self) -> None:
-        """Unbind the driver: reset, free the queues and vectors, MSI-X off (driver remove)."""
-        if self.vp is not None:
+    def remove(self, transport: bool = True) -> None:
+        """Remove the driver as ``rmmod`` does: the virtio driver (virtio_dev_remove: its
+        remove — reset, queues and vectors freed, MSI-X off — then ACKNOWLEDGE again) and, with
+        ``transport``, virtio_pci too (virtio_pci_remove: presence check, Bus Master off).
+        Recorded in the ``teardown`` phase."""
+        if self.vp is None:
+            return
+        self.phases.phase = "teardown"
+        virtio_dev_remove(self.kernel, self.vp)
+        if transport and self.vp in getattr(self.kernel, "vp_devices", []):
             virtio_pci_remove(self.kernel, self.vp)
 
 

@@ -32,6 +32,7 @@ from .irqdesc import IrqChip, IrqDesc
 from .irqdomain import irq_domain_activate_irq, irq_domain_deactivate_irq
 from .kernel import Kernel
 
+PCI_VENDOR_ID = HEADER["vendor_id"].offset
 PCI_STATUS = HEADER["status"].offset
 PCI_COMMAND = HEADER["command"].offset
 PCI_CAPABILITY_LIST = HEADER["capabilities_pointer"].offset
@@ -459,6 +460,8 @@ def __msi_domain_alloc_irqs(k: Kernel, dev: PciDev, nvec: int) -> int:
         irq.msix_entry = (dev, desc)
         irq.irq_chip = PCI_MSIX_CHIP
         desc.irq = irq
+        if reserve:
+            k.reserve_irq_vector(irq)  # x86_vector_alloc_irqs: non-managed, reserve only
         irq_domain_activate_irq(k, irq, reserve)
         if reserve:
             irq.activated = False  # msi_init_virq: a reservation is not an activation
@@ -492,12 +495,17 @@ def pci_msix_write_vector_ctrl(k: Kernel, dev: PciDev, mdesc: MsiDesc, ctrl: int
     )
 
 
-def pci_msi_mask_irq(k: Kernel, desc: IrqDesc) -> None:
-    dev, mdesc = desc.msix_entry
+def pci_msix_mask(k: Kernel, dev: PciDev, mdesc: MsiDesc) -> None:
+    """Set the entry's mask bit, then flush the posted write by reading the table's first
+    register (the msi_desc's mask_base is the table start), as drivers/pci/msi/msi.c does."""
     mdesc.msix_ctrl |= PCI_MSIX_ENTRY_CTRL_MASKBIT
     pci_msix_write_vector_ctrl(k, dev, mdesc, mdesc.msix_ctrl)
-    # Flush the posted write by reading any register of the table (its first one).
     k.readl(dev.msix_base)
+
+
+def pci_msi_mask_irq(k: Kernel, desc: IrqDesc) -> None:
+    dev, mdesc = desc.msix_entry
+    pci_msix_mask(k, dev, mdesc)
 
 
 def pci_msi_unmask_irq(k: Kernel, desc: IrqDesc) -> None:
@@ -530,14 +538,33 @@ def pci_free_irq_vectors(k: Kernel, dev: PciDev) -> None:
 def pci_disable_msix(k: Kernel, dev: PciDev) -> None:
     if not dev.msix_enabled:
         return
-    # pci_msix_shutdown: mask every entry in use, then turn MSI-X off and INTx back on.
+    pci_msix_shutdown(k, dev)
+    free_msi_irqs(k, dev)
+
+
+def pci_msix_shutdown(k: Kernel, dev: PciDev) -> None:
+    """Hand the device back with every allocated entry masked (each mask flushed by a table
+    read), then MSI-X Enable cleared and INTx enabled again (pci_intx_for_msi)."""
     for mdesc in dev.msi_descs:
-        mdesc.msix_ctrl |= PCI_MSIX_ENTRY_CTRL_MASKBIT
-        pci_msix_write_vector_ctrl(k, dev, mdesc, mdesc.msix_ctrl)
+        pci_msix_mask(k, dev, mdesc)
     pci_msix_clear_and_set_ctrl(k, dev, PCI_MSIX_FLAGS_ENABLE, 0)
     pci_intx(k, dev, True)
     dev.msix_enabled = False
-    free_msi_irqs(k, dev)
+
+
+# -- removal (drivers/pci/pci.c) -------------------------------------------------------------------
+def pci_device_is_present(k: Kernel, dev: PciDev) -> bool:
+    """pci_bus_read_dev_vendor_id: one dword read of Vendor/Device ID; all ones (or a CRS
+    value) means the function is gone."""
+    v = pci_read_config_dword(k, dev, PCI_VENDOR_ID)
+    return v not in (0xFFFFFFFF, 0x00000000, 0x0000FFFF, 0xFFFF0000) and (v & 0xFFFF) != 0x0001
+
+
+def pci_disable_device(k: Kernel, dev: PciDev) -> None:
+    """do_pci_disable_device: only Bus Master is cleared (decode stays on; pcibios_disable_device
+    makes no config access for an MSI-X device on x86)."""
+    pci_clear_master(k, dev)
+    dev.enabled = False
 
 
 # The PCI-MSI chip (drivers/pci/msi/irqdomain.c pci_msi_domain_chip): how the interrupt core

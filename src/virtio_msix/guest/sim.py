@@ -12,24 +12,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..host.backends import LoopbackBackend
+from ..host.backends import LoopbackBackend, MultiQueueLoopback
 from ..trace import Recorder
 from ..virtio import VirtioPciDevice, make_virtio_net_pci
 from ..virtio.describe import describe
 from ..virtio.regs import COMMON, VIRTIO_MSI_NO_VECTOR
+from . import views as guest_views
 from .irqcore import mask_irq, unmask_irq
 from .kernel import IrqDesc, Kernel
 from .machine import Machine
-from .pci import PciDev, pci_clear_master
+from .pci import PCI_COMMAND, PciDev
 from .views import interrupts_view, table_view
 from .virtio_net import (
     VIRTIO_NET_DRIVER,
     VirtnetInfo,
+    netdev_pick_tx,
     start_xmit,
     virtnet_config_changed,
     virtnet_open,
 )
-from .virtio_pci import VpDev, irq_desc_of, virtio_pci_remove
+from .virtio_pci import VpDev, irq_desc_of, virtio_dev_remove, virtio_pci_remove
 
 SLOT = 3  # the slot the QEMU captures use (-device ...,addr=0x3)
 INTX_IRQ = {"x86": 23}  # q35 routes slot 3 INTA to GSI 23 (captured); UML's PCI IRQ
@@ -87,6 +89,7 @@ class SimOptions:
     teardown: bool = True
     memory_mb: int = 64
     kernel: str = "6.1"  # the Linux version the driver model follows: "6.1" or "6.12"
+    packed: bool = False  # QEMU's packed=on: the device offers VIRTIO_F_RING_PACKED
 
 
 @dataclass
@@ -106,7 +109,15 @@ class SimResult:
     masked_demo: dict[str, Any] | None = None
     table_after_teardown: list[dict[str, Any]] = field(default_factory=list)
     msix_enabled_after_teardown: bool | None = None
+    # The removal path (phase ``teardown``): each module's removal and its register accesses,
+    # and what the device is left with.
+    teardown_steps: list[dict[str, Any]] = field(default_factory=list)
+    status_after_teardown: int | None = None
+    command_after_teardown: int | None = None
     capabilities: list[dict[str, Any]] = field(default_factory=list)
+    # x86: per CPU, the vectors in use and which interrupt holds each; and XPS
+    vector_placement: dict[str, Any] = field(default_factory=dict)
+    vector_placement_after_probe: dict[str, Any] = field(default_factory=dict)
 
     def probe_records(self) -> list[dict[str, Any]]:
         """Accesses from the driver's first access to its DRIVER_OK write (inclusive)."""
@@ -130,10 +141,15 @@ def run_sim(
         disable_legacy=opts.disable_legacy,
         recorder=recorder,
         backend=LoopbackBackend(swap_macs=False),
+        packed=opts.packed,
     )
     refusal = None
     if opts.refuse_vectors_from is not None or opts.refuse_config_vector:
         refusal = VectorRefusal(device, opts.refuse_vectors_from, opts.refuse_config_vector)
+    if opts.queue_pairs > 1 and isinstance(device.device.backend, LoopbackBackend):
+        # More than one pair: a peer with a queue per pair, as the multi-queue TAP a user
+        # gives QEMU for mq=on, so that every pair carries traffic (same features offered).
+        device.device.backend = MultiQueueLoopback(opts.queue_pairs)
     machine = Machine(device, cpus=opts.cpus, arch=opts.arch, memory_mb=opts.memory_mb,
                       driver=VIRTIO_NET_DRIVER, recorder=recorder, backtraces=opts.backtraces,
                       version=opts.kernel,
@@ -154,7 +170,10 @@ def run_sim(
     res.table_after_probe = table_view(k, device)
     res.event_vectors = device.event_vectors(names)
     res.interrupts_after_probe = interrupts_view(k)
+    res.vector_placement_after_probe = res.vector_placement = guest_views.vector_placement_view(k)
     if vi is None:
+        if opts.teardown:
+            teardown(res, machine)
         return res
 
     # The config work after probe reads the link status; `ip link set up` posts RX buffers and
@@ -166,17 +185,59 @@ def run_sim(
     if opts.mask_during_traffic and vp.per_vq_vectors:
         res.masked_demo = mask_demo(k, vi, device)
 
+    # Each CPU sends in turn, on the TX queue XPS gives it (one queue for every CPU with a
+    # single pair).
     for n in range(opts.packets):
-        start_xmit(k, vi, make_frame(vi.mac, n))
+        cpu = n % k.cpus
+        k.this_cpu = cpu
+        start_xmit(k, vi, make_frame(vi.mac, n), netdev_pick_tx(k, vi, cpu))
         k.take_interrupts()
+    k.this_cpu = 0
     res.interrupts = interrupts_view(k)
+    res.vector_placement = guest_views.vector_placement_view(k)
 
     if opts.teardown:
-        virtio_pci_remove(k, vp)
-        pci_clear_master(k, dev)
-        res.table_after_teardown = table_view(k, device)
-        res.msix_enabled_after_teardown = device.msix.enabled if device.msix else None
+        teardown(res, machine)
     return res
+
+
+class _AccessCounter:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self, rec: dict[str, Any]) -> None:
+        if "op" in rec:
+            self.n += 1
+
+
+def teardown(res: SimResult, machine: Machine) -> None:
+    """What ``rmmod virtio_net; rmmod virtio_pci`` does, as the QEMU teardown captures show
+    (tests/data/qemu-*-teardown*): virtio_dev_remove (virtnet_remove: reset, queues and
+    vectors freed, MSI-X off; then ACKNOWLEDGE again), then virtio_pci_remove (presence check,
+    Bus Master off). Recorded in the ``teardown`` phase. The simulator always ends with it, as
+    a real guest's life does (and as ``boot`` ends: the real kernel unbinds our device)."""
+    k, vp, device = res.kernel, res.vp, res.device
+    machine.phases.phase = "teardown"
+    counter = _AccessCounter()
+    res.recorder.subscribe(counter)
+    if vp.driver is not None:
+        name = vp.driver.name
+        virtio_dev_remove(k, vp)
+        res.teardown_steps.append({"step": f"rmmod {name}",
+                                   "calls": "virtio_dev_remove → virtnet_remove",
+                                   "accesses": counter.n})  # fmt: skip
+    if vp in getattr(k, "vp_devices", []):
+        before = counter.n
+        virtio_pci_remove(k, vp)
+        # 6.12 builds virtio_pci in: its removal is the sysfs unbind (the same calls).
+        step = "unbind virtio-pci" if k.version == "6.12" else "rmmod virtio_pci"
+        res.teardown_steps.append({"step": step,
+                                   "calls": "virtio_pci_remove → pci_disable_device",
+                                   "accesses": counter.n - before})  # fmt: skip
+    res.table_after_teardown = table_view(k, device)
+    res.msix_enabled_after_teardown = device.msix.enabled if device.msix else None
+    res.status_after_teardown = device.device.status
+    res.command_after_teardown = device.config_word(PCI_COMMAND)  # not a bus access
 
 
 def make_frame(mac: bytes, n: int) -> bytes:

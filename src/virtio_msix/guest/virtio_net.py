@@ -74,6 +74,7 @@ class VirtnetInfo:
     sq: list[VringVirtqueue] = field(default_factory=list)
     cvq: VringVirtqueue | None = None
     link_up: bool = False
+    affinity_hint_set: bool = False  # virtnet_set_affinity gave the queues hints
     # The last frames handed up (the stack's socket buffers are not modelled: older ones go).
     received: deque[bytes] = field(default_factory=lambda: deque(maxlen=RECEIVED_KEPT))
     rx_packets: int = 0
@@ -107,6 +108,9 @@ def virtnet_probe(k: Kernel, vp: VpDev) -> int:
     if vp.has_feature(dev_net.VIRTIO_NET_F_MQ) and vp.has_feature(dev_net.VIRTIO_NET_F_CTRL_VQ):
         pairs = virtio_cread16(k, vp, CONFIG_OFFSET["max_virtqueue_pairs"])
         vi.max_queue_pairs = pairs if 1 <= pairs <= 0x8000 else 1
+    # Multiqueue by default, at most one pair per online CPU; set before init_vqs, whose
+    # virtnet_set_affinity spreads these pairs (no device access: its place is free).
+    vi.curr_queue_pairs = min(vi.max_queue_pairs, k.cpus)
     if vp.has_feature(dev_net.VIRTIO_NET_F_MAC):
         vi.mac = virtio_cread_bytes(k, vp, CONFIG_OFFSET["mac"], 6)
     if vp.has_feature(dev_net.VIRTIO_NET_F_MTU):
@@ -115,7 +119,6 @@ def virtnet_probe(k: Kernel, vp: VpDev) -> int:
     if err:
         return err
     virtio_device_ready(k, vp)
-    vi.curr_queue_pairs = min(vi.max_queue_pairs, k.cpus)
     _virtnet_set_queues(k, vi, vi.curr_queue_pairs)
     return 0
 
@@ -158,16 +161,48 @@ def virtnet_find_vqs(k: Kernel, vi: VirtnetInfo) -> int:
 
 
 def virtnet_set_affinity(k: Kernel, vi: VirtnetInfo) -> None:
-    """Spread queue pairs over the CPUs: an affinity hint per queue interrupt (applied later)."""
-    vp = vi.vp
-    if not vp.per_vq_vectors:
+    """Spread the queue pairs over the online CPUs: pair i gets a group of ``stride`` CPUs
+    (one more for the first ``stragglers``), its RX and TX interrupts that group as affinity
+    hint (applied at their next interrupt on x86), its TX queue that group for XPS."""
+    num_cpu = k.cpus
+    pairs = vi.curr_queue_pairs
+    stride = max(num_cpu // pairs, 1)
+    stragglers = num_cpu % pairs if num_cpu >= pairs else 0
+    cpu = 0  # cpumask_first(cpu_online_mask)
+    for i in range(pairs):
+        group = set()
+        for _ in range(stride + (1 if i < stragglers else 0)):
+            group.add(cpu)
+            cpu = (cpu + 1) % num_cpu  # cpumask_next_wrap
+        mask = frozenset(group)
+        vp_set_vq_affinity(k, vi.vp, vi.rq[i], mask)
+        vp_set_vq_affinity(k, vi.vp, vi.sq[i], mask)
+        k.xps[f"tx-{i}"] = mask  # __netif_set_xps_queue(dev, mask, i, XPS_CPUS)
+    vi.affinity_hint_set = True
+
+
+def virtnet_clean_affinity(k: Kernel, vi: VirtnetInfo) -> None:
+    """Take the hints back (virtnet_del_vqs, before the queues go): nothing is moved."""
+    if not vi.affinity_hint_set:
         return
-    for i in range(vi.curr_queue_pairs):
-        cpu = i % k.cpus
-        for vq in (vi.rq[i], vi.sq[i]):
-            desc = irq_desc_of(k, vp, vq.msix_vector)
-            if desc is not None:
-                irq_set_affinity_hint(k, desc, {cpu})
+    for i in range(vi.max_queue_pairs):
+        vp_set_vq_affinity(k, vi.vp, vi.rq[i], None)
+        vp_set_vq_affinity(k, vi.vp, vi.sq[i], None)
+    vi.affinity_hint_set = False
+
+
+def vp_set_vq_affinity(k: Kernel, vp: VpDev, vq: VringVirtqueue, mask: frozenset[int] | None) -> int:
+    """drivers/virtio/virtio_pci_common.c: the hint goes to the interrupt of the queue's
+    MSI-X vector — its own, or the one every queue shares; a queue without callback has
+    none (-EINVAL), nor has INTx."""
+    if vq.callback is None:
+        return -EINVAL
+    if vp.msix_enabled:
+        info = vp.vq_info.get(vq.index)
+        desc = irq_desc_of(k, vp, info.msix_vector) if info is not None else None
+        if desc is not None:
+            irq_set_affinity_hint(k, desc, mask)
+    return 0
 
 
 # -- after DRIVER_OK: link, RX buffers, control commands, TX ------------------------------------------------
@@ -237,6 +272,15 @@ def virtnet_set_rx_mode(k: Kernel, vi: VirtnetInfo) -> None:
     virtnet_send_command(k, vi, dev_net.CTRL_MAC, 0, table)
 
 
+def netdev_pick_tx(k: Kernel, vi: VirtnetInfo, cpu: int) -> int:
+    """net/core/dev.c get_xps_queue: the TX queue whose XPS CPUs hold the sending CPU
+    (virtnet_set_affinity gives each CPU one); queue 0 when XPS names none."""
+    for i in range(vi.curr_queue_pairs):
+        if cpu in k.xps.get(f"tx-{i}", ()):
+            return i
+    return 0
+
+
 def start_xmit(k: Kernel, vi: VirtnetInfo, frame: bytes, qp: int = 0) -> bool:
     sq = vi.sq[qp]
     free_old_xmit_skbs(k, vi, qp)
@@ -303,6 +347,8 @@ def free_unused_bufs(k: Kernel, vi: VirtnetInfo | None) -> None:
 
 
 def virtnet_del_vqs(k: Kernel, vp: VpDev) -> None:
+    if vp.priv is not None:
+        virtnet_clean_affinity(k, vp.priv)
     vp_del_vqs(k, vp)
 
 

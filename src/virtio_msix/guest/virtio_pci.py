@@ -54,6 +54,8 @@ from .pci import (
     PCI_IRQ_MSIX,
     PciDev,
     pci_alloc_irq_vectors_affinity,
+    pci_device_is_present,
+    pci_disable_device,
     pci_enable_device,
     pci_find_capability,
     pci_find_next_capability,
@@ -63,7 +65,7 @@ from .pci import (
     pci_read_config_dword,
     pci_set_master,
 )
-from .vring import VringVirtqueue, vring_interrupt
+from .vring import PackedVringVirtqueue, VringVirtqueue, vring_interrupt
 
 PAGE_SIZE = 4096
 # drivers/virtio/virtio_ring.c vring_transport_features: the ring features the core keeps.
@@ -139,6 +141,7 @@ class VpDev:
     priv: Any = None
     config_changes: int = 0
     ladder: list[str] = field(default_factory=list)  # which find_vqs steps ran and how
+    broken: bool = False  # virtio_break_device: the device went away under the driver
 
     @property
     def name(self) -> str:
@@ -692,8 +695,15 @@ def setup_vq(
         return -ENOENT
     if num & (num - 1):
         return -EINVAL
-    vq = VringVirtqueue(k, index, num, name, callback, lambda q: vp_notify(k, q),
-                   vp.has_feature(VIRTIO_F_EVENT_IDX))  # fmt: skip
+    # vring_create_virtqueue: the packed layout when the device and driver took RING_PACKED.
+    vq: VringVirtqueue | PackedVringVirtqueue
+    if vp.has_feature(VIRTIO_F_RING_PACKED):
+        vq = PackedVringVirtqueue(k, index, num, name, callback, lambda q: vp_notify(k, q),
+                                  vp.has_feature(VIRTIO_F_EVENT_IDX),
+                                  indirect=vp.has_feature(VIRTIO_F_INDIRECT_DESC))  # fmt: skip
+    else:
+        vq = VringVirtqueue(k, index, num, name, callback, lambda q: vp_notify(k, q),
+                            vp.has_feature(VIRTIO_F_EVENT_IDX))  # fmt: skip
     vp_modern_set_queue_size(k, vp, index, num)
     vp_modern_queue_address(k, vp, index, vq.desc, vq.avail, vq.used)
     if msix_vec != VIRTIO_MSI_NO_VECTOR:
@@ -770,10 +780,40 @@ def vp_interrupt(k: Kernel, vp: VpDev) -> bool:
     return True
 
 
+# -- removal ----------------------------------------------------------------------------------------
+def virtio_dev_remove(k: Kernel, vp: VpDev) -> None:
+    """The virtio bus's remove (drivers/virtio/virtio.c), run when the driver goes (``rmmod
+    virtio_net``, an unbind) or the device does: the driver's remove, which must have reset the
+    device (the core checks the status, a WARN otherwise), then ACKNOWLEDGE set again — a
+    read-modify-write of device_status — so the device stays known without a driver."""
+    drv = vp.driver
+    if drv is None:
+        return
+    drv.remove(k, vp)
+    if vp_get_status(k, vp):
+        k.printk(f"{vp.name}: WARNING: status not 0 after {drv.name}'s remove")
+    virtio_add_status(k, vp, ACKNOWLEDGE)
+    vp.driver = None
+
+
+def unregister_virtio_device(k: Kernel, vp: VpDev) -> None:
+    """device_unregister: the bound driver (if any) is removed through virtio_dev_remove."""
+    virtio_dev_remove(k, vp)
+    if vp in getattr(k, "vp_devices", []):
+        k.vp_devices.remove(vp)
+
+
 def virtio_pci_remove(k: Kernel, vp: VpDev) -> None:
-    if vp.driver is not None:
-        vp.driver.remove(k, vp)
-        vp.driver = None
+    """virtio_pci's pci_driver remove (``rmmod virtio_pci``, an unbind of virtio-pci): a
+    presence check (one Vendor/Device ID dword read; a device gone would be marked broken), the
+    virtio device unregistered (its driver removed first if still bound), the modern or legacy
+    mappings released (no device access), then pci_disable_device clears Bus Master."""
+    dev = vp.pci_dev
+    if not pci_device_is_present(k, dev):
+        vp.broken = True  # virtio_break_device: the upper layers stop touching the device
+    # pci_disable_sriov: nothing without an SR-IOV capability.
+    unregister_virtio_device(k, vp)
+    pci_disable_device(k, dev)
 
 
 def irq_desc_of(k: Kernel, vp: VpDev, vector: int) -> IrqDesc | None:

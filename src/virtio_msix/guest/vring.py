@@ -1,5 +1,7 @@
-"""The driver's half of a split virtqueue (drivers/virtio/virtio_ring.c): ring layout in guest
-memory, adding buffers, kicking, reaping used buffers, interrupt suppression with event idx."""
+"""The driver's half of a virtqueue (drivers/virtio/virtio_ring.c): ring layout in guest
+memory, adding buffers, kicking, reaping used buffers, interrupt suppression with event idx —
+split (VringVirtqueue) and packed (PackedVringVirtqueue, when VIRTIO_F_RING_PACKED was
+negotiated: vring_create_virtqueue picks it)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from ..abi.ring import (
     vring_size,
 )
 from ..abi.virtio import VIRTIO_MSI_NO_VECTOR
-from .errnos import ENOSPC
+from .errnos import EIO, ENOMEM, ENOSPC
 from .kernel import Kernel
 
 SMP_CACHE_BYTES = 64
@@ -105,7 +107,7 @@ class VringVirtqueue:
             return self.notify(self)
         return True
 
-    # -- reaping -------------------------------------------------------------------------------------
+    # -- reaping -----------------------------------------------------------------------------------
     def more_used(self) -> bool:
         idx = struct.unpack("<H", self.k.memory.read(self.used + ring.USED_IDX, 2))[0]
         return idx != self.last_used_idx
@@ -160,3 +162,249 @@ def vring_interrupt(desc: Any, vq: VringVirtqueue | None = None) -> bool:
     if vq.callback is not None:
         vq.callback(vq)
     return True
+
+
+class PackedVringVirtqueue:
+    """The driver's side of a packed virtqueue (virtio_ring.c, *_packed): the descriptor ring
+    and the two event suppression structures, each its own zeroed allocation
+    (vring_alloc_queue_packed: alloc_pages_exact, so page-aligned); queue_desc, queue_driver and
+    queue_device get their addresses. The device's side is virtio/packed.py."""
+
+    def __init__(
+        self,
+        k: Kernel,
+        index: int,
+        num: int,
+        name: str,
+        callback: Callable[[PackedVringVirtqueue], None] | None,
+        notify: Callable[[PackedVringVirtqueue], bool],
+        event_idx: bool,
+        indirect: bool = False,
+    ) -> None:
+        self.k = k
+        # vq->indirect: VIRTIO_RING_F_INDIRECT_DESC and no per-buffer context (virtio_net's RX
+        # queues have one; the model posts RX buffers as one segment, which never goes indirect).
+        self.indirect = indirect
+        self.index = index
+        self.num = num
+        self.name = name
+        self.callback = callback
+        self.notify = notify
+        self.event_idx = event_idx  # vq->event
+        self.broken = False
+        ring_bytes = num * ring.PACKED_DESC_SIZE
+        self.desc = k.pages.alloc(ring_bytes)
+        k.memory.write(self.desc, bytes(ring_bytes))
+        # The driver event suppression structure (the device reads it) and the device's.
+        self.avail = k.pages.alloc(ring.PACKED_EVENT_SIZE)
+        self.used = k.pages.alloc(ring.PACKED_EVENT_SIZE)
+        k.memory.write(self.avail, bytes(ring.PACKED_EVENT_SIZE))
+        k.memory.write(self.used, bytes(ring.PACKED_EVENT_SIZE))
+        # virtqueue_vring_init_packed and virtqueue_init.
+        self.next_avail_idx = 0
+        self.avail_wrap_counter = 1
+        self.avail_used_flags = ring.DESC_F_AVAIL
+        self.event_flags_shadow = ring.VRING_PACKED_EVENT_FLAG_ENABLE
+        self.last_used_idx = 1 << ring.VRING_PACKED_EVENT_F_WRAP_CTR  # position 0, wrap 1
+        self.num_added = 0
+        self.num_free = num
+        # desc_extra[].next: the free list of buffer ids; desc_state[id]: (token, descriptors,
+        # last id of the buffer, indirect table or 0).
+        self.free_next = [i + 1 for i in range(num)]
+        self.free_head = 0
+        self.state: dict[int, tuple[Any, int, int, int]] = {}
+        self.priv: int = 0  # notify address
+        self.msix_vector = VIRTIO_MSI_NO_VECTOR
+        if callback is None:
+            # "No callback? Tell other side not to bother us."
+            self.event_flags_shadow = ring.VRING_PACKED_EVENT_FLAG_DISABLE
+            self._write_driver_flags()
+
+    @property
+    def short(self) -> str:
+        return self.name
+
+    @property
+    def free(self) -> bool:
+        """Whether a descriptor is free (the split queue's free list, as try_fill_recv asks)."""
+        return self.num_free > 0
+
+    def _write_driver_off_wrap(self) -> None:
+        off_wrap = struct.pack("<H", self.last_used_idx)
+        self.k.memory.write(self.avail + ring.PACKED_EVENT_OFF_WRAP, off_wrap)
+
+    def _write_driver_flags(self) -> None:
+        self.k.memory.write(
+            self.avail + ring.PACKED_EVENT_FLAGS, struct.pack("<H", self.event_flags_shadow)
+        )
+
+    # -- adding buffers (virtqueue_add_packed) -----------------------------------------------------
+    def add_sgs(self, out: list[tuple[int, int]], inb: list[tuple[int, int]], token: Any) -> int:
+        total = len(out) + len(inb)
+        if self.broken:
+            return -EIO
+        if total == 0:
+            return -ENOSPC
+        if self.indirect and total > 1 and self.num_free:  # virtqueue_use_indirect
+            rc = self._add_indirect(out, inb, token)
+            if rc != -ENOMEM:
+                return rc
+        if self.num_free < total:
+            return -ENOSPC
+        mem = self.k.memory
+        head = i = self.next_avail_idx
+        buf_id = self.free_head
+        curr = buf_id
+        head_flags = 0
+        for c, (addr, length) in enumerate(out + inb, 1):
+            flags = (
+                self.avail_used_flags
+                | (0 if c == total else ring.VRING_DESC_F_NEXT)
+                | (ring.VRING_DESC_F_WRITE if c > len(out) else 0)
+            )
+            # Every descriptor but the head is complete at once; the head's flags are written
+            # last, which makes the whole chain available (§2.8.6): until then they stay what
+            # the device last wrote there.
+            raw = ring.PACKED_DESC.pack(addr, length, buf_id, flags)
+            mem.write(self.desc + ring.PACKED_DESC_SIZE * i,
+                      raw[: ring.PACKED_DESC_FLAGS] if i == head else raw)  # fmt: skip
+            if i == head:
+                head_flags = flags
+            prev, curr = curr, self.free_next[curr] if curr < self.num else self.num
+            i += 1
+            if i >= self.num:
+                i = 0
+                self.avail_used_flags ^= ring.DESC_F_AVAIL | ring.DESC_F_USED
+        if i <= head:
+            self.avail_wrap_counter ^= 1
+        self.num_free -= total
+        self.next_avail_idx = i
+        self.free_head = curr
+        self.state[buf_id] = (token, total, prev, 0)
+        mem.write(
+            self.desc + ring.PACKED_DESC_SIZE * head + ring.PACKED_DESC_FLAGS,
+            struct.pack("<H", head_flags),
+        )
+        self.num_added += total
+        return 0
+
+    def _add_indirect(self, out: list[tuple[int, int]], inb: list[tuple[int, int]],
+                      token: Any) -> int:  # fmt: skip
+        """virtqueue_add_indirect_packed: the segments in a table of their own (only WRITE in
+        its flags), one ring descriptor with INDIRECT pointing at it."""
+        total = len(out) + len(inb)
+        try:
+            table = self.k.pages.alloc(total * ring.PACKED_DESC_SIZE, align=ring.PACKED_DESC_SIZE)
+        except MemoryError:
+            return -ENOMEM
+        mem = self.k.memory
+        entries = b"".join(
+            ring.PACKED_DESC.pack(addr, length, 0, ring.VRING_DESC_F_WRITE if n >= len(out) else 0)
+            for n, (addr, length) in enumerate(out + inb)
+        )
+        mem.write(table, entries)
+        head, buf_id = self.next_avail_idx, self.free_head
+        flags = ring.VRING_DESC_F_INDIRECT | self.avail_used_flags
+        raw = ring.PACKED_DESC.pack(table, len(entries), buf_id, 0)
+        mem.write(self.desc + ring.PACKED_DESC_SIZE * head, raw[: ring.PACKED_DESC_FLAGS])
+        n = head + 1
+        if n >= self.num:
+            n = 0
+            self.avail_wrap_counter ^= 1
+            self.avail_used_flags ^= ring.DESC_F_AVAIL | ring.DESC_F_USED
+        self.next_avail_idx = n
+        self.free_head = self.free_next[buf_id]
+        self.num_free -= 1
+        self.state[buf_id] = (token, 1, buf_id, table)
+        # The head's flags last: they make the buffer available.
+        mem.write(
+            self.desc + ring.PACKED_DESC_SIZE * head + ring.PACKED_DESC_FLAGS,
+            struct.pack("<H", flags),
+        )
+        self.num_added += 1
+        return 0
+
+    def kick_prepare(self) -> bool:
+        """virtqueue_kick_prepare_packed: the device event suppression structure decides."""
+        new = self.next_avail_idx
+        old = (new - self.num_added) & 0xFFFF
+        self.num_added = 0
+        off_wrap, flags = ring.PACKED_EVENT.unpack(self.k.memory.read(self.used, 4))
+        if flags != ring.VRING_PACKED_EVENT_FLAG_DESC:
+            return flags != ring.VRING_PACKED_EVENT_FLAG_DISABLE
+        return ring.packed_need_event(off_wrap, self.avail_wrap_counter, self.num, new, old)
+
+    def kick(self) -> bool:
+        if self.kick_prepare():
+            return self.notify(self)
+        return True
+
+    # -- reaping -----------------------------------------------------------------------------------
+    def _last_used(self) -> tuple[int, int]:
+        """(position, wrap counter) in last_used_idx (packed_last_used and
+        packed_used_wrap_counter)."""
+        shift = ring.VRING_PACKED_EVENT_F_WRAP_CTR
+        return self.last_used_idx & ((1 << shift) - 1), self.last_used_idx >> shift
+
+    def more_used(self) -> bool:
+        pos, wrap = self._last_used()
+        flags_at = self.desc + ring.PACKED_DESC_SIZE * pos + ring.PACKED_DESC_FLAGS
+        raw = self.k.memory.read(flags_at, 2)
+        return ring.packed_desc_used(struct.unpack("<H", raw)[0], wrap)
+
+    def get_buf(self) -> tuple[Any, int] | None:
+        """virtqueue_get_buf_ctx_packed."""
+        if self.broken or not self.more_used():
+            return None
+        mem = self.k.memory
+        pos, wrap = self._last_used()
+        _addr, length, buf_id, _flags = ring.PACKED_DESC.unpack(
+            mem.read(self.desc + ring.PACKED_DESC_SIZE * pos, ring.PACKED_DESC_SIZE)
+        )
+        if buf_id >= self.num or buf_id not in self.state:
+            self.broken = True  # BAD_RING: "id out of range" / "is not a head"
+            return None
+        token, count = self._detach(buf_id)
+        pos += count
+        if pos >= self.num:
+            pos -= self.num
+            wrap ^= 1
+        self.last_used_idx = pos | wrap << ring.VRING_PACKED_EVENT_F_WRAP_CTR
+        if self.event_flags_shadow == ring.VRING_PACKED_EVENT_FLAG_DESC:
+            self._write_driver_off_wrap()
+        return token, length
+
+    def _detach(self, buf_id: int) -> tuple[Any, int]:
+        """detach_buf_packed: the buffer's ids go back to the head of the free list."""
+        token, count, last, table = self.state.pop(buf_id)
+        self.free_next[last] = self.free_head
+        self.free_head = buf_id
+        self.num_free += count
+        if table:
+            self.k.pages.free(table)  # the indirect table, kfree'd
+        return token, count
+
+    def detach_unused_buf(self) -> Any:
+        if not self.state:
+            return None
+        token, _count = self._detach(next(iter(self.state)))
+        return token
+
+    def enable_cb(self) -> bool:
+        """virtqueue_enable_cb_prepare_packed, then virtqueue_poll_packed: True when nothing
+        was used meanwhile."""
+        if self.event_idx:
+            self._write_driver_off_wrap()
+        if self.event_flags_shadow == ring.VRING_PACKED_EVENT_FLAG_DISABLE:
+            self.event_flags_shadow = (
+                ring.VRING_PACKED_EVENT_FLAG_DESC
+                if self.event_idx
+                else ring.VRING_PACKED_EVENT_FLAG_ENABLE
+            )
+            self._write_driver_flags()
+        return not self.more_used()
+
+    def disable_cb(self) -> None:
+        if self.event_flags_shadow != ring.VRING_PACKED_EVENT_FLAG_DISABLE:
+            self.event_flags_shadow = ring.VRING_PACKED_EVENT_FLAG_DISABLE
+            self._write_driver_flags()

@@ -40,6 +40,34 @@ class LoopbackBackend:
         return self.queue.popleft() if self.queue else None
 
 
+class MultiQueueLoopback:
+    """A loopback peer with one queue per queue pair, as a multi-queue TAP is to QEMU: a
+    frame the guest sends on pair i comes back on pair i (the host's tun steers a flow's
+    replies to the queue it last transmitted on, automq)."""
+
+    def __init__(self, queues: int, limit: int = 4096) -> None:
+        self.queues = queues
+        self.rings: list[deque[bytes]] = [deque() for _ in range(queues)]
+        self.limit = limit
+        self.sent = 0
+        self.dropped = 0
+
+    def send(self, frame: bytes, queue: int = 0) -> None:
+        self.sent += 1
+        ring = self.rings[queue % self.queues]
+        if len(ring) >= self.limit:
+            self.dropped += 1
+            return
+        ring.append(frame)
+
+    def inject(self, frame: bytes, queue: int = 0) -> None:
+        self.rings[queue % self.queues].append(frame)
+
+    def take_frame(self, queue: int = 0) -> bytes | None:
+        ring = self.rings[queue % self.queues]
+        return ring.popleft() if ring else None
+
+
 ETH_P_ARP = 0x0806
 ETH_P_IP = 0x0800
 IPPROTO_ICMP = 1

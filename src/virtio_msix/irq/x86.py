@@ -23,15 +23,41 @@ MSI_ADDR_DEST_MODE_LOGICAL = 1 << 2
 MSI_ADDR_REDIRECTION_HINT = 1 << 3
 
 FIRST_EXTERNAL_VECTOR = 0x20
-# Vectors Linux keeps for itself at the top (LOCAL_TIMER_VECTOR 0xEC and up) and the one it
-# parks "reserved" MSI messages on until a real vector is assigned.
+# Vectors Linux keeps for itself at the top (LOCAL_TIMER_VECTOR 0xEC and up): the matrix
+# allocates from FIRST_EXTERNAL_VECTOR up to, not including, FIRST_SYSTEM_VECTOR.
 FIRST_SYSTEM_VECTOR = 0xEC
+# The vector a reserved (not yet requested) or shut-down interrupt's message points at.
 MANAGED_IRQ_SHUTDOWN_VECTOR = 0xEF
-# On the captured Debian guest (QEMU q35, one CPU) the legacy IO-APIC interrupts held 0x20-0x25
-# when virtio_pci loaded: its first three MSI-X vectors were 0x26, 0x27, 0x28.
-BOOT_USED_VECTORS = tuple(range(0x20, 0x26))
-# The same guest with Debian's 6.12 (captured): 0x20-0x24, its first three were 0x25, 0x26, 0x27.
-BOOT_USED_VECTORS_612 = tuple(range(0x20, 0x25))
+# arch/x86/include/asm/irq_vectors.h (6.1): system vectors inside the allocation range —
+# IRQ_MOVE_CLEANUP_VECTOR (= FIRST_EXTERNAL_VECTOR; 6.12 has none, it cleans up from a timer)
+# and IA32_SYSCALL_VECTOR (int 0x80, Debian builds IA32_EMULATION) — and the PIC cascade's
+# ISA vector, which lapic_assign_system_vectors marks as system too.
+IRQ_MOVE_CLEANUP_VECTOR = FIRST_EXTERNAL_VECTOR
+IA32_SYSCALL_VECTOR = 0x80
+PIC_CASCADE_IR = 2
+
+
+def isa_irq_vector(irq: int) -> int:
+    """ISA_IRQ_VECTOR: the legacy interrupts' fixed vectors, 0x30 + irq."""
+    return ((FIRST_EXTERNAL_VECTOR + 16) & ~15) + irq
+
+
+def system_vectors(version: str = "6.1") -> tuple[int, ...]:
+    base = (IA32_SYSCALL_VECTOR, isa_irq_vector(PIC_CASCADE_IR))
+    return base if version == "6.12" else (IRQ_MOVE_CLEANUP_VECTOR, *base)
+
+
+# The interrupts a Debian guest on QEMU q35/pc has activated when virtio_pci loads, read from
+# /proc/interrupts in the captures (tests/data/qemu-*.console.txt), in the order they are
+# activated: the timer (IRQ 0) before the secondary CPUs start, on CPU0 at its ISA vector
+# (vector_configure_legacy keeps an activated legacy vector where it is); then, each on the CPU
+# with the most free vectors, ACPI's SCI (subsys_initcall), the i8042 AUX and KBD ports, the
+# RTC, and the serial console (when init opens it). The order is the one under which every
+# captured /proc/interrupts (2, 3, 4, 8 CPUs) shows each line's count on the CPU the model gives.
+BOOT_TIMER_IRQ = 0
+BOOT_IRQS = (9, 12, 1, 8, 4)
+# Their names in /proc/interrupts.
+BOOT_IRQ_NAMES = {0: "timer", 1: "i8042", 4: "ttyS0", 8: "rtc0", 9: "acpi", 12: "i8042"}
 
 
 @dataclass(frozen=True)
@@ -79,30 +105,198 @@ def decode_msi(address: int, data: int) -> DecodedMsi:
     )
 
 
-class VectorAllocator:
-    """Linux's x86 vector matrix, as far as a device can see it: a new interrupt goes to the
-    online CPU with the most free vectors (lowest number on a tie), on its lowest free vector."""
+@dataclass
+class CpuMap:
+    """kernel/irq/matrix.c struct cpumap: one CPU's vectors."""
 
-    def __init__(self, cpus: int, boot_used: tuple[int, ...] = BOOT_USED_VECTORS) -> None:
-        self.cpus = cpus
-        self.used: list[set[int]] = [set() for _ in range(cpus)]
-        self.used[0].update(boot_used)
+    online: bool = False
+    available: int = 0
+    allocated: int = 0
+    managed: int = 0
+    managed_allocated: int = 0
+    alloc_map: set[int] = field(default_factory=set)
+    managed_map: set[int] = field(default_factory=set)
 
-    def free_count(self, cpu: int) -> int:
-        return FIRST_SYSTEM_VECTOR - FIRST_EXTERNAL_VECTOR - len(self.used[cpu])
 
-    def alloc(self) -> tuple[int, int] | None:
-        """A (cpu, vector), or None when every CPU is full: Linux's irq_matrix_alloc then
-        returns -ENOSPC, request_irq fails with it, and a driver may fall back."""
-        cpu = max(range(self.cpus), key=lambda c: (self.free_count(c), -c))
-        for v in range(FIRST_EXTERNAL_VECTOR, FIRST_SYSTEM_VECTOR):
-            if v not in self.used[cpu]:
-                self.used[cpu].add(v)
-                return cpu, v
+class VectorMatrix:
+    """kernel/irq/matrix.c, the x86 vector matrix: per CPU, which vectors of
+    [FIRST_EXTERNAL_VECTOR, FIRST_SYSTEM_VECTOR) are allocated, reserved for managed
+    interrupts, or system vectors (the same on every CPU). A new non-managed vector goes to the
+    online CPU of the mask with the most available vectors (matrix_find_best_cpu: strictly more
+    wins, so the lowest CPU on a tie), at its lowest free vector (matrix_alloc_area)."""
+
+    def __init__(self, cpus: int, version: str = "6.1") -> None:
+        self.alloc_start, self.alloc_end = FIRST_EXTERNAL_VECTOR, FIRST_SYSTEM_VECTOR
+        self.maps = [CpuMap() for _ in range(cpus)]
+        self.system_map: set[int] = set()
+        self.global_reserved = 0
+        self.version = version
+
+    @property
+    def cpus(self) -> int:
+        return len(self.maps)
+
+    # -- boot ------------------------------------------------------------------------------
+    def irq_matrix_assign_system(self, bit: int) -> None:
+        self.system_map.add(bit)
+
+    def irq_matrix_online(self, cpu: int) -> None:
+        cm = self.maps[cpu]
+        in_alloc = sum(1 for b in self.system_map if self.alloc_start <= b < self.alloc_end)
+        cm.available = self.alloc_end - self.alloc_start - cm.managed - in_alloc
+        cm.online = True
+
+    def irq_matrix_assign(self, cpu: int, bit: int) -> None:
+        """A fixed vector on ``cpu`` (the boot CPU's legacy vectors)."""
+        cm = self.maps[cpu]
+        if bit in cm.alloc_map or not self.alloc_start <= bit < self.alloc_end:
+            return
+        cm.alloc_map.add(bit)
+        cm.allocated += 1
+        cm.available -= 1
+
+    # -- non-managed ---------------------------------------------------------------------------
+    def irq_matrix_reserve(self) -> None:
+        """Book-keeping only: a reserved interrupt holds no vector on any CPU."""
+        self.global_reserved += 1
+
+    def irq_matrix_remove_reserved(self) -> None:
+        self.global_reserved -= 1
+
+    def matrix_find_best_cpu(self, mask: frozenset[int] | set[int]) -> int | None:
+        best, maxavl = None, 0
+        for cpu in sorted(mask):
+            cm = self.maps[cpu] if 0 <= cpu < len(self.maps) else None
+            if cm is None or not cm.online or cm.available <= maxavl:
+                continue
+            best, maxavl = cpu, cm.available
+        return best
+
+    def _alloc_area(self, cm: CpuMap) -> int | None:
+        taken = cm.alloc_map | cm.managed_map | self.system_map
+        for bit in range(self.alloc_start, self.alloc_end):
+            if bit not in taken:
+                return bit
         return None
 
-    def free(self, cpu: int, vector: int) -> None:
-        self.used[cpu].discard(vector)
+    def irq_matrix_alloc(
+        self, mask: frozenset[int] | set[int], reserved: bool
+    ) -> tuple[int, int] | None:
+        """(cpu, vector), or None: Linux's -ENOSPC (no online CPU in the mask with room)."""
+        cpu = self.matrix_find_best_cpu(mask)
+        if cpu is None:
+            return None
+        cm = self.maps[cpu]
+        bit = self._alloc_area(cm)
+        if bit is None:
+            return None
+        cm.alloc_map.add(bit)
+        cm.allocated += 1
+        cm.available -= 1
+        if reserved:
+            self.global_reserved -= 1
+        return cpu, bit
+
+    def irq_matrix_free(self, cpu: int, bit: int, managed: bool = False) -> None:
+        cm = self.maps[cpu]
+        if bit not in cm.alloc_map:
+            return
+        cm.alloc_map.discard(bit)
+        cm.allocated -= 1
+        if managed:
+            cm.managed_allocated -= 1
+        else:
+            cm.available += 1
+
+    # -- managed (kernel/irq/matrix.c irq_matrix_reserve_managed / alloc_managed) --------------
+    def irq_matrix_reserve_managed(self, mask: frozenset[int] | set[int]) -> int:
+        """A vector set aside on every CPU of the mask; -ENOSPC (as 0 - 28) if one has none."""
+        done: list[tuple[int, int]] = []
+        for cpu in sorted(mask):
+            cm = self.maps[cpu]
+            bit = self._alloc_area(cm)
+            if bit is None:
+                for c, b in done:
+                    self.maps[c].managed_map.discard(b)
+                    self.maps[c].managed -= 1
+                    self.maps[c].available += 1
+                return -28
+            cm.managed_map.add(bit)
+            cm.managed += 1
+            cm.available -= 1
+            done.append((cpu, bit))
+        return 0
+
+    def irq_matrix_remove_managed(self, mask: frozenset[int] | set[int]) -> None:
+        """Give back one managed reservation per CPU of the mask (one not allocated)."""
+        for cpu in sorted(mask):
+            cm = self.maps[cpu]
+            spare = sorted(cm.managed_map - cm.alloc_map)
+            if not spare:
+                continue
+            cm.managed_map.discard(spare[-1])
+            cm.managed -= 1
+            cm.available += 1
+
+    def matrix_find_best_cpu_managed(self, mask: frozenset[int] | set[int]) -> int | None:
+        best, fewest = None, None
+        for cpu in sorted(mask):
+            cm = self.maps[cpu]
+            if not cm.online or (fewest is not None and cm.managed_allocated >= fewest):
+                continue
+            best, fewest = cpu, cm.managed_allocated
+        return best
+
+    def irq_matrix_alloc_managed(self, mask: frozenset[int] | set[int]) -> tuple[int, int] | None:
+        """The CPU of the mask with the fewest managed vectors in use, on the lowest of its
+        reserved managed vectors not yet allocated."""
+        cpu = self.matrix_find_best_cpu_managed(mask)
+        if cpu is None:
+            return None
+        cm = self.maps[cpu]
+        free = sorted(cm.managed_map - cm.alloc_map)
+        if not free:
+            return None
+        cm.alloc_map.add(free[0])
+        cm.allocated += 1
+        cm.managed_allocated += 1
+        return cpu, free[0]
+
+    # -- views ---------------------------------------------------------------------------------
+    def free_count(self, cpu: int) -> int:
+        return self.maps[cpu].available
+
+    @property
+    def used(self) -> list[set[int]]:
+        """Per CPU, the vectors allocated (boot interrupts included, system vectors not)."""
+        return [set(cm.alloc_map) for cm in self.maps]
+
+
+def x86_boot_vectors(cpus: int, version: str = "6.1") -> tuple[VectorMatrix, list[tuple[int, int, int]]]:
+    """The vector matrix as Linux leaves it when a driver loads: system vectors marked
+    (lapic_assign_system_vectors), each CPU online, the timer on CPU0 at its ISA vector and the
+    other boot interrupts (BOOT_IRQS) on the best CPU in turn. Returns the matrix and
+    (irq, cpu, vector) for each boot interrupt."""
+    m = VectorMatrix(cpus, version)
+    for bit in system_vectors(version):
+        m.irq_matrix_assign_system(bit)
+    m.irq_matrix_online(0)
+    m.irq_matrix_assign(0, isa_irq_vector(BOOT_TIMER_IRQ))
+    placed = [(BOOT_TIMER_IRQ, 0, isa_irq_vector(BOOT_TIMER_IRQ))]
+    for cpu in range(1, cpus):
+        m.irq_matrix_online(cpu)
+    everyone = frozenset(range(cpus))
+    for irq in BOOT_IRQS:
+        got = m.irq_matrix_alloc(everyone, reserved=False)
+        if got is None:
+            break
+        placed.append((irq, *got))
+    return m, placed
+
+
+# Kept for readers of the old names: the vectors CPU0 holds after boot on one CPU.
+BOOT_USED_VECTORS = tuple(sorted(x86_boot_vectors(1)[0].used[0]))
+BOOT_USED_VECTORS_612 = tuple(sorted(x86_boot_vectors(1, "6.12")[0].used[0]))
 
 
 @dataclass
@@ -129,14 +323,12 @@ class LocalApic:
 class X86Interrupts:
     """The APICs of all CPUs, as the device's interrupt sink for MSI messages."""
 
-    def __init__(
-        self, cpus: int, physical_only: bool = False, boot_used: tuple[int, ...] = BOOT_USED_VECTORS
-    ) -> None:
+    def __init__(self, cpus: int, physical_only: bool = False, version: str = "6.1") -> None:
         self.cpus = cpus
         # flat logical mode up to 8 CPUs, else physical flat (6.12: always physical flat)
         self.logical = cpus <= 8 and not physical_only
         self.apics = [LocalApic(c) for c in range(cpus)]
-        self.vectors = VectorAllocator(cpus, boot_used)
+        self.vectors, self.boot_irqs = x86_boot_vectors(cpus, version)
         # The last messages received (a debugging aid; older ones go, so long runs stay flat).
         self.log: deque[tuple[int, int, DecodedMsi]] = deque(maxlen=256)
         self.received = 0
@@ -152,6 +344,17 @@ class X86Interrupts:
         if msg.logical:
             return [a for a in self.apics if msg.dest & a.logical_id()][:1]
         return [a for a in self.apics if a.cpu == msg.dest]
+
+    def service_order(self, address: int, data: int, this_cpu: int = 0) -> tuple[int, int, int]:
+        """Sort key for messages that arrived together: those for other CPUs first (they take
+        them at once while ``this_cpu`` is still finishing the access that raised them), then
+        per CPU the highest vector (priority) first; messages no APIC takes come last."""
+        decoded = decode_msi(address, data)
+        targets = self.targets(decoded) if decoded.valid else []
+        if not targets:
+            return (2, self.cpus, 0)
+        cpu = targets[0].cpu
+        return (int(cpu == this_cpu), cpu, -decoded.vector)
 
     def msi(self, address: int, data: int) -> None:
         decoded = decode_msi(address, data)

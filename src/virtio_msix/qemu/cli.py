@@ -14,11 +14,31 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
     try:
         meta = capture(args.out, args.machine, args.vectors, args.disable_legacy, args.timeout,
-                       kernel_version=args.kernel, smp=args.smp)  # fmt: skip
-    except (PrerequisiteMissing, RuntimeError) as e:
+                       kernel_version=args.kernel, smp=args.smp, device=args.device,
+                       netdev=args.netdev, teardown=args.teardown)  # fmt: skip
+    except (PrerequisiteMissing, RuntimeError, ValueError) as e:
         return cliargs.fail(f"capture-qemu: {e}")
     print(json.dumps(meta, indent=2))
     return 0
+
+
+def _netdev(text: str) -> str:
+    from .capture import parse_netdev
+
+    try:
+        return str(parse_netdev(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _device(text: str) -> str:
+    from .capture import device_string
+
+    try:
+        device_string(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +61,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="MSI-X table size, 0..2048 (QEMU's default: 4)")  # fmt: skip
     p.add_argument("--smp", type=cliargs.cpus, default=1, metavar="N",
                    help="guest CPUs (default 1)")  # fmt: skip
+    p.add_argument("--device", type=_device, default=None, metavar="STRING",
+                   help="QEMU's -device string for the virtio-net-pci, e.g. "
+                        "'virtio-net-pci,mq=on,vectors=6' (the capture adds netdev=n0, "
+                        "addr=0x3, ioeventfd=off)")  # fmt: skip
+    p.add_argument("--netdev", type=_netdev, default="user", metavar="user|tap[,queues=N,vnet_hdr=on|off]",
+                   help="the device's peer: QEMU user networking (default) or a TAP (multi-queue "
+                        "with queues=N) in a private network namespace (needs root)")  # fmt: skip
+    p.add_argument("--teardown", action="store_true",
+                   help="after the ping, unload virtio_net then virtio_pci (6.12: unbind it), "
+                        "recorded as the 'teardown' phase")  # fmt: skip
     p.add_argument("--disable-legacy", action="store_true",
                    help="modern-only device (disable-legacy=on, device ID 0x1041)")  # fmt: skip
     p.add_argument("--timeout", type=cliargs.seconds, default=300.0, metavar="SECONDS",

@@ -29,7 +29,8 @@ MODULES = (
     "drivers/virtio/virtio_pci.ko",
 )
 BUSYBOX_APPLETS = (
-    "sh mount cat echo sleep insmod ip ping poweroff dd ls grep head awk sed seq true".split()
+    "sh mount cat echo sleep insmod rmmod dmesg ip ping poweroff dd ls grep head awk sed seq true"
+    .split()
 )
 
 

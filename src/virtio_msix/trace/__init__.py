@@ -1,6 +1,14 @@
 """Access and event recording (docs/DESIGN.md layer 1): knows nothing of PCI or virtio."""
 
-from .recorder import EVENT_SPACES, SPACES, Recorder, load_jsonl, load_jsonl_lines, write_jsonl
+from .recorder import (
+    EVENT_SPACES,
+    SPACES,
+    Recorder,
+    load_jsonl,
+    load_jsonl_lines,
+    trace_meta,
+    write_jsonl,
+)
 
 __all__ = [
     "EVENT_SPACES",
@@ -8,5 +16,6 @@ __all__ = [
     "Recorder",
     "load_jsonl",
     "load_jsonl_lines",
+    "trace_meta",
     "write_jsonl",
 ]

@@ -92,6 +92,15 @@ class Recorder:
         return (r for r in self.records if r.get("space") in SPACES and "op" in r)
 
 
+def trace_meta(records: Iterable[Record]) -> Record | None:
+    """A trace's configuration: its first record when that is ``{"space": "meta", ...}``
+    (capture-qemu writes the device, netdev, machine, CPUs and kernel there); None for traces
+    without one (older captures, sim/boot)."""
+    for rec in records:
+        return rec if rec.get("space") == "meta" else None
+    return None
+
+
 def write_jsonl(records: Iterable[Record], path: str | Path) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for rec in records:

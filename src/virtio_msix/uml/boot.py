@@ -154,6 +154,9 @@ class BootOptions:
     kernel: str = uml_kernel.DEFAULT_VERSION
     # Stream every access record to this file (JSON lines) as it is made.
     trace_json: str | Path | None = None
+    # More keywords for the virtio-net device (make_virtio_net_pci → VirtioNet), as QEMU's
+    # -device properties give them: {"packed": True} is packed=on.
+    device_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -508,6 +511,7 @@ class BootSession:
                 sink=self.sink_proxy,
                 recorder=self.recorder,
                 backend=self.netdev,
+                **opts.device_options,
             )
         self.queue_names = queue_names(self.device.device)
         self.console = BoundedConsole()

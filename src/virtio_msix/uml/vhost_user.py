@@ -8,7 +8,11 @@ kernel kicks an eventfd and we write to the call pipe (its SIGIO becomes the int
 
 What we offer, and why (kept minimal so each message has one meaning):
 - virtio features: VERSION_1 (modern ring layout); no EVENT_IDX, so notification suppression is
-  only the flags words.
+  only the flags words. No RING_PACKED: virt-pci's own two rings stay split (a peer that acks
+  it is refused at SET_FEATURES), so SET/GET_VRING_BASE carry a plain avail index, never the
+  packed encoding (bits 0-14 index, bit 15 wrap counter). This is only the transport to the
+  kernel: the virtio device we host on its PCI bus negotiates packed rings with its own driver
+  and walks them in guest memory (virtio/packed.py), untouched by vhost-user.
 - VHOST_USER_F_PROTOCOL_FEATURES with REPLY_ACK: every request the client does not expect
   an answer for gets an explicit ack, so a failure shows where it happened.
 - SLAVE_REQ: we never send a back-end request, but Linux 6.1's virtio_uml allocates the

@@ -86,10 +86,15 @@ class VirtioDevice:
         self.status = 0
         self.driver_features = 0
         for q in self.queues:
+            q.set_packed(False)
             q.reset()
 
     def set_driver_features(self, features: int) -> None:
         self.driver_features = features & self.host_features
+        # §2.8: with VIRTIO_F_RING_PACKED every queue of the device uses the packed layout.
+        packed = bool(self.driver_features >> VIRTIO_F_RING_PACKED & 1)
+        for q in self.queues:
+            q.set_packed(packed)
 
     def validate_features(self) -> bool:
         """Called when the driver sets FEATURES_OK; False refuses it (§3.1.1 step 5)."""

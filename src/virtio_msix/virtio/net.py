@@ -5,7 +5,8 @@ Host features are what QEMU 7.2 offers with a ``-netdev user`` peer, read from t
 CTRL_GUEST_OFFLOADS, MRG_RXBUF, STATUS, CTRL_VQ, CTRL_RX, CTRL_VLAN, CTRL_RX_EXTRA,
 GUEST_ANNOUNCE, CTRL_MAC_ADDR, INDIRECT_DESC, EVENT_IDX, VERSION_1, RING_RESET. The user-mode
 peer has no vnet header, so no checksum or segmentation offloads are offered. MQ is offered
-when there is more than one queue pair (QEMU's ``mq=on``).
+when there is more than one queue pair (QEMU's ``mq=on``), RING_PACKED with ``packed=True``
+(QEMU's ``packed=on``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .device import (
     VIRTIO_F_EVENT_IDX,
     VIRTIO_F_INDIRECT_DESC,
     VIRTIO_F_NOTIFY_ON_EMPTY,
+    VIRTIO_F_RING_PACKED,
     VIRTIO_F_RING_RESET,
     VIRTIO_F_VERSION_1,
     VirtioDevice,
@@ -213,6 +215,7 @@ class VirtioNet(VirtioDevice):
         backend: NetBackend | None = None,
         mtu: int | None = None,
         host_features: int | None = None,
+        packed: bool = False,
     ) -> None:
         if len(mac) != 6:
             raise ValueError("a MAC address has 6 bytes")
@@ -223,6 +226,10 @@ class VirtioNet(VirtioDevice):
             features |= 1 << VIRTIO_NET_F_MQ
         if mtu is not None:
             features |= 1 << VIRTIO_NET_F_MTU
+        if packed:
+            # QEMU's packed=on (a property of every virtio device, off by default): offer
+            # VIRTIO_F_RING_PACKED; the queues go packed when the driver takes it.
+            features |= 1 << VIRTIO_F_RING_PACKED
         sizes = [RX_QUEUE_SIZE, TX_QUEUE_SIZE] * queue_pairs
         if features >> VIRTIO_NET_F_CTRL_VQ & 1:
             sizes.append(CTRL_QUEUE_SIZE)
@@ -254,6 +261,12 @@ class VirtioNet(VirtioDevice):
         # A frame taken from the backend that waits for receive buffers. It survives a device
         # reset and is delivered to the next driver, as QEMU keeps a netdev's queued packets.
         self._held: bytes | None = None
+        # A multi-queue peer (a backend with ``queues`` > 1, as a multi-queue TAP): QEMU gives
+        # each queue pair its own subqueue of the peer, so pair i transmits to peer queue i and
+        # receive queue i takes the frames of peer queue i. Frames waiting per pair (pair 0's
+        # is ``_held``) and the pair being served.
+        self._held_pairs: dict[int, bytes | None] = {}
+        self._rx_pair = 0
         # Queues whose last service stopped at its per-call bound with chains still available
         # (a guest may add buffers as fast as we consume them): poll() comes back to them, as
         # QEMU's TX bottom half reschedules itself after tx_burst packets.
@@ -467,17 +480,21 @@ class VirtioNet(VirtioDevice):
             if frame is not None and len(frame) > hdr_len:
                 # A vnet-header peer takes the guest's header (checksum and GSO requests) with
                 # the frame, as QEMU passes it to the TAP; others get the bare frame.
-                self._send(frame if self.vnet else frame[hdr_len:], len(frame) - hdr_len)
+                self._send(frame if self.vnet else frame[hdr_len:], len(frame) - hdr_len,
+                           index // 2)  # fmt: skip
             elif frame is not None:
                 self._drop("tx_empty")
         return done
 
-    def _send(self, frame: bytes, payload_len: int) -> None:
+    def _mq_backend(self) -> bool:
+        return getattr(self.backend, "queues", 1) > 1
+
+    def _send(self, frame: bytes, payload_len: int, pair: int = 0) -> None:
         """Hand a transmitted frame to the backend. A backend reports a frame it could not
         send by returning False or raising OSError (a full disk under a pcap writer, a TAP
         queue full): the frame is counted as dropped, never as sent, and the device goes on."""
         try:
-            ok = self.backend.send(frame)
+            ok = self.backend.send(frame, pair) if self._mq_backend() else self.backend.send(frame)
         except OSError:
             self._drop("tx_backend_error")
             return
@@ -503,6 +520,8 @@ class VirtioNet(VirtioDevice):
             frame, self._held = self._held, None
             return frame
         try:
+            if self._mq_backend():
+                return self.backend.take_frame(self._rx_pair)
             return self.backend.take_frame()
         except OSError:
             # A backend that fails a read loses whatever it was reading: count it.
@@ -510,21 +529,37 @@ class VirtioNet(VirtioDevice):
             return None
 
     def _deliver_rx(self) -> int:
-        """Move backend frames into posted receive buffers (queue 0 of the active pairs).
+        """Move backend frames into posted receive buffers: receive queue 0, or with a
+        multi-queue peer the receive queue of each active pair from its own peer queue."""
+        if not self._mq_backend():
+            return self._deliver_rx_pair(0)
+        delivered = 0
+        for pair in range(min(self.curr_queue_pairs, self.backend.queues)):
+            delivered += self._deliver_rx_pair(pair)
+        return delivered
+
+    def _deliver_rx_pair(self, pair: int) -> int:
+        """Move frames of the peer's queue ``pair`` into receive queue 2 × ``pair``.
 
         A frame that finds too few buffers waits (held, at most one) for the driver to post
         more, as QEMU's virtio_net_has_buffers makes the netdev queue it; it is never
         delivered truncated. The only frames dropped are those no buffer the driver could
         ever post would hold; each is counted by reason.
         """
-        q = self.queues[0]
+        q = self.queues[2 * pair]
         mem = self.memory
+        self._rx_pair = pair
+        if pair:
+            self._held, self._held_pairs[pair] = self._held_pairs.get(pair), self._held
         try:
             delivered = self._rx_burst(q, mem)
         finally:
             q.publish_used(mem)  # one used-index write per burst
+            if pair:
+                self._held_pairs[pair], self._held = self._held, self._held_pairs[pair]
+            self._rx_pair = 0
         if delivered and q.should_notify(mem) and self.hooks is not None:
-            self.hooks.notify_queue(0)
+            self.hooks.notify_queue(2 * pair)
         return delivered
 
     def _rx_burst(self, q: VirtQueue, mem: Memory) -> int:

@@ -108,8 +108,9 @@ class CommonCfg:
         q = self._queue()
         if q is None or q.enabled:
             return
-        # §2.7: a split queue's size is a power of two; the reset value is the maximum.
-        if v and not v & (v - 1) and v <= q.max_size:
+        # §2.7: a split queue's size is a power of two; the reset value is the maximum. §2.8:
+        # a packed queue may have any size up to it (the driver negotiated RING_PACKED before).
+        if v and (q.packed or not v & (v - 1)) and v <= q.max_size:
             q.size = v
 
     def _common_r_queue_msix_vector(self) -> int:

@@ -1,4 +1,5 @@
-"""Split virtqueues (virtio 1.2 §2.7), read and written in guest memory.
+"""Split virtqueues (virtio 1.2 §2.7), read and written in guest memory; a queue whose device
+negotiated VIRTIO_F_RING_PACKED hands each operation to its packed ring (virtio/packed.py, §2.8).
 
 The transport programs ``size``, the three ring addresses, ``enabled`` and ``vector``; the
 device pops available descriptor chains and pushes used elements. A guest may put anything in
@@ -10,6 +11,7 @@ never an endless walk.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..abi import ring
 from ..abi.ring import DESC as _DESC
@@ -26,6 +28,9 @@ from ..abi.ring import (
 from ..abi.ring import USED_ELEM as _USED_ELEM
 from ..abi.virtio import VIRTIO_MSI_NO_VECTOR as NO_VECTOR
 from .memory import GuestMemoryError, Memory
+
+if TYPE_CHECKING:
+    from .packed import PackedRing
 
 # QEMU 7.2's VIRTQUEUE_MAX_SIZE: no chain maps more than 1024 segments, whatever an indirect
 # table's length claims (virtqueue_map_desc). A direct chain is further capped at the queue
@@ -44,9 +49,10 @@ class Element:
     then device-writable ones (§2.7.4.2). The device reads only ``readable`` and writes only
     ``writable``; every segment was checked to lie inside guest memory when it was walked."""
 
-    head: int
+    head: int  # split: the head's index; packed: the buffer ID (§2.8.6)
     readable: list[tuple[int, int]] = field(default_factory=list)
     writable: list[tuple[int, int]] = field(default_factory=list)
+    ndescs: int = 1  # packed: the ring positions the buffer takes (QEMU's elem->ndescs)
 
     @property
     def segments(self) -> list[tuple[int, int, bool]]:
@@ -175,7 +181,22 @@ class VirtQueue:
         self.index = index
         self.max_size = max_size  # 0 = the queue does not exist
         self.event_idx = False  # VIRTIO_F_EVENT_IDX negotiated (set by the device)
+        self.packed = False  # VIRTIO_F_RING_PACKED negotiated (set by the device: set_packed)
         self.reset()
+
+    def set_packed(self, on: bool) -> None:
+        """Use the packed layout (§2.8) or the split one (§2.7): the driver's features decide,
+        before any ring is live (FEATURES_OK comes before queue_enable, §3.1.1)."""
+        if on != self.packed:
+            self.packed = on
+            self._packed = self._new_packed()
+
+    def _new_packed(self) -> PackedRing | None:
+        if not self.packed:
+            return None
+        from .packed import PackedRing  # packed.py builds on this module's walker types
+
+        return PackedRing(self)
 
     def reset(self) -> None:
         self.size = self.max_size
@@ -202,6 +223,7 @@ class VirtQueue:
         self.pushes = 0
         self.desc_reads = 0  # descriptors read by walks (a measure of the work guests cause)
         self.walks = 0  # chains walked (pops, including those given back by unpop)
+        self._packed = self._new_packed()
 
     # -- raw ring access -------------------------------------------------------------------------
     def _u16(self, mem: Memory, addr: int) -> int:
@@ -229,6 +251,8 @@ class VirtQueue:
         return self.enabled and self.size > 0 and self.desc_addr != 0
 
     def has_available(self, mem: Memory) -> bool:
+        if self._packed is not None:
+            return self._packed.has_available(mem)
         if not self.ready():
             return False
         if self.shadow_pending:
@@ -247,6 +271,8 @@ class VirtQueue:
     # -- pop / push --------------------------------------------------------------------------------
     def pop(self, mem: Memory) -> Element | None:
         """The next available chain, or None when the driver offered nothing new."""
+        if self._packed is not None:
+            return self._packed.pop(mem)
         if not (self.enabled and self.size > 0 and self.desc_addr != 0):
             return None
         if not self.shadow_pending:
@@ -287,6 +313,9 @@ class VirtQueue:
     def unpop(self, count: int = 1) -> None:
         """Give the last ``count`` popped chains back unused (QEMU's virtqueue_unpop): the
         next pop returns them again. Only chains popped since the last push may be given back."""
+        if self._packed is not None:
+            self._packed.unpop(count)
+            return
         self.last_avail_idx = (self.last_avail_idx - count) & 0xFFFF
         self.shadow_pending += count
         self.pops -= count
@@ -295,6 +324,9 @@ class VirtQueue:
         """Return a chain to the driver with ``written`` bytes filled (§2.7.8). With
         ``publish=False`` the used index is not written yet: the caller publishes a burst with
         ``publish_used`` (before any notification, §2.7.8.2 order: element, then index)."""
+        if self._packed is not None:
+            self._packed.push(mem, elem, written, publish)
+            return
         if not self._used_elems:
             self._used_first = self.used_idx % self.size
         self._used_elems += _USED_ELEM.pack(elem.head, written)
@@ -317,7 +349,11 @@ class VirtQueue:
 
     def set_no_notify(self, mem: Memory, on: bool) -> None:
         """VRING_USED_F_NO_NOTIFY (§2.7.7.1 and §2.7.10: without EVENT_IDX): whether the driver
-        need not kick when it adds buffers. Written only when it changes."""
+        need not kick when it adds buffers. Written only when it changes. A packed ring
+        writes its device event suppression structure instead (§2.8.14)."""
+        if self._packed is not None:
+            self._packed.set_no_notify(mem, on)
+            return
         state = (self.used_addr, on)
         if self._no_notify != state:
             self._w16(mem, self.used_addr + ring.USED_FLAGS, VRING_USED_F_NO_NOTIFY if on else 0)
@@ -326,6 +362,9 @@ class VirtQueue:
     def publish_used(self, mem: Memory) -> None:
         """Write the used elements and then the used index if pushes since the last write
         left them behind."""
+        if self._packed is not None:
+            self._packed.publish_used(mem)
+            return
         if self._used_elems:
             self._write_used_elems(mem)
         if self.published_used != self.used_idx:
@@ -333,7 +372,10 @@ class VirtQueue:
             self.published_used = self.used_idx
 
     def should_notify(self, mem: Memory) -> bool:
-        """Whether the driver wants a used-buffer notification now (§2.7.7.2, §2.7.10)."""
+        """Whether the driver wants a used-buffer notification now (§2.7.7.2, §2.7.10;
+        packed: §2.8.10)."""
+        if self._packed is not None:
+            return self._packed.should_notify(mem)
         self.publish_used(mem)
         if not self.event_idx:
             return not self.avail_flags(mem) & VRING_AVAIL_F_NO_INTERRUPT
