@@ -9,6 +9,7 @@ from .regs import (
     LEGACY_CONFIG_OFFSET_MSIX,
     LEGACY_PFN_SHIFT,
     LEGACY_VRING_ALIGN,
+    VIRTIO_F_BAD_FEATURE,
 )
 
 
@@ -37,7 +38,8 @@ class LegacyInterface:
             write(value)
 
     def _legacy_r_host_features(self) -> int:
-        return (self.device.host_features | self.device.legacy_only_features) & 0xFFFFFFFF
+        features = self.device.host_features | self.device.legacy_only_features
+        return (features | 1 << VIRTIO_F_BAD_FEATURE) & 0xFFFFFFFF
 
     def _legacy_r_guest_features(self) -> int:
         return self.device.driver_features & 0xFFFFFFFF
