@@ -356,7 +356,11 @@ class VirtioNet(VirtioDevice):
     def _config_bytes(self) -> bytes:
         status = VIRTIO_NET_S_LINK_UP if self.link_up else 0
         raw = bytes(self.mac) + struct.pack(
-            "<HHHIB", status, self.queue_pairs, self.config_mtu, self.speed & 0xFFFFFFFF,
+            "<HHHIB",
+            status,
+            self.queue_pairs,
+            self.config_mtu,
+            self.speed & 0xFFFFFFFF,
             self.duplex,
         )
         return raw[: self.config_len]

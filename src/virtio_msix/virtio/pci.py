@@ -87,7 +87,7 @@ DEFAULT_ROM_SIZE = 256 * 1024
 ERRORS_KEPT = 16
 
 # Registers the driver only writes (§4.1.4.10: the legacy queue notify register); a read of
-# one returns 0.
+# one returns all ones, as QEMU's.
 WRITE_ONLY = {("legacy", "queue_notify")}
 
 PCI_CLASS_BY_DEVICE = {1: 0x020000, 2: 0x010000, 3: 0x078000, 4: 0x00FF00, 5: 0x00FF00}
@@ -117,7 +117,9 @@ class VirtioPciDevice(CommonCfg, LegacyInterface, PciFunction):
         legacy = not disable_legacy
         modern = not disable_modern
         if not legacy and not modern:
-            raise ValueError("neither modern nor legacy interface: disable-legacy or disable-modern")
+            raise ValueError(
+                "neither modern nor legacy interface: disable-legacy or disable-modern"
+            )
         if legacy and vid not in TRANSITIONAL_DEVICE_IDS:
             raise ValueError(f"virtio device id {vid} has no transitional PCI id")
         super().__init__(
