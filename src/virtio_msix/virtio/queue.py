@@ -150,7 +150,9 @@ def walk_chain(
             # QEMU 7.2 virtqueue_map_desc: "zero sized buffers are not allowed".
             raise VirtqueueError(f"{where}: zero-length descriptor {i}")
         if addr + length > mem.size:
-            raise VirtqueueError(f"{where}: buffer [{addr:#x}, +{length:#x}) outside guest memory")
+            raise VirtqueueError(
+                f"{where}: buffer [{addr:#x}, +{length:#x}) outside guest memory"
+            )
         segments += 1
         if segments > VIRTQUEUE_MAX_SIZE:
             raise VirtqueueError(f"{where}: more than {VIRTQUEUE_MAX_SIZE} segments in a chain")
