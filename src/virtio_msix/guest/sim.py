@@ -16,6 +16,7 @@ from ..host.backends import LoopbackBackend
 from ..trace import Recorder
 from ..virtio import VirtioPciDevice, make_virtio_net_pci
 from ..virtio.describe import describe
+from ..virtio.devspec import DeviceSpec
 from ..virtio.regs import COMMON, VIRTIO_MSI_NO_VECTOR
 from .irqcore import mask_irq, unmask_irq
 from .kernel import IrqDesc, Kernel
@@ -87,6 +88,8 @@ class SimOptions:
     teardown: bool = True
     memory_mb: int = 64
     kernel: str = "6.1"  # the Linux version the driver model follows: "6.1" or "6.12"
+    # The device a --device/--netdev describes (virtio/devspec.py); None: the shorthands above.
+    spec: DeviceSpec | None = None
 
 
 @dataclass
@@ -130,6 +133,7 @@ def run_sim(
         disable_legacy=opts.disable_legacy,
         recorder=recorder,
         backend=LoopbackBackend(swap_macs=False),
+        spec=opts.spec,
     )
     refusal = None
     if opts.refuse_vectors_from is not None or opts.refuse_config_vector:
