@@ -44,6 +44,7 @@ from ..trace import Recorder
 from ..trace.recorder import JsonlWriter
 from ..virtio import make_virtio_net_pci
 from ..virtio.device import VirtioDevice
+from ..virtio.devspec import DeviceSpec
 from ..virtio.memory import GuestMemoryError
 from ..virtio.pci import VirtioPciDevice
 from ..virtio.queue import VirtqueueError
@@ -154,6 +155,9 @@ class BootOptions:
     kernel: str = uml_kernel.DEFAULT_VERSION
     # Stream every access record to this file (JSON lines) as it is made.
     trace_json: str | Path | None = None
+    # The virtio-net a --device/--netdev describes (virtio/devspec.py); None: the shorthands
+    # vectors/queue_pairs/disable_legacy above. ``net``/``tap_vnet_hdr`` follow its netdev.
+    spec: DeviceSpec | None = None
 
 
 @dataclass
@@ -508,6 +512,7 @@ class BootSession:
                 sink=self.sink_proxy,
                 recorder=self.recorder,
                 backend=self.netdev,
+                spec=opts.spec,
             )
         self.queue_names = queue_names(self.device.device)
         self.console = BoundedConsole()
