@@ -174,10 +174,77 @@ def test_netdev_queues_give_the_pairs():
     """mq=on only offers MQ; the pairs and the default vectors are the netdev's queues=N
     (a TAP peer, which the real QEMU cannot open here without one: our side only)."""
     d = make_device("virtio-net-pci,mq=on", netdev="tap,queues=3,vnet_hdr=off")
-    assert len(d.device.queues) == 7 and d.msix is not None and d.msix.table_size == 8
-    assert d.device.config_read(8, 2) == 3
+    assert d.msix is not None and d.msix.table_size == 8 and d.device.config_read(8, 2) == 3
+    d.device.set_driver_features(d.device.host_features)  # the driver accepts MQ
+    assert len(d.device.queues) == 7
     assert d.device.host_features == 0x10130FF8024
     d = make_device("virtio-net-pci", netdev="tap")
     assert d.device.host_features & 0xFFFFFFFF == 0x30BFFFA7
     with pytest.raises(SpecError, match="Invalid number of queue pairs"):
         make_device("virtio-net-pci", netdev="tap,queues=512")
+
+
+def _can_make_a_tap() -> str | None:
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return "a TAP peer in a private network namespace needs root"
+    if not shutil.which("unshare") or not os.path.exists("/dev/net/tun"):
+        return "no unshare(1) or /dev/net/tun"
+    return None
+
+
+@pytest.mark.parametrize(
+    "props,netdev,features",
+    [
+        ("mq=on", "tap,queues=2", 0x30FFFFA7),
+        ("", "tap", 0x30BFFFA7),
+        ("mq=on,vectors=10", "tap,queues=4,vnet_hdr=off", 0x30FF8024),
+        ("", "tap,queues=2,vnet_hdr=off", 0x30BF8024),  # pairs without MQ: one pair used
+        ("mrg_rxbuf=off,guest_tso4=off", "tap", 0x30BF7F27),
+    ],
+)
+def test_tap_peer_equal_qemu(props, netdev, features):
+    """A TAP peer (QEMU creates it in a private network namespace, ``unshare --net``): the
+    offloads it keeps and its queue pairs, before and after the driver accepts MQ (QEMU has
+    one pair until then, and again after a reset), against the same description here."""
+    why = _can_make_a_tap()
+    if why:
+        pytest.skip(why)
+    ours = make_device(f"virtio-net-pci,{props}" if props else "virtio-net-pci", netdev=netdev,
+                       memory=SparseMemory())  # fmt: skip
+    qemu_netdev = netdev.replace("tap", "tap,ifname=vmsix0,script=no,downscript=no", 1)
+    with Qtest(props, netdev=qemu_netdev, prefix=["unshare", "--net"]) as qt:
+        p = Pair(QemuDevice(qt, bar_base=BARS), ours)
+        for bar, addr in BARS.items():
+            if ours.bars[bar] is not None:
+                p.cfg_write(0x10 + 4 * bar, 4, addr)
+        p.cfg_write(0x24, 4, 0)
+        p.cfg_write(0x04, 2, 0x7)
+        c = lambda name: COMMON[name].offset  # noqa: E731
+
+        def queues() -> None:
+            p.bar(4, c("num_queues"), 2)
+            for sel in range(12):
+                p.bar_write(4, c("queue_select"), 2, sel)
+                p.bar(4, c("queue_size"), 2)
+                p.bar(4, c("queue_notify_off"), 2)
+
+        p.bar_write(4, c("device_feature_select"), 4, 0)
+        assert p.q.bar_read(4, c("device_feature"), 4) == features
+        p.bar(4, c("device_feature"), 4)
+        for off in range(0, 0x10):
+            p.bar(4, 0x2000 + off, 1)
+        p.bar(1, 0, 4)
+        p.cfg(0x98 + 2, 2)  # MSI-X Message Control: the table size from the peers
+        queues()
+        p.bar_write(4, c("device_status"), 1, 1)
+        p.bar_write(4, c("device_status"), 1, 3)
+        for sel, value in ((0, features), (1, 1)):
+            p.bar_write(4, c("driver_feature_select"), 4, sel)
+            p.bar_write(4, c("driver_feature"), 4, value)
+        queues()
+        p.bar_write(4, c("device_status"), 1, 0)
+        queues()
+    assert p.short() == []

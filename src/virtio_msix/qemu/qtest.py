@@ -31,6 +31,7 @@ class Qtest:
         extra: list[str] | None = None,
         reply_timeout: float = 20.0,
         netdev: str = "user",
+        prefix: list[str] | None = None,
     ) -> None:
         """``device_args``: virtio-net-pci properties after ``addr``; ``netdev``: the peer's
         ``-netdev`` type and options (its id is n0).
@@ -47,7 +48,7 @@ class Qtest:
         device = f"virtio-net-pci,addr={SLOT:#x}" + (f",{device_args}" if device_args else "")
         # -S: no guest code runs (the BIOS would race our 0xCF8/0xCFC config cycles); Debian's
         # build has no "-accel qtest", so the default TCG is kept stopped.
-        cmd = [qemu, "-M", machine, "-S", "-display", "none", "-nodefaults", "-qtest", f"unix:{path}", "-qtest-log", "/dev/null",
+        cmd = [*(prefix or []), qemu, "-M", machine, "-S", "-display", "none", "-nodefaults", "-qtest", f"unix:{path}", "-qtest-log", "/dev/null",
                "-netdev", f"{netdev},id=n0", "-device", device + ",netdev=n0", *(extra or [])]  # fmt: skip
         self._stderr_path = Path(self.dir.name) / "stderr"
         with open(self._stderr_path, "wb") as err_file:

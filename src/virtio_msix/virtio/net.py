@@ -249,7 +249,12 @@ class VirtioNet(VirtioDevice):
             features |= 1 << VIRTIO_F_RING_PACKED
         if legacy_features is not None:
             self.legacy_only_features = legacy_features
-        sizes = [rx_queue_size, tx_queue_size] * queue_pairs
+        # QEMU starts with one pair (and the control queue after it) and adds the others when
+        # the driver accepts MQ (virtio_net_set_multiqueue → change_num_queue_pairs; measured
+        # through qtest: num_queues 3 → 5 at the driver_feature write, back to 3 at reset).
+        self._pair_sizes = [rx_queue_size, tx_queue_size]
+        sizes = list(self._pair_sizes)
+        self.active_pairs = 1
         if ctrl_queue is None:
             ctrl_queue = bool(features >> VIRTIO_NET_F_CTRL_VQ & 1)
         self.has_ctrl_queue = ctrl_queue
@@ -307,6 +312,7 @@ class VirtioNet(VirtioDevice):
 
     def reset(self) -> None:
         super().reset()
+        self._set_multiqueue(False)
         self.backlog.clear()
         self.mac[:] = self.default_mac
         self._reset_net_state()
@@ -329,21 +335,36 @@ class VirtioNet(VirtioDevice):
         dropped = getattr(self.backend, "dropped", None)
         return {"backend_dropped": dropped} if isinstance(dropped, int) else {}
 
+    def _set_multiqueue(self, on: bool) -> None:
+        """QEMU's virtio_net_change_num_queue_pairs: keep the pairs both layouts share, drop or
+        add the others, and put a fresh control queue last."""
+        pairs = self.queue_pairs if on else 1
+        if pairs == self.active_pairs:
+            return
+        kept = self.queues[: 2 * min(pairs, self.active_pairs)]
+        added = [VirtQueue(i, self._pair_sizes[i % 2]) for i in range(len(kept), 2 * pairs)]
+        ctrl = [VirtQueue(2 * pairs, CTRL_QUEUE_SIZE)] if self.has_ctrl_queue else []
+        self.queues = kept + added + ctrl
+        self.active_pairs = pairs
+        self.backlog = {i for i in self.backlog if i < len(kept)}
+
     def set_driver_features(self, features: int) -> None:
+        self._set_multiqueue(bool((features & self.host_features) >> VIRTIO_NET_F_MQ & 1))
         super().set_driver_features(features)
         for q in self.queues:
             q.event_idx = bool(self.driver_features >> VIRTIO_F_EVENT_IDX & 1)
 
     @property
     def queue_names(self) -> tuple[str, ...]:  # type: ignore[override]
-        """virtio_net's virtqueue names (virtnet_find_vqs): input.N, output.N, then control."""
-        pairs = tuple(f"{k}.{i}" for i in range(self.queue_pairs) for k in ("input", "output"))
+        """virtio_net's virtqueue names (virtnet_find_vqs): input.N, output.N, then control,
+        for the queues the device has now (one pair until the driver accepts MQ)."""
+        pairs = tuple(f"{k}.{i}" for i in range(self.active_pairs) for k in ("input", "output"))
         return pairs + (("control",) if self.ctrl_index is not None else ())
 
     @property
     def ctrl_index(self) -> int | None:
         if self.has_ctrl_queue:
-            return 2 * self.queue_pairs
+            return 2 * self.active_pairs
         return None
 
     @property

@@ -305,6 +305,9 @@ class VirtioPciDevice(CommonCfg, LegacyInterface, PciFunction):
     def event_vectors(self, queue_names: list[str]) -> list[tuple[str, int]]:
         """Which MSI-X vector each event uses (msix_config, then each queue_msix_vector)."""
         out = [("config", self.config_vector)]
+        current = list(self.device.queue_names)
+        if len(current) == len(self.device.queues):
+            queue_names = current  # the device's own names for the queues it has now
         for q in self.device.queues:
             name = queue_names[q.index] if q.index < len(queue_names) else f"queue{q.index}"
             out.append((name, q.vector))
@@ -401,7 +404,19 @@ class VirtioPciDevice(CommonCfg, LegacyInterface, PciFunction):
         # Features cannot change once FEATURES_OK is set (§3.1.1 step 5-6).
         if self.device.status & FEATURES_OK:
             return
+        before = list(self.device.queues)
         self.device.set_driver_features(features)
+        if self.device.queues != before:
+            # The device changed its queues with the features (virtio-net's MQ): a queue that
+            # went away gives its vector back; the staging follows the new layout.
+            for q in before:
+                if q not in self.device.queues and q.vector != VIRTIO_MSI_NO_VECTOR:
+                    self._map_vector(q.vector, VIRTIO_MSI_NO_VECTOR)
+            kept = min(len(before), len(self.device.queues))
+            self.staging = [
+                self.staging[i] if i < kept and before[i] is self.device.queues[i] else QueueStaging()
+                for i in range(len(self.device.queues))
+            ]
 
     def _set_status(self, value: int) -> None:
         value &= 0xFF
