@@ -71,3 +71,21 @@ def test_ctrl_vq_off_rejected_by_the_real_kernel(linux):
     assert 0x83 in writes, writes  # ACKNOWLEDGE | DRIVER | FAILED
     assert not any(w & 0x4 for w in writes)  # never DRIVER_OK
     same_as_sim(res, spec)
+
+
+def test_two_pairs_under_the_real_kernel(linux):
+    """``boot --device virtio-net-pci,mq=on,vectors=6`` with a two-queue peer: the real kernel
+    takes both pairs (the device grows from one pair when it accepts MQ), one vector each."""
+    spec = parse_device("virtio-net-pci,mq=on,vectors=6", "responder,queues=2")
+    res = run_boot(BootOptions(spec=spec, timeout=120))
+    assert res.error is None, res.error + "\n" + res.console[-2000:]
+    assert res.ping()["received"] == res.ping()["sent"] == 3
+    vectors = dict(res.snapshot["event_vectors"])
+    assert [vectors[n] for n in ("config", "input.0", "output.0", "input.1", "output.1")] == [
+        0,
+        1,
+        2,
+        3,
+        4,
+    ]
+    same_as_sim(res, spec)

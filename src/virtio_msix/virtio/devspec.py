@@ -316,9 +316,9 @@ class NetdevSpec:
         out = [self.kind]
         if self.id:
             out.append(f"id={self.id}")
+        if self.queues != 1:
+            out.append(f"queues={self.queues}")
         if self.kind == "tap":
-            if self.queues != 1:
-                out.append(f"queues={self.queues}")
             if not self.vnet_hdr:
                 out.append("vnet_hdr=off")
         return ",".join(out)
@@ -327,7 +327,7 @@ class NetdevSpec:
 NETDEV_KINDS = ("user", "tap", "responder")
 NETDEV_OPTIONS = {
     "user": ("id",),
-    "responder": ("id",),
+    "responder": ("id", "queues"),  # ours: boot's ARP/ICMP responder, any number of pairs
     "tap": ("id", "queues", "vnet_hdr", "ifname", "script", "downscript"),
 }
 
