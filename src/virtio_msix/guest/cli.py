@@ -12,7 +12,13 @@ from typing import Any
 
 from .. import cliargs
 from ..cliargs import fail
-from ..host.devspec import add_device_arguments, property_help, spec_from_args, wants_help
+from ..host.devspec import (
+    add_device_arguments,
+    meta_record,
+    property_help,
+    spec_from_args,
+    wants_help,
+)
 from ..host.views import render_event_vectors, render_msix_table
 from ..trace import Recorder
 from ..trace.pcapng import PcapngWriter
@@ -214,6 +220,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         if args.trace_json:
             jsonl = JsonlWriter(open(args.trace_json, "w", encoding="utf-8"))
             outputs.append(jsonl)
+            jsonl(meta_record(spec, smp=args.cpus, kernel_version=args.kernel, source="sim"))
             recorder.subscribe(jsonl)
         if args.timeline:
             tl = TimelineWriter(open(args.timeline, "w", encoding="utf-8"), recorder.t0)

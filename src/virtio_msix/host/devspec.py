@@ -79,6 +79,10 @@ def spec_from_args(args: argparse.Namespace, net_flag: str | None = None) -> Dev
         if spec.given("mq") and not spec.get("mq"):
             raise SpecError(f"--queue-pairs {pairs} conflicts with mq=off in --device")
         spec.netdev.queues = pairs
+        if spec.netdev.kind == "user":
+            # QEMU's user netdev has one queue; our own peer (boot's responder, offered as user)
+            # takes any number, so the description stays one that parses again.
+            spec.netdev.kind = "responder"
         extra["mq"] = "on"
     if getattr(args, "disable_legacy", False):
         if spec.given("disable-legacy") and spec.get("disable-legacy") != "on":
@@ -94,3 +98,9 @@ def spec_from_args(args: argparse.Namespace, net_flag: str | None = None) -> Dev
 
 def wants_help(args: argparse.Namespace) -> bool:
     return getattr(args, "device", None) in ("help", "virtio-net-pci,help", "?")
+
+
+def meta_record(spec: DeviceSpec, **extra: Any) -> dict[str, Any]:
+    """A trace's first record naming its device (capture-qemu's format), so that ``replay``
+    of a sim or boot trace needs no flags."""
+    return {"space": "meta", "device": spec.text, "netdev": spec.netdev.text, **extra}

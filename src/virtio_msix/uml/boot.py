@@ -37,6 +37,7 @@ from ..abi.msix import (
 )
 from ..abi.virtio import VIRTIO_F_VERSION_1
 from ..host.backends import ResponderBackend, TapBackend
+from ..host.devspec import meta_record
 from ..host.phases import PhaseTagger
 from ..host.views import default_vectors, device_views, queue_names
 from ..pci.sink import NullSink
@@ -587,6 +588,9 @@ class BootSession:
         if self.opts.trace_json is not None:
             # Streamed as they come: the file has every record, the bound is on memory only.
             trace = open(self.opts.trace_json, "w", encoding="utf-8")  # noqa: SIM115
+            if self.opts.spec is not None:
+                JsonlWriter(trace)(meta_record(self.opts.spec, kernel_version=self.opts.kernel,
+                                               source="boot"))  # fmt: skip
             self.recorder.subscribe(JsonlWriter(trace))
         try:
             with procs.Signals() as sigs:
