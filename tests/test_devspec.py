@@ -255,3 +255,14 @@ def test_old_capture_uses_its_meta_json(tmp_path, capsys):
     assert rc == 1
     records = [json.loads(x) for x in src.read_text().splitlines() if x.strip()]
     assert replay_records(records, vectors=2) == []
+
+
+def test_modern_pio_notify():
+    """QEMU's second notify structure in I/O BAR2 (multiplier 0) comes first in the capability
+    list, so Linux's capability walk takes it: every kick is the queue index written to one
+    port (iowrite16 on pci_iomap's port cookie)."""
+    res = run_sim(SimOptions(spec=parse_device("virtio-net-pci,modern-pio-notify=on"), packets=3))
+    assert res.probe_rc == 0 and res.net is not None and res.net.rx_packets == 3
+    kicks = [r for r in res.recorder.records if r.get("space") in ("notify", "notify-pio")]
+    assert kicks and {(r["space"], r["offset"]) for r in kicks} == {("notify-pio", 0)}
+    assert {r["value"] for r in kicks} <= {0, 1, 2}

@@ -22,7 +22,7 @@ if missing:
 
 # BAR addresses both devices get: the modern BAR's 8 MiB (page-per-vq) aligned, the MSI-X BAR
 # above it, all inside q35's 32-bit hole.
-BARS = {0: 0xC000, 1: 0xE100_0000, 4: 0xE000_0000}
+BARS = {0: 0xC000, 1: 0xE100_0000, 2: 0xC100, 4: 0xE000_0000}
 
 PROPERTY_SETS = [
     "vectors=129",
@@ -47,6 +47,8 @@ PROPERTY_SETS = [
     "notify_on_empty=off,any_layout=off,gso=off,queue_reset=off",
     "rx_queue_size=1024,tx_queue_size=1024",
     "mac=02:11:22:33:44:55,status=off",
+    "modern-pio-notify=on",
+    "modern-pio-notify=on,disable-legacy=on,vectors=300",
 ]
 
 
@@ -117,6 +119,9 @@ def test_device_properties_equal_qemu(props):
                 p.bar(0, off, 4)
             for off in range(0, ours.bars[0].size):
                 p.bar(0, off, 1)
+        if ours.bars[2] is not None:  # modern-pio-notify's I/O BAR
+            for off in range(0, 4):
+                p.bar(2, off, 1)
         if ours.bars[4] is not None:
             c = lambda name: COMMON[name].offset  # noqa: E731
             for sel in range(3):

@@ -50,7 +50,7 @@ from .irqcore import (
     irq_set_affinity_hint,
     request_irq,
 )
-from .kernel import IrqDesc, Kernel
+from .kernel import PIO_OFFSET, IrqDesc, Kernel
 from .pci import (
     PCI_IRQ_MSIX,
     PciDev,
@@ -334,6 +334,8 @@ def vp_modern_map_capability(
     res = dev.resources[bar]
     if offset + start + length > res.size:
         return None
+    if res.io:  # pci_iomap_range of an I/O BAR: a port cookie (modern-pio-notify's BAR2)
+        return PIO_OFFSET + res.start + offset + start, length
     return res.start + offset + start, length
 
 
@@ -726,8 +728,8 @@ def setup_vq(
 
 
 def vp_notify(k: Kernel, vq: VringVirtqueue) -> bool:
-    # Write the queue's index to its notify address (§4.1.4.4).
-    k.writew(vq.index, vq.priv)
+    # Write the queue's index to its notify address (§4.1.4.4), iowrite16: memory or port.
+    k.iowrite16(vq.index, vq.priv)
     return True
 
 

@@ -175,13 +175,13 @@ class QemuDevice:
         self.cfg_write(0x04, 2, 0x7)
 
     def bar_read(self, bar: int, offset: int, size: int) -> int:
-        if bar == 0:
-            return self.qt.inp(self.bar_base[0] + offset, size)
+        if bar in (0, 2) and bar in self.bar_base and self.bar_base[bar] < 0x10000:
+            return self.qt.inp(self.bar_base[bar] + offset, size)
         return self.qt.read(self.bar_base[bar] + offset, size)
 
     def bar_write(self, bar: int, offset: int, size: int, value: int) -> None:
-        if bar == 0:
-            self.qt.out(self.bar_base[0] + offset, size, value)
+        if bar in (0, 2) and bar in self.bar_base and self.bar_base[bar] < 0x10000:
+            self.qt.out(self.bar_base[bar] + offset, size, value)
         else:
             self.qt.write(self.bar_base[bar] + offset, size, value)
 

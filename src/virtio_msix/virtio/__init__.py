@@ -54,6 +54,7 @@ def make_virtio_net_pci(
             rom_size=spec.rom_size,
             disable_modern=spec.disable_modern,
             page_per_vq=spec.page_per_vq,
+            modern_pio_notify=spec.modern_pio_notify,
             memory=memory,
             sink=sink,
             recorder=recorder,

@@ -186,13 +186,7 @@ PROPERTIES: tuple[Prop, ...] = (
     ),  # fmt: skip
     Prop("disable-modern", "bool", False, "legacy-only (no modern capabilities, no BAR4)"),
     Prop("page-per-vq", "bool", False, "a 4 KiB notify page per queue (multiplier 0x1000)"),
-    Prop(
-        "modern-pio-notify",
-        "bool",
-        False,
-        "an I/O BAR2 notify structure: not modelled",
-        effect="refuse-on",
-    ),  # fmt: skip
+    Prop("modern-pio-notify", "bool", False, "a second notify structure in I/O BAR2"),
     Prop("ioeventfd", "bool", True, "", effect="none"),
     Prop("migrate-extra", "bool", True, "", effect="none"),
     Prop("virtio-pci-bus-master-bug-migration", "bool", False, "", effect="none"),
@@ -438,6 +432,10 @@ class DeviceSpec:
     @property
     def packed(self) -> bool:
         return bool(self.get("packed"))
+
+    @property
+    def modern_pio_notify(self) -> bool:
+        return bool(self.get("modern-pio-notify"))
 
     @property
     def page_per_vq(self) -> bool:

@@ -83,6 +83,8 @@ LEGACY_BAR = 0
 MSIX_BAR_SIZE = 0x1000  # up to 128 vectors (pci/msix.py exclusive_bar_layout)
 MSIX_PBA_OFFSET = 0x800
 NOTIFY_PAGE_MULTIPLIER = 0x1000  # QEMU_VIRTIO_PCI_QUEUE_MEM_MULT (page-per-vq=on)
+MODERN_IO_BAR = 2  # modern-pio-notify's I/O BAR (QEMU's modern_io_bar_idx)
+NOTIFY_PIO_SIZE = 4
 DEFAULT_ROM_SIZE = 256 * 1024
 ERRORS_KEPT = 16
 
@@ -109,6 +111,7 @@ class VirtioPciDevice(CommonCfg, LegacyInterface, PciFunction):
         *,
         disable_modern: bool = False,
         page_per_vq: bool = False,
+        modern_pio_notify: bool = False,
         memory: Memory | None = None,
         sink: InterruptSink | None = None,
         recorder: Recorder | None = None,
@@ -175,7 +178,7 @@ class VirtioPciDevice(CommonCfg, LegacyInterface, PciFunction):
         if msix_layout:
             self.add_bar(MSIX_BAR, msix_layout[0])
         if modern:
-            self._add_modern_interface()
+            self._add_modern_interface(modern_pio_notify)
         if msix_layout:
             self.add_msix(vectors, MSIX_BAR, msix_layout[1], msix_layout[2])
         if rom_size:
@@ -184,9 +187,11 @@ class VirtioPciDevice(CommonCfg, LegacyInterface, PciFunction):
         device.attach(self)
         self.reset()
 
-    def _add_modern_interface(self) -> None:
+    def _add_modern_interface(self, pio_notify: bool = False) -> None:
         """virtio_pci_modern_regions_init: common, ISR, device and notify structures in a
-        64-bit prefetchable BAR, each page-aligned; their vendor capabilities, then PCI_CFG."""
+        64-bit prefetchable BAR, each page-aligned; their vendor capabilities, then PCI_CFG.
+        ``pio_notify`` (QEMU's modern-pio-notify): a second notify structure, 4 bytes in I/O
+        BAR2 with multiplier 0 — the queue index written there kicks that queue."""
         sizes = {"common": MODERN_REGION_SIZE, "isr": MODERN_REGION_SIZE,
                  "device": MODERN_REGION_SIZE, "notify": self.notify_size}  # fmt: skip
         end = max(offset + sizes[name] for name, _t, offset in MODERN_LAYOUT)
@@ -201,6 +206,12 @@ class VirtioPciDevice(CommonCfg, LegacyInterface, PciFunction):
             read_fn, write_fn = region_fns[name]
             modern.regions.add(Region(name, offset, sizes[name], read_fn, write_fn))
             self._add_virtio_cap(cfg_type, MODERN_BAR, offset, sizes[name])
+        if pio_notify:
+            bar2 = self.add_bar(MODERN_IO_BAR, NOTIFY_PIO_SIZE, is_io=True)
+            bar2.regions.add(Region("notify-pio", 0, NOTIFY_PIO_SIZE, lambda o, s: 0,
+                                    self._notify_pio_write))  # fmt: skip
+            pos = self._add_virtio_cap(VIRTIO_PCI_CAP_NOTIFY_CFG, MODERN_IO_BAR, 0, NOTIFY_PIO_SIZE)
+            self.set_config(pos + NOTIFY_OFF_MULTIPLIER.offset, 4, 0)
         self.pci_cfg_cap = self._add_virtio_cap(VIRTIO_PCI_CAP_PCI_CFG, 0, 0, 0)
 
     # -- capabilities ---------------------------------------------------------------------------
@@ -451,6 +462,11 @@ class VirtioPciDevice(CommonCfg, LegacyInterface, PciFunction):
         value, self.isr = self.isr, 0
         self.set_irq_level(False)
         return value
+
+    def _notify_pio_write(self, offset: int, size: int, value: int) -> None:
+        # virtio_pci_notify_write_pio: the value written is the queue index.
+        if offset == 0:
+            self._kick(value & 0xFFFF)
 
     def _notify_write(self, offset: int, size: int, value: int) -> None:
         # The queue is found from the notify address (queue_notify_off * multiplier).
