@@ -253,6 +253,8 @@ def _strtoll(text: str) -> int | None:
     """An integer as QEMU's strtoll with base 0 reads it: 0x hex, a leading 0 octal."""
     body = text[1:] if text[:1] in "+-" else text
     sign = -1 if text.startswith("-") else 1
+    if not body or not body.isascii() or any(c in "_ \t\n" for c in body):
+        return None  # Python's int() would take these; strtoll does not
     try:
         if body[:2].lower() == "0x":
             return sign * int(body[2:], 16)
@@ -297,7 +299,7 @@ class NetdevSpec:
     ``user``: no vnet header (QEMU clears the checksum/segmentation offloads); ``tap``: a
     vnet header unless ``vnet_hdr=off`` (offloads kept; UFO when the TAP has it — ``ufo``);
     ``responder``: ours (boot's ARP/ICMP responder), offered as ``user``. ``queues`` is the
-    number of queue pairs the NIC gets (tap only, as in QEMU)."""
+    number of queue pairs the NIC gets (tap, as in QEMU, and our responder)."""
 
     kind: str = "user"
     id: str | None = None
