@@ -138,11 +138,15 @@ def replay_records(
     op, a size no bus access has, an offset past the structure, a missing or non-integer field)
     is a ValueError naming it, never a silent skip or a match. Guest RAM is unknown to a
     register trace, so the device sees zeroed memory: rings read empty. ``spec``: the
-    device a ``--device``/``--netdev`` (or the trace's meta line) describes, instead of the
-    shorthand arguments.
+    device a ``--device``/``--netdev`` describes, instead of the shorthand arguments; with
+    neither, the device the trace's meta record names (QEMU's default without one).
     """
-    if device is None and spec is None:
-        spec = spec_for_records(records)
+    if (
+        device is None
+        and spec is None
+        and (vectors, queue_pairs, disable_legacy) == (None, 1, False)
+    ):
+        spec = spec_for_records(records)  # no device given: the trace's meta record, if any
     dev = device or make_virtio_net_pci(
         vectors=vectors,
         queue_pairs=queue_pairs,
