@@ -81,6 +81,8 @@ class SimOptions:
     arch: str = "x86"
     packets: int = 8
     disable_legacy: bool = False
+    # The device a --device/--netdev describes (virtio/devspec.py); None: the shorthands above.
+    spec: DeviceSpec | None = None
     backtraces: bool = False
     refuse_vectors_from: int | None = None
     refuse_config_vector: bool = False
@@ -88,8 +90,6 @@ class SimOptions:
     teardown: bool = True
     memory_mb: int = 64
     kernel: str = "6.1"  # the Linux version the driver model follows: "6.1" or "6.12"
-    # The device a --device/--netdev describes (virtio/devspec.py); None: the shorthands above.
-    spec: DeviceSpec | None = None
 
 
 @dataclass
@@ -128,12 +128,12 @@ def run_sim(
     monotonic ns)."""
     recorder = recorder if recorder is not None else Recorder()
     device = make_virtio_net_pci(
+        spec=opts.spec,
         vectors=opts.vectors,
         queue_pairs=opts.queue_pairs,
         disable_legacy=opts.disable_legacy,
         recorder=recorder,
         backend=LoopbackBackend(swap_macs=False),
-        spec=opts.spec,
     )
     refusal = None
     if opts.refuse_vectors_from is not None or opts.refuse_config_vector:

@@ -130,6 +130,9 @@ class BootOptions:
     vectors: int | None = None
     queue_pairs: int = 1
     disable_legacy: bool = False
+    # The virtio-net a --device/--netdev describes (virtio/devspec.py); None: the shorthands
+    # vectors/queue_pairs/disable_legacy above. ``net``/``tap_vnet_hdr`` follow its netdev.
+    spec: DeviceSpec | None = None
     script: str = DEFAULT_SCRIPT
     net: str = "responder"  # or "tap"
     # With --net tap: frames cross the TAP with a virtio-net header and the device offers
@@ -156,9 +159,6 @@ class BootOptions:
     kernel: str = uml_kernel.DEFAULT_VERSION
     # Stream every access record to this file (JSON lines) as it is made.
     trace_json: str | Path | None = None
-    # The virtio-net a --device/--netdev describes (virtio/devspec.py); None: the shorthands
-    # vectors/queue_pairs/disable_legacy above. ``net``/``tap_vnet_hdr`` follow its netdev.
-    spec: DeviceSpec | None = None
 
 
 @dataclass
@@ -507,13 +507,13 @@ class BootSession:
                                           sink=self.sink_proxy, recorder=self.recorder)  # fmt: skip
         else:
             self.device = make_virtio_net_pci(
+                spec=opts.spec,
                 vectors=opts.vectors,
                 queue_pairs=opts.queue_pairs,
                 disable_legacy=opts.disable_legacy,
                 sink=self.sink_proxy,
                 recorder=self.recorder,
                 backend=self.netdev,
-                spec=opts.spec,
             )
         self.queue_names = queue_names(self.device.device)
         self.console = BoundedConsole()
