@@ -79,8 +79,6 @@ def test_sim_with_the_same_device_equals_the_real_kernel(name):
     meta = records[0]
     spec = spec_for_records(records)
     assert spec is not None
-    if spec.packed:
-        pytest.skip("the packed ring in the driver model is the packed branch's (issue 10)")
     res = run_sim(SimOptions(spec=spec, cpus=1, kernel=str(meta.get("kernel_version", "6.1"))))
     real, model = window(records), window(res.recorder.records)
     assert len(real) > 10
