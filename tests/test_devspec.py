@@ -266,3 +266,14 @@ def test_modern_pio_notify():
     kicks = [r for r in res.recorder.records if r.get("space") in ("notify", "notify-pio")]
     assert kicks and {(r["space"], r["offset"]) for r in kicks} == {("notify-pio", 0)}
     assert {r["value"] for r in kicks} <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("props,speed,duplex", [("speed=1000,duplex=full", 1000, 1),
+                                                ("duplex=half", 0xFFFFFFFF, 0), ("", 0xFFFFFFFF, 0xFF)])  # fmt: skip
+def test_speed_duplex_read_when_the_link_comes_up(props, speed, duplex):
+    res = run_sim(SimOptions(spec=parse_device(f"virtio-net-pci,{props}" if props else "virtio-net-pci"),
+                             packets=1))  # fmt: skip
+    assert res.net is not None and (res.net.speed, res.net.duplex) == (speed, duplex)
+    reads = [(r["offset"], r["size"]) for r in res.recorder.records
+             if r.get("space") == "device" and r.get("phase") == "run"]  # fmt: skip
+    assert reads[:3] == ([(6, 2), (12, 4), (16, 1)] if props else [(6, 2)])

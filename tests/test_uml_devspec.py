@@ -57,6 +57,19 @@ def test_properties_under_the_real_kernel(linux):
     m = re.search(r"devspec-net mtu=(\d+) speed=(\d+) duplex=(\w+)", res.console)
     assert m is not None, res.console[-2000:]
     assert m.groups() == ("1400", "1000", "full")
+
+    # After DRIVER_OK the config work reads status, then speed and duplex (virtnet_update_settings):
+    # the same reads, same values, in the model.
+    def settings(records):
+        return [(r["offset"], r["size"], r["value"]) for r in records
+                if r.get("space") == "device" and r.get("phase") == "run"][:3]  # fmt: skip
+
+    model_run = run_sim(SimOptions(spec=spec, arch="um", packets=1)).recorder.records
+    assert (
+        settings(res.recorder.records)
+        == settings(model_run)
+        == [(6, 2, 1), (12, 4, 1000), (16, 1, 1)]
+    )
     kicks = {r["offset"] for r in res.recorder.records if r.get("space") == "notify"}
     assert kicks and all(k % 0x1000 == 0 for k in kicks)  # one notify page per queue
     same_as_sim(res, spec)

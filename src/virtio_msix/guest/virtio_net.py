@@ -23,6 +23,7 @@ from .virtio_pci import (
     virtio_device_ready,
     virtio_find_vqs_ctx,
     vp_del_vqs,
+    vp_get,
     vp_reset,
 )
 from .vring import VringVirtqueue
@@ -96,6 +97,8 @@ class VirtnetInfo:
     tx_completed: int = 0
     tx_dropped: int = 0
     rx_oom: int = 0  # RX refills cut short by guest RAM running out
+    speed: int = 0xFFFFFFFF  # SPEED_UNKNOWN until the device says (virtnet_update_settings)
+    duplex: int = 0xFF  # DUPLEX_UNKNOWN
     ctrl_results: list[tuple[int, int, int]] = field(default_factory=list)
     ctrl_buf: int = 0  # struct control_buf: allocated once, reused by every command
     # The receive buffer layout virtnet_probe chose from the features.
@@ -196,7 +199,24 @@ def virtnet_config_changed(k: Kernel, vp: VpDev) -> None:
     vi: VirtnetInfo = vp.priv
     if vi is not None and vp.has_feature(dev_net.VIRTIO_NET_F_STATUS):
         status = virtio_cread16(k, vp, CONFIG_OFFSET["status"])
+        was_up = vi.link_up
         vi.link_up = bool(status & dev_net.VIRTIO_NET_S_LINK_UP)
+        if vi.link_up and not was_up:
+            virtnet_update_settings(k, vi)
+
+
+def virtnet_update_settings(k: Kernel, vi: VirtnetInfo) -> None:
+    """The link came up: speed (a 32-bit read) and duplex (a byte) from config when the
+    device offers SPEED_DUPLEX (§5.1.4); values ethtool would reject are ignored."""
+    vp = vi.vp
+    if not vp.has_feature(dev_net.VIRTIO_NET_F_SPEED_DUPLEX):
+        return
+    speed = int.from_bytes(vp_get(k, vp, CONFIG_OFFSET["speed"], 4), "little")
+    if speed <= 0x7FFFFFFF or speed == 0xFFFFFFFF:  # ethtool_validate_speed: ≤ INT_MAX or UNKNOWN
+        vi.speed = speed
+    duplex = vp_get(k, vp, CONFIG_OFFSET["duplex"], 1)[0]
+    if duplex in (0x00, 0x01, 0xFF):  # ethtool_validate_duplex: half, full, unknown
+        vi.duplex = duplex
 
 
 def virtnet_open(k: Kernel, vi: VirtnetInfo) -> None:
