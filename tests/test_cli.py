@@ -272,7 +272,8 @@ def test_sim_timeline_is_chrome_trace_events(capsys, tmp_path):
 def test_sim_trace_json_replays(capsys, tmp_path):
     path = tmp_path / "t.jsonl"
     assert run(capsys, "sim", "--trace-json", str(path))[0] == 0
-    records = [json.loads(line) for line in path.read_text().splitlines()]
+    meta, *records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert (meta["space"], meta["device"], meta["netdev"]) == ("meta", "virtio-net-pci", "user")
     assert all(isinstance(r["t"], int) for r in records)
     phases = [r["phase"] for r in records]
     assert set(phases) == {"enumeration", "probe", "run", "teardown"}

@@ -22,11 +22,9 @@ from virtio_msix.virtio.net import VirtioNet
 from virtio_msix.virtio.regs import COMMON
 
 RING_PACKED = 1 << 34
-# Real Linux 6.1 probing real QEMU 7.2's virtio-net-pci,packed=on (q35, TCG). The capture
-# engineer's capture-qemu --device run is qemu-q35-packed; ours, taken through
-# qemu.capture with packed=on added to the -device string, is qemu-q35-packed-ring.
-PACKED_CAPTURES = [n for n in ("qemu-q35-packed", "qemu-q35-packed-ring")
-                   if (DATA / f"{n}.jsonl").exists()]  # fmt: skip
+# Real Linux 6.1 probing real QEMU 7.2's virtio-net-pci,packed=on (q35, TCG), made by
+# `capture-qemu --device virtio-net-pci,packed=on` (tests/capture_sets.py).
+PACKED_CAPTURES = [n for n in ("qemu-q35-packed",) if (DATA / f"{n}.jsonl").exists()]
 
 
 def test_ring_packed_is_offered_only_with_packed_on():

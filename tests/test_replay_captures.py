@@ -7,7 +7,7 @@ import json
 import pytest
 from capture_sets import ALL_CAPTURES, CAPTURES_10, CAPTURES_612, DATA, load
 
-from virtio_msix.devcli import count_reads, device_from_meta, replay_records
+from virtio_msix.devcli import count_reads, replay_records
 
 
 @pytest.mark.parametrize("name", sorted(ALL_CAPTURES))
@@ -47,25 +47,8 @@ def test_612_captures_are_6_12_probes_bound_through_sysfs(name):
     assert [r["value"] for r in status] == [0, 1]
 
 
-# -- issue 10's captures (tests/capture_sets.py CAPTURES_10): the device comes from the meta record
-MODELLED_PROPS = {"netdev", "addr", "ioeventfd", "vectors", "disable-legacy", "mq"}
-
-
-def modelled(name: str) -> bool:
-    """The capture's device is one this model can be configured as (no other property, a peer
-    without vnet header offloads)."""
-    meta = load(name)[0]
-    props = {p.split("=")[0] for p in meta["device"].split(",")[1:]}
-    return props <= MODELLED_PROPS and "vnet_hdr=on" not in meta["netdev"]
-
-
-@pytest.mark.parametrize("name", sorted(n for n in CAPTURES_10 if modelled(n)))
-def test_replay_issue10_capture_zero_mismatches(name):
-    records = load(name)
-    assert records[0]["space"] == "meta"  # replay skips it, and takes the device from it
-    mismatches = replay_records(records, *device_from_meta(records[0]))
-    assert count_reads(records) > 200
-    assert mismatches == [], mismatches[:5]
+# -- issue 10's captures (tests/capture_sets.py CAPTURES_10): replayed with the device their meta
+# record names in tests/test_devspec_captures.py; here, what each console shows.
 
 
 @pytest.mark.parametrize("name", sorted(CAPTURES_10))

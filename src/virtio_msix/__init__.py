@@ -21,6 +21,10 @@ _EXPORTS = {
     "VirtQueue": "virtio.queue",
     "Element": "virtio.queue",
     "VirtqueueError": "virtio.queue",
+    "make_device": "virtio",
+    "parse_device": "virtio",
+    "DeviceSpec": "virtio",
+    "SpecError": "virtio",
 }
 
 __all__ = ["__version__", *_EXPORTS]

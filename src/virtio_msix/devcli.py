@@ -10,9 +10,11 @@ from typing import Any
 
 from . import cliargs
 from .cliargs import fail
+from .host.devspec import add_device_arguments, property_help, spec_from_args, wants_help
 from .trace import EVENT_SPACES, SPACES, load_jsonl_lines
 from .virtio import VirtioPciDevice, make_virtio_net_pci
 from .virtio.describe import describe
+from .virtio.devspec import DeviceSpec, SpecError, parse_device
 from .virtio.memory import SparseMemory
 
 
@@ -128,19 +130,29 @@ def replay_records(
     disable_legacy: bool = False,
     device: VirtioPciDevice | None = None,
     lines: list[int] | None = None,
+    spec: DeviceSpec | None = None,
 ) -> list[Mismatch]:
     """Apply every write in order and compare every read with its recorded value.
 
     Every record is checked first: one that cannot be applied to this device (unknown space or
     op, a size no bus access has, an offset past the structure, a missing or non-integer field)
     is a ValueError naming it, never a silent skip or a match. Guest RAM is unknown to a
-    register trace, so the device sees zeroed memory: rings read empty.
+    register trace, so the device sees zeroed memory: rings read empty. ``spec``: the
+    device a ``--device``/``--netdev`` describes, instead of the shorthand arguments; with
+    neither, the device the trace's meta record names (QEMU's default without one).
     """
+    if (
+        device is None
+        and spec is None
+        and (vectors, queue_pairs, disable_legacy) == (None, 1, False)
+    ):
+        spec = spec_for_records(records)  # no device given: the trace's meta record, if any
     dev = device or make_virtio_net_pci(
         vectors=vectors,
         queue_pairs=queue_pairs,
         disable_legacy=disable_legacy,
         memory=SparseMemory(),
+        spec=spec,
     )
     bad = check_records(records, region_sizes(dev), lines)
     if bad:
@@ -159,6 +171,60 @@ def replay_records(
         if got != rec["value"]:
             out.append(Mismatch(index, rec["space"], rec["offset"], rec["size"], rec["value"], got))
     return out
+
+
+def trace_meta(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The trace's configuration line (``{"space": "meta", "device": ..., "netdev": ...}``,
+    capture-qemu writes it first), or None for a trace without one."""
+    for rec in records[:8]:
+        if rec.get("space") == "meta" and isinstance(rec.get("device"), str):
+            return rec
+    return None
+
+
+def spec_for_records(records: list[dict[str, Any]]) -> DeviceSpec | None:
+    """The device the trace's meta line describes (SpecError if QEMU would refuse it)."""
+    meta = trace_meta(records)
+    if meta is None:
+        return None
+    netdev = meta.get("netdev")
+    return parse_device(meta["device"], netdev if isinstance(netdev, str) else None)
+
+
+def meta_json_for(path: str) -> dict[str, Any] | None:
+    """An old capture's ``NAME.meta.json`` beside ``NAME.jsonl`` (vectors, disable_legacy),
+    or None. Its text may start with capture-qemu's progress line before the JSON."""
+    if not path.endswith(".jsonl"):
+        return None
+    try:
+        text = open(path[: -len(".jsonl")] + ".meta.json", encoding="utf-8").read()
+        meta = json.loads(text[text.index("{") :])
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def replay_spec(args: argparse.Namespace, records: list[dict[str, Any]]) -> tuple[DeviceSpec, str]:
+    """Which device a replay builds, and from where: the command line when it describes one,
+    else the trace's meta line, else an old capture's NAME.meta.json, else QEMU's default."""
+    given = (
+        args.device or args.netdev or args.vectors is not None or args.queue_pairs != 1
+        or args.disable_legacy
+    )  # fmt: skip
+    if given:
+        return spec_from_args(args), "command line"
+    spec = spec_for_records(records)
+    if spec is not None:
+        return spec, "trace meta line"
+    meta = meta_json_for(args.trace) if args.trace != "-" else None
+    if meta is not None:
+        ns = argparse.Namespace(
+            device=None, netdev=None, queue_pairs=1,
+            vectors=meta.get("vectors") if isinstance(meta.get("vectors"), int) else None,
+            disable_legacy=meta.get("disable_legacy") is True,
+        )  # fmt: skip
+        return spec_from_args(ns), "meta.json"
+    return spec_from_args(args), "default"
 
 
 def count_reads(records: list[dict[str, Any]]) -> int:
@@ -195,18 +261,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return fail(f"replay: {name}: empty trace (no records)")
     if not any(is_access(r) for r in records):
         return fail(f"replay: {name}: no register accesses to replay")
-    vectors, queue_pairs, disable_legacy = args.vectors, args.queue_pairs, args.disable_legacy
+    if wants_help(args):
+        print(property_help())
+        return 0
     try:
-        if (vectors, queue_pairs, disable_legacy) == (None, 1, False):
-            # No device flags: the capture's own configuration (its meta record), if any.
-            vectors, queue_pairs, disable_legacy = device_from_meta(records[0])
-        mismatches = replay_records(
-            records,
-            vectors,
-            queue_pairs,
-            disable_legacy,
-            lines=[n for n, _ in numbered],
-        )
+        spec, _source = replay_spec(args, records)
+        for w in spec.warnings:
+            print(f"virtio-msix: {w}", file=sys.stderr)
+        mismatches = replay_records(records, spec=spec, lines=[n for n, _ in numbered])
     except ValueError as e:
         return fail(f"replay: {name}: {e}")
     reads = count_reads(records)
@@ -344,9 +406,16 @@ def hexdump(dev: VirtioPciDevice, slot: int = 3) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    dev = make_virtio_net_pci(
-        vectors=args.vectors, queue_pairs=args.queue_pairs, disable_legacy=args.disable_legacy
-    )
+    if wants_help(args):
+        print(property_help())
+        return 0
+    try:
+        spec = spec_from_args(args)
+    except SpecError as e:
+        return fail(f"show: {e}")
+    for w in spec.warnings:
+        print(f"virtio-msix: {w}", file=sys.stderr)
+    dev = make_virtio_net_pci(spec=spec)
     if args.hexdump:
         print(hexdump(with_firmware(dev)))
         return 0
@@ -379,6 +448,7 @@ def add_device_options(p: argparse.ArgumentParser) -> None:
         help="modern-only device (device ID 0x1041, revision 1) instead of QEMU's transitional "
         "default (0x1000 with a legacy I/O BAR)",
     )
+    add_device_arguments(p)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

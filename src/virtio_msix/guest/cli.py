@@ -12,12 +12,20 @@ from typing import Any
 
 from .. import cliargs
 from ..cliargs import fail
+from ..host.devspec import (
+    add_device_arguments,
+    meta_record,
+    property_help,
+    spec_from_args,
+    wants_help,
+)
 from ..host.views import render_event_vectors, render_msix_table
 from ..trace import Recorder
 from ..trace.pcapng import PcapngWriter
 from ..trace.recorder import JsonlWriter
 from ..trace.text import table
 from ..trace.timeline import TimelineWriter
+from ..virtio.devspec import SpecError
 from ..virtio.net import feature_names
 from .errnos import errname
 from .kernel import DEFAULT_KERNEL_VERSION, KERNEL_VERSIONS
@@ -156,8 +164,12 @@ def render(res: SimResult, s: Style) -> str:
 
 
 def to_json(res: SimResult) -> dict[str, Any]:
+    options = dict(vars(res.options))
+    spec = options.pop("spec", None)
+    if spec is not None:
+        options["device"], options["netdev"] = spec.text, spec.netdev.text
     return {
-        "options": vars(res.options),
+        "options": options,
         "probe_rc": res.probe_rc,
         "probe_error": errname(res.probe_rc) if res.probe_rc else None,
         "device_features": res.vp.device_features,
@@ -193,6 +205,19 @@ def to_json(res: SimResult) -> dict[str, Any]:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
+    if wants_help(args):
+        print(property_help())
+        return 0
+    try:
+        spec = spec_from_args(args)
+    except SpecError as e:
+        return fail(f"sim: {e}")
+    if spec.disable_modern:
+        # Linux 6.1 would leave the device to virtio_pci_legacy_probe, which is not modelled.
+        return fail("sim: disable-modern=on: the Linux model has no legacy virtio-pci driver "
+                    "(virtio_pci_legacy.c); show and replay take it")  # fmt: skip
+    for w in spec.warnings:
+        print(f"virtio-msix: {w}", file=sys.stderr)
     opts = SimOptions(
         vectors=args.vectors,
         queue_pairs=args.queue_pairs,
@@ -205,6 +230,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         refuse_config_vector=args.refuse_config_vector,
         mask_during_traffic=args.mask_during_traffic,
         kernel=args.kernel,
+        spec=spec,
     )
     # The views need no records: they are streamed to the files asked for, never all kept,
     # so that memory stays flat for any --packets.
@@ -215,6 +241,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         if args.trace_json:
             jsonl = JsonlWriter(open(args.trace_json, "w", encoding="utf-8"))
             outputs.append(jsonl)
+            jsonl(meta_record(spec, smp=args.cpus, kernel_version=args.kernel, source="sim"))
             recorder.subscribe(jsonl)
         if args.timeline:
             tl = TimelineWriter(open(args.timeline, "w", encoding="utf-8"), recorder.t0)
@@ -276,6 +303,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--disable-legacy", action="store_true",
                    help="modern-only device (device ID 0x1041, revision 1) instead of QEMU's "
                         "transitional default")  # fmt: skip
+    add_device_arguments(p)
     p.add_argument(
         "--backtraces", action="store_true", help="a backtrace at each table fill and unmask"
     )

@@ -67,6 +67,12 @@ class PageAllocator:
         self._free.setdefault((rounded, align), []).append(addr)
 
 
+# lib/iomap.c: pci_iomap of an I/O BAR gives PIO_OFFSET + port; cookies below PIO_RESERVED
+# are ports.
+PIO_OFFSET = 0x10000
+PIO_RESERVED = 0x40000
+
+
 class Kernel:
     """State shared by every modelled kernel function (passed as ``k``)."""
 
@@ -165,6 +171,15 @@ class Kernel:
     def writel(self, value: int, addr: int) -> None:
         self.bus.mmio_write(addr, 4, value)
         self.take_interrupts()
+
+    def iowrite16(self, value: int, cookie: int) -> None:
+        """lib/iomap.c iowrite16: a cookie pci_iomap made for an I/O BAR (PIO_OFFSET + port,
+        below PIO_RESERVED) is a port write, any other an MMIO store."""
+        if PIO_OFFSET <= cookie < PIO_RESERVED:
+            self.bus.io_write(cookie - PIO_OFFSET, 2, value)
+            self.take_interrupts()
+        else:
+            self.writew(value, cookie)
 
     # -- the device's interrupt sink ---------------------------------------------------------------
     def msi(self, address: int, data: int) -> None:

@@ -16,6 +16,7 @@ from ..host.backends import LoopbackBackend, MultiQueueLoopback
 from ..trace import Recorder
 from ..virtio import VirtioPciDevice, make_virtio_net_pci
 from ..virtio.describe import describe
+from ..virtio.devspec import DeviceSpec
 from ..virtio.regs import COMMON, VIRTIO_MSI_NO_VECTOR
 from . import views as guest_views
 from .irqcore import mask_irq, unmask_irq
@@ -82,6 +83,8 @@ class SimOptions:
     arch: str = "x86"
     packets: int = 8
     disable_legacy: bool = False
+    # The device a --device/--netdev describes (virtio/devspec.py); None: the shorthands above.
+    spec: DeviceSpec | None = None
     backtraces: bool = False
     refuse_vectors_from: int | None = None
     refuse_config_vector: bool = False
@@ -136,6 +139,7 @@ def run_sim(
     monotonic ns)."""
     recorder = recorder if recorder is not None else Recorder()
     device = make_virtio_net_pci(
+        spec=opts.spec,
         vectors=opts.vectors,
         queue_pairs=opts.queue_pairs,
         disable_legacy=opts.disable_legacy,

@@ -8,6 +8,7 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..virtio import net as dev_net
 from .irqcore import EINVAL, irq_set_affinity_hint
@@ -22,6 +23,7 @@ from .virtio_pci import (
     virtio_device_ready,
     virtio_find_vqs_ctx,
     vp_del_vqs,
+    vp_get,
     vp_reset,
 )
 from .vring import VringVirtqueue
@@ -60,6 +62,20 @@ CONFIG_OFFSET = {name: offset for name, offset, _size, _bit in dev_net.CONFIG_FI
 MIN_MTU = 68
 HDR_LEN = dev_net.HDR_LEN  # struct virtio_net_hdr_mrg_rxbuf
 RX_BUF_SIZE = 1536 + HDR_LEN  # GOOD_PACKET_LEN + header: one buffer per frame (mergeable)
+# Without MRG_RXBUF (add_recvbuf_small / add_recvbuf_big): a small buffer is the header and
+# GOOD_PACKET_LEN (ETH_HLEN + VLAN_HLEN + ETH_DATA_LEN); a big one, when the device may send
+# guest GSO packets, is a page whose first bytes hold the header (padded to struct
+# padded_vnet_hdr) and the rest data, followed by MAX_SKB_FRAGS more pages.
+GOOD_PACKET_LEN = 14 + 4 + 1500
+PADDED_VNET_HDR = 32  # sizeof(struct padded_vnet_hdr): virtio_net_hdr_v1_hash + 12
+MAX_SKB_FRAGS = 17
+RX_PAGE = 4096
+GUEST_GSO_FEATURES = (
+    dev_net.VIRTIO_NET_F_GUEST_TSO4,
+    dev_net.VIRTIO_NET_F_GUEST_TSO6,
+    dev_net.VIRTIO_NET_F_GUEST_ECN,
+    dev_net.VIRTIO_NET_F_GUEST_UFO,
+)
 RECEIVED_KEPT = 64
 
 
@@ -82,8 +98,15 @@ class VirtnetInfo:
     tx_completed: int = 0
     tx_dropped: int = 0
     rx_oom: int = 0  # RX refills cut short by guest RAM running out
+    speed: int = 0xFFFFFFFF  # SPEED_UNKNOWN until the device says (virtnet_update_settings)
+    duplex: int = 0xFF  # DUPLEX_UNKNOWN
     ctrl_results: list[tuple[int, int, int]] = field(default_factory=list)
     ctrl_buf: int = 0  # struct control_buf: allocated once, reused by every command
+    # The receive buffer layout virtnet_probe chose from the features.
+    mergeable_rx_bufs: bool = True
+    big_packets: bool = False
+    big_packets_num_skbfrags: int = 0
+    hdr_len: int = HDR_LEN
     # Sees every frame the driver sends (outbound=True) or hands up: pcap writers hook here.
     capture: Callable[[bytes, bool], None] | None = None
 
@@ -115,6 +138,7 @@ def virtnet_probe(k: Kernel, vp: VpDev) -> int:
         vi.mac = virtio_cread_bytes(k, vp, CONFIG_OFFSET["mac"], 6)
     if vp.has_feature(dev_net.VIRTIO_NET_F_MTU):
         vi.mtu = virtio_cread16(k, vp, CONFIG_OFFSET["mtu"])
+    virtnet_set_rx_layout(vi)
     err = init_vqs(k, vi)
     if err:
         return err
@@ -210,7 +234,24 @@ def virtnet_config_changed(k: Kernel, vp: VpDev) -> None:
     vi: VirtnetInfo = vp.priv
     if vi is not None and vp.has_feature(dev_net.VIRTIO_NET_F_STATUS):
         status = virtio_cread16(k, vp, CONFIG_OFFSET["status"])
+        was_up = vi.link_up
         vi.link_up = bool(status & dev_net.VIRTIO_NET_S_LINK_UP)
+        if vi.link_up and not was_up:
+            virtnet_update_settings(k, vi)
+
+
+def virtnet_update_settings(k: Kernel, vi: VirtnetInfo) -> None:
+    """The link came up: speed (a 32-bit read) and duplex (a byte) from config when the
+    device offers SPEED_DUPLEX (§5.1.4); values ethtool would reject are ignored."""
+    vp = vi.vp
+    if not vp.has_feature(dev_net.VIRTIO_NET_F_SPEED_DUPLEX):
+        return
+    speed = int.from_bytes(vp_get(k, vp, CONFIG_OFFSET["speed"], 4), "little")
+    if speed <= 0x7FFFFFFF or speed == 0xFFFFFFFF:  # ethtool_validate_speed: ≤ INT_MAX or UNKNOWN
+        vi.speed = speed
+    duplex = vp_get(k, vp, CONFIG_OFFSET["duplex"], 1)[0]
+    if duplex in (0x00, 0x01, 0xFF):  # ethtool_validate_duplex: half, full, unknown
+        vi.duplex = duplex
 
 
 def virtnet_open(k: Kernel, vi: VirtnetInfo) -> None:
@@ -219,18 +260,79 @@ def virtnet_open(k: Kernel, vi: VirtnetInfo) -> None:
     virtnet_set_rx_mode(k, vi)
 
 
+def virtnet_set_rx_layout(vi: VirtnetInfo) -> None:
+    """virtnet_probe's choice of receive buffers: mergeable with MRG_RXBUF; else big ones
+    (virtnet_set_big_packets) when the device may send guest GSO packets or the MTU exceeds
+    ETH_DATA_LEN, small ones otherwise. The header is virtio_net_hdr_mrg_rxbuf (12 bytes)
+    with MRG_RXBUF or VERSION_1, the legacy 10-byte one without (§5.1.6)."""
+    vp = vi.vp
+    vi.mergeable_rx_bufs = vp.has_feature(dev_net.VIRTIO_NET_F_MRG_RXBUF)
+    modern = vp.has_feature(dev_net.VIRTIO_F_VERSION_1)
+    vi.hdr_len = HDR_LEN if vi.mergeable_rx_bufs or modern else dev_net.HDR_LEN_LEGACY
+    mtu = vi.mtu if vp.has_feature(dev_net.VIRTIO_NET_F_MTU) else 0
+    guest_gso = any(vp.has_feature(b) for b in GUEST_GSO_FEATURES)
+    if mtu > 1500 or guest_gso:
+        vi.big_packets = True
+        vi.big_packets_num_skbfrags = MAX_SKB_FRAGS if guest_gso else -(-mtu // RX_PAGE)
+
+
+def _rx_buffer(k: Kernel, vi: VirtnetInfo) -> tuple[list[tuple[int, int]], Any]:
+    """One receive buffer as (device-writable segments, token); MemoryError when out of RAM.
+    The model's ring has no indirect descriptors: a big buffer's segments are a direct chain
+    (Linux puts them in one indirect table when RING_INDIRECT_DESC is negotiated)."""
+    if vi.mergeable_rx_bufs:
+        buf = k.pages.alloc(RX_BUF_SIZE, align=64)
+        return [(buf, RX_BUF_SIZE)], buf
+    if not vi.big_packets:  # add_recvbuf_small
+        size = vi.hdr_len + GOOD_PACKET_LEN
+        buf = k.pages.alloc(size, align=64)
+        return [(buf, size)], buf
+    pages: list[int] = []  # add_recvbuf_big: the first page, then the list of the others
+    try:
+        for _ in range(vi.big_packets_num_skbfrags + 1):
+            pages.append(k.pages.alloc(RX_PAGE, align=RX_PAGE))
+    except MemoryError:
+        for page in pages:
+            k.pages.free(page)
+        raise
+    first = pages[0]
+    sgs = [(first, vi.hdr_len), (first + PADDED_VNET_HDR, RX_PAGE - PADDED_VNET_HDR)]
+    return sgs + [(page, RX_PAGE) for page in pages[1:]], tuple(pages)
+
+
+def _free_rx(k: Kernel, token: Any) -> None:
+    for buf in token if isinstance(token, tuple) else (token,):
+        k.pages.free(buf)
+
+
+def _rx_frame(k: Kernel, vi: VirtnetInfo, token: Any, length: int) -> bytes:
+    """The frame a used receive buffer holds (its ``length`` bytes, header stripped)."""
+    if not isinstance(token, tuple):
+        return k.memory.read(token, min(length, RX_BUF_SIZE))[vi.hdr_len :]
+    data = b""
+    left = max(length - vi.hdr_len, 0)
+    segments = [(token[0] + PADDED_VNET_HDR, RX_PAGE - PADDED_VNET_HDR)]
+    segments += [(page, RX_PAGE) for page in token[1:]]
+    for addr, size in segments:
+        if left <= 0:
+            break
+        data += k.memory.read(addr, min(size, left))
+        left -= size
+    return data
+
+
 def try_fill_recv(k: Kernel, vi: VirtnetInfo, i: int) -> int:
     rq = vi.rq[i]
     added = 0
     while rq.free:
         try:
-            buf = k.pages.alloc(RX_BUF_SIZE, align=64)
+            sgs, token = _rx_buffer(k, vi)
         except MemoryError:
             # -ENOMEM: post what we have; the kernel retries from its refill work later.
             vi.rx_oom += 1
             break
-        if rq.add_sgs([], [(buf, RX_BUF_SIZE)], buf):
-            k.pages.free(buf)
+        if rq.add_sgs([], sgs, token):
+            _free_rx(k, token)
             break
         added += 1
     if added:
@@ -317,8 +419,8 @@ def skb_recv_done(k: Kernel, vi: VirtnetInfo, qp: int) -> None:
     got = 0
     while (used := rq.get_buf()) is not None:
         buf, length = used
-        frame = k.memory.read(buf, min(length, RX_BUF_SIZE))[HDR_LEN:]
-        k.pages.free(buf)  # the page goes with the skb up the stack and is freed there
+        frame = _rx_frame(k, vi, buf, length)
+        _free_rx(k, buf)  # the page goes with the skb up the stack and is freed there
         vi.received.append(frame)
         vi.rx_packets += 1
         if vi.capture is not None:
@@ -343,7 +445,7 @@ def free_unused_bufs(k: Kernel, vi: VirtnetInfo | None) -> None:
         return
     for vq in (*vi.sq, *vi.rq):
         while (buf := vq.detach_unused_buf()) is not None:
-            k.pages.free(buf)
+            _free_rx(k, buf)
 
 
 def virtnet_del_vqs(k: Kernel, vp: VpDev) -> None:

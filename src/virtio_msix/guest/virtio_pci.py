@@ -44,12 +44,13 @@ from .irqcore import (
     EINVAL,
     ENODEV,
     ENOENT,
+    ENOMEM,
     IRQF_SHARED,
     free_irq,
     irq_set_affinity_hint,
     request_irq,
 )
-from .kernel import IrqDesc, Kernel
+from .kernel import PIO_OFFSET, IrqDesc, Kernel
 from .pci import (
     PCI_IRQ_MSIX,
     PciDev,
@@ -96,6 +97,9 @@ class ModernDevice:
     notify_base: int = 0
     notify_len: int = 0
     notify_offset_multiplier: int = 0
+    # The notify capability's offset, kept for mapping each queue's notify address on its
+    # own when the whole structure is larger than a page (page-per-vq).
+    notify_map_cap: int = 0
     modern_bars: int = 0
 
 
@@ -255,10 +259,23 @@ def vp_modern_queue_address(
 
 
 def vp_modern_map_vq_notify(k: Kernel, vp: VpDev, index: int) -> int:
-    c = vp.mdev.common
+    """The queue's notify address, or 0 (Linux's NULL) when it cannot be mapped."""
+    c, m = vp.mdev.common, vp.mdev
     k.writew(index, c + _cc("queue_select"))
     off = k.readw(c + _cc("queue_notify_off"))
-    return vp.mdev.notify_base + off * vp.mdev.notify_offset_multiplier
+    if m.notify_base:
+        # The structure was mapped whole at probe: the offset must stay inside it.
+        if off * m.notify_offset_multiplier + 2 > m.notify_len:
+            k.printk(f"virtio_pci {vp.pci_dev.short}: bad notification offset {off} for queue "
+                     f"{index}")  # fmt: skip
+            return 0
+        return m.notify_base + off * m.notify_offset_multiplier
+    # Larger than a page (page-per-vq: 4 KiB per queue): map this queue's two bytes alone,
+    # re-reading the notify capability's bar, offset and length.
+    mapped = vp_modern_map_capability(
+        k, vp.pci_dev, m.notify_map_cap, 2, 2, off * m.notify_offset_multiplier, 2
+    )
+    return mapped[0] if mapped is not None else 0
 
 
 def vp_generation(k: Kernel, vp: VpDev) -> int:
@@ -320,6 +337,8 @@ def vp_modern_map_capability(
     res = dev.resources[bar]
     if offset + start + length > res.size:
         return None
+    if res.io:  # pci_iomap_range of an I/O BAR: a port cookie (modern-pio-notify's BAR2)
+        return PIO_OFFSET + res.start + offset + start, length
     return res.start + offset + start, length
 
 
@@ -352,6 +371,7 @@ def vp_modern_probe(k: Kernel, vp: VpDev) -> int:
     )
     notify_length = pci_read_config_dword(k, dev, notify + CAP["length"].offset)
     notify_offset = pci_read_config_dword(k, dev, notify + CAP["offset"].offset)
+    m.notify_map_cap = notify
     if notify_length + notify_offset % PAGE_SIZE <= PAGE_SIZE:
         mapped = vp_modern_map_capability(k, dev, notify, 2, 2, 0, notify_length)
         if mapped is None:
@@ -712,12 +732,14 @@ def setup_vq(
             return -EBUSY
     vq.msix_vector = msix_vec
     vq.priv = vp_modern_map_vq_notify(k, vp, index)
+    if not vq.priv:
+        return -ENOMEM
     return vq
 
 
 def vp_notify(k: Kernel, vq: VringVirtqueue) -> bool:
-    # Write the queue's index to its notify address (§4.1.4.4).
-    k.writew(vq.index, vq.priv)
+    # Write the queue's index to its notify address (§4.1.4.4), iowrite16: memory or port.
+    k.iowrite16(vq.index, vq.priv)
     return True
 
 

@@ -34,6 +34,24 @@ from .regs import (
 MSIX_MAX_VECTORS = 2048  # table size field is 11 bits
 
 
+def exclusive_bar_layout(nentries: int) -> tuple[int, int, int]:
+    """(BAR size, table offset, PBA offset) of a BAR holding only the MSI-X table and PBA, as
+    QEMU's msix_init_exclusive_bar places them: a 4 KiB BAR with the table in the lower half
+    and the PBA at 0x800 while the table fits there (up to 128 entries); beyond, the PBA right
+    after the table (8-byte aligned), the BAR rounded up to a power of two. Measured through
+    qtest: 129 entries → PBA 0x810 in 4 KiB; 256 → 0x1000 in 8 KiB; 2048 → 0x8000 in 64 KiB."""
+    if not 1 <= nentries <= MSIX_MAX_VECTORS:
+        raise ValueError(f"MSI-X table size must be 1..{MSIX_MAX_VECTORS}, got {nentries}")
+    bar_size = 0x1000
+    pba_offset = bar_size // 2
+    pba_size = (nentries + 63) // 64 * 8
+    if nentries * PCI_MSIX_ENTRY_SIZE > pba_offset:
+        pba_offset = nentries * PCI_MSIX_ENTRY_SIZE
+    if pba_offset + pba_size > bar_size:
+        bar_size = pba_offset + pba_size
+    return 1 << (bar_size - 1).bit_length(), 0, pba_offset
+
+
 @dataclass
 class MsixEntry:
     """A decoded view of one table entry (for displays and tests)."""

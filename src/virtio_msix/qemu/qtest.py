@@ -30,7 +30,14 @@ class Qtest:
         machine: str = "q35",
         extra: list[str] | None = None,
         reply_timeout: float = 20.0,
+        netdev: str = "user",
+        prefix: list[str] | None = None,
     ) -> None:
+        """``device_args``: virtio-net-pci properties after ``addr``; ``netdev``: the peer's
+        ``-netdev`` type and options (its id is n0).
+
+        QEMU's own stderr (a warning it starts with, or the line it refuses with) is
+        ``self.stderr()``; a refusal is a QtestError carrying it."""
         qemu = require("qemu-system-x86_64", "qemu-system-x86")
         self.dir = tempfile.TemporaryDirectory(prefix="vmsix-qtest-")
         path = str(Path(self.dir.name) / "qtest.sock")
@@ -41,20 +48,53 @@ class Qtest:
         device = f"virtio-net-pci,addr={SLOT:#x}" + (f",{device_args}" if device_args else "")
         # -S: no guest code runs (the BIOS would race our 0xCF8/0xCFC config cycles); Debian's
         # build has no "-accel qtest", so the default TCG is kept stopped.
-        cmd = [qemu, "-M", machine, "-S", "-display", "none", "-nodefaults", "-qtest", f"unix:{path}",
-               "-netdev", "user,id=n0", "-device", device + ",netdev=n0", *(extra or [])]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cmd = [*(prefix or []), qemu, "-M", machine, "-S", "-display", "none", "-nodefaults", "-qtest", f"unix:{path}", "-qtest-log", "/dev/null",
+               "-netdev", f"{netdev},id=n0", "-device", device + ",netdev=n0", *(extra or [])]  # fmt: skip
+        self._stderr_path = Path(self.dir.name) / "stderr"
+        with open(self._stderr_path, "wb") as err_file:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=err_file)
+        # Wait for the connection in short slices, so that a QEMU refusing its command line
+        # is reported at once with its message rather than after the whole timeout.
+        srv.settimeout(0.2)
         try:
-            self.sock, _ = srv.accept()
-        except TimeoutError:
-            self.proc.kill()
-            err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-            raise QtestError(f"qemu did not connect to its qtest socket: {err[-400:]}") from None
+            for _ in range(150):
+                try:
+                    self.sock, _ = srv.accept()
+                    break
+                except TimeoutError:
+                    if self.proc.poll() is not None:
+                        break
+            else:
+                self.proc.kill()
+            if not hasattr(self, "sock"):
+                self.proc.wait()
+                err = self.stderr().strip()
+                self.dir.cleanup()
+                raise QtestError(
+                    err.splitlines()[0] if err else "qemu did not connect to its qtest socket"
+                )
         finally:
             srv.close()
         # A QEMU that stops answering is a failure with a message, never a hang.
         self.sock.settimeout(reply_timeout)
         self.file = self.sock.makefile("rw", buffering=1)
+        # QEMU opens the qtest channel before it creates the devices: one round trip tells a
+        # machine that is up from one that refused its -device and exited.
+        try:
+            self.cmd("inb 0x80")
+        except (QtestError, OSError):
+            self.proc.wait(timeout=10)
+            err = self.stderr().strip()
+            self.sock.close()
+            self.dir.cleanup()
+            raise QtestError(err.splitlines()[0] if err else "qemu exited at start") from None
+
+    def stderr(self) -> str:
+        """What QEMU wrote to stderr so far (warnings; the reason it refused to start)."""
+        try:
+            return self._stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
 
     def cmd(self, line: str) -> str:
         self.file.write(line + "\n")
@@ -110,10 +150,10 @@ class QemuDevice:
     config offset and ``bar_read/bar_write`` by BAR and offset, so one access sequence can be
     applied to both."""
 
-    def __init__(self, qt: Qtest, slot: int = SLOT) -> None:
+    def __init__(self, qt: Qtest, slot: int = SLOT, bar_base: dict[int, int] | None = None) -> None:
         self.qt = qt
         self.slot = slot
-        self.bar_base = {0: IO_BAR_ADDR, 1: MSIX_BAR_ADDR, 4: MODERN_BAR_ADDR}
+        self.bar_base = bar_base or {0: IO_BAR_ADDR, 1: MSIX_BAR_ADDR, 4: MODERN_BAR_ADDR}
 
     def _cf8(self, offset: int) -> int:
         return 0x80000000 | self.slot << 11 | (offset & 0xFC)
@@ -128,20 +168,20 @@ class QemuDevice:
 
     def map_bars(self) -> None:
         """Program the BARs where bar_read/bar_write expect them and turn decode on."""
-        self.cfg_write(0x10, 4, IO_BAR_ADDR)
-        self.cfg_write(0x14, 4, MSIX_BAR_ADDR)
-        self.cfg_write(0x20, 4, MODERN_BAR_ADDR)
+        self.cfg_write(0x10, 4, self.bar_base[0])
+        self.cfg_write(0x14, 4, self.bar_base[1])
+        self.cfg_write(0x20, 4, self.bar_base[4])
         self.cfg_write(0x24, 4, 0)
         self.cfg_write(0x04, 2, 0x7)
 
     def bar_read(self, bar: int, offset: int, size: int) -> int:
-        if bar == 0:
-            return self.qt.inp(IO_BAR_ADDR + offset, size)
+        if bar in (0, 2) and bar in self.bar_base and self.bar_base[bar] < 0x10000:
+            return self.qt.inp(self.bar_base[bar] + offset, size)
         return self.qt.read(self.bar_base[bar] + offset, size)
 
     def bar_write(self, bar: int, offset: int, size: int, value: int) -> None:
-        if bar == 0:
-            self.qt.out(IO_BAR_ADDR + offset, size, value)
+        if bar in (0, 2) and bar in self.bar_base and self.bar_base[bar] < 0x10000:
+            self.qt.out(self.bar_base[bar] + offset, size, value)
         else:
             self.qt.write(self.bar_base[bar] + offset, size, value)
 

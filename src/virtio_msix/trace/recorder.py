@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import IO, Any
 
 # The register spaces an access record may name (docs/DESIGN.md "Access trace format").
-SPACES = ("cfg", "common", "isr", "device", "notify", "msix-table", "msix-pba", "legacy")
+SPACES = ("cfg", "common", "isr", "device", "notify", "msix-table", "msix-pba", "legacy",
+          "notify-pio")  # fmt: skip
 # Records that are not register accesses: interrupts sent, device events, trace metadata.
 EVENT_SPACES = ("msi", "intx", "event", "meta")
 

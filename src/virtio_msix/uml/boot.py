@@ -37,6 +37,7 @@ from ..abi.msix import (
 )
 from ..abi.virtio import VIRTIO_F_VERSION_1
 from ..host.backends import ResponderBackend, TapBackend
+from ..host.devspec import meta_record
 from ..host.phases import PhaseTagger
 from ..host.views import default_vectors, device_views, queue_names
 from ..pci.sink import NullSink
@@ -44,6 +45,7 @@ from ..trace import Recorder
 from ..trace.recorder import JsonlWriter
 from ..virtio import make_virtio_net_pci
 from ..virtio.device import VirtioDevice
+from ..virtio.devspec import DeviceSpec
 from ..virtio.memory import GuestMemoryError
 from ..virtio.pci import VirtioPciDevice
 from ..virtio.queue import VirtqueueError
@@ -128,6 +130,9 @@ class BootOptions:
     vectors: int | None = None
     queue_pairs: int = 1
     disable_legacy: bool = False
+    # The virtio-net a --device/--netdev describes (virtio/devspec.py); None: the shorthands
+    # vectors/queue_pairs/disable_legacy above. ``net``/``tap_vnet_hdr`` follow its netdev.
+    spec: DeviceSpec | None = None
     script: str = DEFAULT_SCRIPT
     net: str = "responder"  # or "tap"
     # With --net tap: frames cross the TAP with a virtio-net header and the device offers
@@ -505,6 +510,7 @@ class BootSession:
                                           sink=self.sink_proxy, recorder=self.recorder)  # fmt: skip
         else:
             self.device = make_virtio_net_pci(
+                spec=opts.spec,
                 vectors=opts.vectors,
                 queue_pairs=opts.queue_pairs,
                 disable_legacy=opts.disable_legacy,
@@ -586,6 +592,9 @@ class BootSession:
         if self.opts.trace_json is not None:
             # Streamed as they come: the file has every record, the bound is on memory only.
             trace = open(self.opts.trace_json, "w", encoding="utf-8")  # noqa: SIM115
+            if self.opts.spec is not None:
+                JsonlWriter(trace)(meta_record(self.opts.spec, kernel_version=self.opts.kernel,
+                                               source="boot"))  # fmt: skip
             self.recorder.subscribe(JsonlWriter(trace))
         try:
             with procs.Signals() as sigs:

@@ -13,10 +13,12 @@ from typing import Any
 from .. import cliargs
 from ..abi.msix import entry_field
 from ..host.devmodule import device_module
+from ..host.devspec import add_device_arguments, property_help, spec_from_args, wants_help
 from ..host.env import PrerequisiteMissing
 from ..host.views import render_event_vectors, render_msix_table
 from ..trace.pcapng import FrameTap, PcapngWriter
 from ..trace.text import table
+from ..virtio.devspec import SpecError
 from . import kernel as uml_kernel
 from .boot import BootError, BootInterrupted, BootOptions, BootResult, BootSession, run_boot
 
@@ -218,12 +220,29 @@ def cmd_boot(args: argparse.Namespace) -> int:
         cmd = args.cmd[1:] if args.cmd[0] == "--" else args.cmd
         script = " ".join(cmd) + "\n"
     files = dict(args.add or [])
+    if wants_help(args):
+        print(property_help())
+        return 0
+    spec = None
+    if args.device_module is None:
+        try:
+            spec = spec_from_args(args, net_flag=args.net)
+        except SpecError as e:
+            return cliargs.fail(f"boot: {e}")
+        if spec.disable_modern:
+            return cliargs.fail("boot: disable-modern=on: UML's virt-pci has no I/O space, so a "
+                                "legacy-only device cannot be used")  # fmt: skip
+        for w in spec.warnings:
+            print(f"virtio-msix: {w}", file=sys.stderr)
+    net = "tap" if spec is not None and spec.netdev.kind == "tap" else "responder"
     opts = BootOptions(
         files=files,
         vectors=args.vectors,
         queue_pairs=args.queue_pairs,
         disable_legacy=args.disable_legacy,
-        net=args.net,
+        net=net,
+        tap_vnet_hdr=spec.netdev.vnet_hdr if spec is not None and net == "tap" else True,
+        spec=spec,
         timeout=args.timeout,
         backtraces=args.backtraces,
         trace_json=args.trace_json,
@@ -289,9 +308,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="virtio-net queue pairs the device offers, 1..511 (default 1)")  # fmt: skip
     p.add_argument("--disable-legacy", action="store_true",
                    help="modern-only device (0x1041) instead of QEMU's transitional default")  # fmt: skip
-    p.add_argument("--net", choices=("responder", "tap"), default="responder",
+    p.add_argument("--net", choices=("responder", "tap"), default=None,
                    help="where guest packets go: an ARP/ICMP responder at 10.0.2.2 (guest 10.0.2.15), "
-                        "or a TAP whose host side is 172.30.77.1 (guest 172.30.77.15)")  # fmt: skip
+                        "or a TAP whose host side is 172.30.77.1 (guest 172.30.77.15); the same as "
+                        "--netdev user / --netdev tap (default responder)")  # fmt: skip
+    add_device_arguments(p)
     p.add_argument("--backtraces", action="store_true",
                    help="run the kernel under gdb: backtraces at MSI-X entry fills and unmasks")  # fmt: skip
     p.add_argument("--add", action="append", metavar="FILE[:PATH]", type=guest_file,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..pci.sink import InterruptSink
 from ..trace import Recorder
+from .devspec import DRIVER, DeviceSpec, NetdevSpec, SpecError, parse_device, parse_netdev
 from .memory import Memory
 from .pci import DEFAULT_ROM_SIZE, VirtioPciDevice
 
@@ -23,11 +24,41 @@ def make_virtio_net_pci(
     backend: object | None = None,
     mac: bytes | None = None,
     rom_size: int = DEFAULT_ROM_SIZE,
+    spec: DeviceSpec | None = None,
     **net_options: object,
 ) -> VirtioPciDevice:
-    """QEMU 7.2's ``-device virtio-net-pci`` with the same defaults."""
+    """QEMU 7.2's ``-device virtio-net-pci`` with the same defaults; with ``spec`` (a parsed
+    ``-device``/``-netdev``, virtio/devspec.py) the device those properties describe, and
+    ``vectors``/``queue_pairs``/``disable_legacy`` are ignored."""
     from .net import VirtioNet
 
+    if spec is not None:
+        net = VirtioNet(
+            queue_pairs=spec.queue_pairs,
+            mac=spec.mac,
+            backend=backend,  # type: ignore[arg-type]
+            mtu=spec.get("host_mtu") or None,
+            host_features=spec.host_features(),
+            legacy_features=spec.legacy_features(),
+            ctrl_queue=True,  # QEMU adds the control queue whatever ctrl_vq says (measured)
+            rx_queue_size=spec.rx_queue_size,
+            tx_queue_size=spec.tx_queue_size,
+            speed=spec.speed,
+            duplex=spec.duplex,
+            packed=spec.packed,
+        )
+        return VirtioPciDevice(
+            net,
+            vectors=spec.vectors,
+            disable_legacy=spec.disable_legacy,
+            rom_size=spec.rom_size,
+            disable_modern=spec.disable_modern,
+            page_per_vq=spec.page_per_vq,
+            modern_pio_notify=spec.modern_pio_notify,
+            memory=memory,
+            sink=sink,
+            recorder=recorder,
+        )
     if queue_pairs < 1:
         raise ValueError("queue_pairs must be at least 1")
     if vectors is None:
@@ -49,4 +80,27 @@ def make_virtio_net_pci(
     )
 
 
-__all__ = ["VirtioPciDevice", "default_vectors", "make_virtio_net_pci"]
+def make_device(
+    device: str | DeviceSpec = DRIVER,
+    netdev: str | NetdevSpec | None = None,
+    **kwargs: object,
+) -> VirtioPciDevice:
+    """The device QEMU 7.2 builds from ``-device DEVICE -netdev NETDEV`` (QEMU's syntax:
+    ``make_device("virtio-net-pci,mq=on,vectors=6", netdev="tap,queues=2")``). A description
+    QEMU refuses is a :class:`SpecError` with QEMU's message; ``kwargs``: memory, sink,
+    recorder, backend."""
+    spec = device if isinstance(device, DeviceSpec) else parse_device(device, netdev)
+    return make_virtio_net_pci(spec=spec, **kwargs)  # type: ignore[arg-type]
+
+
+__all__ = [
+    "DeviceSpec",
+    "NetdevSpec",
+    "SpecError",
+    "VirtioPciDevice",
+    "default_vectors",
+    "make_device",
+    "make_virtio_net_pci",
+    "parse_device",
+    "parse_netdev",
+]

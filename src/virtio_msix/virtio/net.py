@@ -201,12 +201,15 @@ CTRL_LOG_MAX = 256
 CTRL_MAX_COMMAND = 65536  # most of a control command read whole (QEMU has none; for memory)
 CTRL_LOG_PAYLOAD = 64  # bytes of each command's payload kept in ctrl_log
 MAC_TABLE_ENTRIES = 64  # QEMU's filter table; more set the overflow flags (accept all)
+SPEED_UNKNOWN = -1  # config speed/duplex when not set (§5.1.4: 0xffffffff / 0xff)
+DUPLEX_UNKNOWN = 0xFF
 
 
 class VirtioNet(VirtioDevice):
     device_id = 1
     name = "virtio-net"
-    legacy_only_features = _bits(VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_ANY_LAYOUT)
+    # QEMU's legacy_features for virtio-net: GSO besides the core's two (virtio_net_class_init).
+    legacy_only_features = _bits(VIRTIO_NET_F_GSO, VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_ANY_LAYOUT)
 
     def __init__(
         self,
@@ -215,23 +218,50 @@ class VirtioNet(VirtioDevice):
         backend: NetBackend | None = None,
         mtu: int | None = None,
         host_features: int | None = None,
+        *,
+        legacy_features: int | None = None,
+        ctrl_queue: bool | None = None,
+        rx_queue_size: int = RX_QUEUE_SIZE,
+        tx_queue_size: int = TX_QUEUE_SIZE,
+        speed: int = SPEED_UNKNOWN,
+        duplex: int = DUPLEX_UNKNOWN,
         packed: bool = False,
     ) -> None:
+        """QEMU's virtio-net with ``queue_pairs`` pairs. ``host_features`` None: QEMU's
+        default set for this ``backend`` (MQ with more than one pair, MTU with ``mtu``);
+        otherwise exactly those bits (virtio/devspec.py computes them from -device
+        properties). ``ctrl_queue`` None: a control queue when CTRL_VQ is offered; QEMU itself
+        always adds it (True), whatever ctrl_vq says. ``legacy_features``: the bits only the
+        legacy interface shows (QEMU's legacy_features: GSO, NOTIFY_ON_EMPTY, ANY_LAYOUT).
+        ``packed``: offer VIRTIO_F_RING_PACKED (the ring itself is the queue's)."""
         if len(mac) != 6:
             raise ValueError("a MAC address has 6 bytes")
         if not 1 <= queue_pairs <= 0x8000:
             raise ValueError("queue_pairs must be 1..32768")
-        features = qemu_features_for(backend) if host_features is None else host_features
-        if queue_pairs > 1:
-            features |= 1 << VIRTIO_NET_F_MQ
-        if mtu is not None:
-            features |= 1 << VIRTIO_NET_F_MTU
+        if host_features is None:
+            features = qemu_features_for(backend)
+            if queue_pairs > 1:
+                features |= 1 << VIRTIO_NET_F_MQ
+            if mtu is not None:
+                features |= 1 << VIRTIO_NET_F_MTU
+        else:
+            features = host_features
         if packed:
             # QEMU's packed=on (a property of every virtio device, off by default): offer
             # VIRTIO_F_RING_PACKED; the queues go packed when the driver takes it.
             features |= 1 << VIRTIO_F_RING_PACKED
-        sizes = [RX_QUEUE_SIZE, TX_QUEUE_SIZE] * queue_pairs
-        if features >> VIRTIO_NET_F_CTRL_VQ & 1:
+        if legacy_features is not None:
+            self.legacy_only_features = legacy_features
+        # QEMU starts with one pair (and the control queue after it) and adds the others when
+        # the driver accepts MQ (virtio_net_set_multiqueue → change_num_queue_pairs; measured
+        # through qtest: num_queues 3 → 5 at the driver_feature write, back to 3 at reset).
+        self._pair_sizes = [rx_queue_size, tx_queue_size]
+        sizes = list(self._pair_sizes)
+        self.active_pairs = 1
+        if ctrl_queue is None:
+            ctrl_queue = bool(features >> VIRTIO_NET_F_CTRL_VQ & 1)
+        self.has_ctrl_queue = ctrl_queue
+        if ctrl_queue:
             sizes.append(CTRL_QUEUE_SIZE)
         # Config length: up to the last field whose feature is offered (never less than mac).
         config_len = 6
@@ -244,6 +274,11 @@ class VirtioNet(VirtioDevice):
         self.mac = bytearray(mac)
         self.default_mac = bytes(mac)
         self.mtu = mtu or 1500
+        # Config fields as QEMU fills them: mtu is host_mtu (0 unless given), speed/duplex
+        # SPEED_UNKNOWN/DUPLEX_UNKNOWN unless given.
+        self.config_mtu = mtu or 0
+        self.speed = speed
+        self.duplex = duplex
         self.backend: NetBackend = backend if backend is not None else NullBackend()
         # Frames cross the backend with their virtio-net header (a TAP with IFF_VNET_HDR).
         self.vnet = bool(getattr(self.backend, "vnet_hdr", False))
@@ -286,6 +321,7 @@ class VirtioNet(VirtioDevice):
 
     def reset(self) -> None:
         super().reset()
+        self._set_multiqueue(False)
         self.backlog.clear()
         self.mac[:] = self.default_mac
         self._reset_net_state()
@@ -308,21 +344,36 @@ class VirtioNet(VirtioDevice):
         dropped = getattr(self.backend, "dropped", None)
         return {"backend_dropped": dropped} if isinstance(dropped, int) else {}
 
+    def _set_multiqueue(self, on: bool) -> None:
+        """QEMU's virtio_net_change_num_queue_pairs: keep the pairs both layouts share, drop or
+        add the others, and put a fresh control queue last."""
+        pairs = self.queue_pairs if on else 1
+        if pairs == self.active_pairs:
+            return
+        kept = self.queues[: 2 * min(pairs, self.active_pairs)]
+        added = [VirtQueue(i, self._pair_sizes[i % 2]) for i in range(len(kept), 2 * pairs)]
+        ctrl = [VirtQueue(2 * pairs, CTRL_QUEUE_SIZE)] if self.has_ctrl_queue else []
+        self.queues = kept + added + ctrl
+        self.active_pairs = pairs
+        self.backlog = {i for i in self.backlog if i < len(kept)}
+
     def set_driver_features(self, features: int) -> None:
+        self._set_multiqueue(bool((features & self.host_features) >> VIRTIO_NET_F_MQ & 1))
         super().set_driver_features(features)
         for q in self.queues:
             q.event_idx = bool(self.driver_features >> VIRTIO_F_EVENT_IDX & 1)
 
     @property
     def queue_names(self) -> tuple[str, ...]:  # type: ignore[override]
-        """virtio_net's virtqueue names (virtnet_find_vqs): input.N, output.N, then control."""
-        pairs = tuple(f"{k}.{i}" for i in range(self.queue_pairs) for k in ("input", "output"))
+        """virtio_net's virtqueue names (virtnet_find_vqs): input.N, output.N, then control,
+        for the queues the device has now (one pair until the driver accepts MQ)."""
+        pairs = tuple(f"{k}.{i}" for i in range(self.active_pairs) for k in ("input", "output"))
         return pairs + (("control",) if self.ctrl_index is not None else ())
 
     @property
     def ctrl_index(self) -> int | None:
-        if self.host_features >> VIRTIO_NET_F_CTRL_VQ & 1:
-            return 2 * self.queue_pairs
+        if self.has_ctrl_queue:
+            return 2 * self.active_pairs
         return None
 
     @property
@@ -335,7 +386,12 @@ class VirtioNet(VirtioDevice):
     def _config_bytes(self) -> bytes:
         status = VIRTIO_NET_S_LINK_UP if self.link_up else 0
         raw = bytes(self.mac) + struct.pack(
-            "<HHHIB", status, self.queue_pairs, self.mtu, 0xFFFFFFFF, 0xFF
+            "<HHHIB",
+            status,
+            self.queue_pairs,
+            self.config_mtu,
+            self.speed & 0xFFFFFFFF,
+            self.duplex,
         )
         return raw[: self.config_len]
 

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..pci.function import PciFunction
+from ..pci.msix import exclusive_bar_layout
 from ..pci.region import Region
 from ..pci.regs import PCI_CAP_ID_VNDR, PCI_COMMAND_MASTER
 from ..pci.sink import InterruptSink
@@ -73,18 +74,22 @@ from .regs import (
     VIRTIO_PCI_ISR_QUEUE,
     VIRTIO_PCI_NOTIFY_CAP_LEN,
     VIRTIO_PCI_VENDOR_ID,
+    VIRTIO_QUEUE_MAX,
 )
 
 MODERN_BAR = 4
 MSIX_BAR = 1
 LEGACY_BAR = 0
-MSIX_BAR_SIZE = 0x1000
+MSIX_BAR_SIZE = 0x1000  # up to 128 vectors (pci/msix.py exclusive_bar_layout)
 MSIX_PBA_OFFSET = 0x800
+NOTIFY_PAGE_MULTIPLIER = 0x1000  # QEMU_VIRTIO_PCI_QUEUE_MEM_MULT (page-per-vq=on)
+MODERN_IO_BAR = 2  # modern-pio-notify's I/O BAR (QEMU's modern_io_bar_idx)
+NOTIFY_PIO_SIZE = 4
 DEFAULT_ROM_SIZE = 256 * 1024
 ERRORS_KEPT = 16
 
 # Registers the driver only writes (§4.1.4.10: the legacy queue notify register); a read of
-# one returns 0.
+# one returns all ones, as QEMU's.
 WRITE_ONLY = {("legacy", "queue_notify")}
 
 PCI_CLASS_BY_DEVICE = {1: 0x020000, 2: 0x010000, 3: 0x078000, 4: 0x00FF00, 5: 0x00FF00}
@@ -103,12 +108,21 @@ class VirtioPciDevice(CommonCfg, LegacyInterface, PciFunction):
         vectors: int = 0,
         disable_legacy: bool = False,
         rom_size: int = DEFAULT_ROM_SIZE,
+        *,
+        disable_modern: bool = False,
+        page_per_vq: bool = False,
+        modern_pio_notify: bool = False,
         memory: Memory | None = None,
         sink: InterruptSink | None = None,
         recorder: Recorder | None = None,
     ) -> None:
         vid = device.device_id
         legacy = not disable_legacy
+        modern = not disable_modern
+        if not legacy and not modern:
+            raise ValueError(
+                "neither modern nor legacy interface: disable-legacy or disable-modern"
+            )
         if legacy and vid not in TRANSITIONAL_DEVICE_IDS:
             raise ValueError(f"virtio device id {vid} has no transitional PCI id")
         super().__init__(
@@ -129,7 +143,13 @@ class VirtioPciDevice(CommonCfg, LegacyInterface, PciFunction):
         self.device = device
         self.memory: Memory = memory if memory is not None else GuestMemory(0)
         self.legacy = legacy
+        self.modern = modern
+        self.pci_cfg_cap = 0  # the PCI_CFG capability's offset (modern interface only)
         self.nvectors = vectors
+        # QEMU's virtio_pci_queue_mem_mult: 4 bytes per queue, or a page with page-per-vq;
+        # the notify structure covers VIRTIO_QUEUE_MAX queues either way.
+        self.notify_multiplier = NOTIFY_PAGE_MULTIPLIER if page_per_vq else QUEUE_NOTIFY_MULTIPLIER
+        self.notify_size = self.notify_multiplier * VIRTIO_QUEUE_MAX
         self.isr = 0
         self.config_generation = 0
         self.config_vector = VIRTIO_MSI_NO_VECTOR
@@ -154,14 +174,28 @@ class VirtioPciDevice(CommonCfg, LegacyInterface, PciFunction):
             )
             bar0 = self.add_bar(LEGACY_BAR, max(legacy_size, 4), is_io=True)
             bar0.regions.add(Region("legacy", 0, bar0.size, self._legacy_read, self._legacy_write))
-        if vectors:
-            self.add_bar(MSIX_BAR, MSIX_BAR_SIZE)
-        modern = self.add_bar(
-            MODERN_BAR,
-            _pow2ceil(MODERN_LAYOUT[-1][2] + MODERN_REGION_SIZE),
-            is_64=True,
-            prefetchable=True,
-        )
+        msix_layout = exclusive_bar_layout(vectors) if vectors else None
+        if msix_layout:
+            self.add_bar(MSIX_BAR, msix_layout[0])
+        if modern:
+            self._add_modern_interface(modern_pio_notify)
+        if msix_layout:
+            self.add_msix(vectors, MSIX_BAR, msix_layout[1], msix_layout[2])
+        if rom_size:
+            self.add_rom(rom_size)
+        self.on_config_write(0x04, 2, self._command_hook)
+        device.attach(self)
+        self.reset()
+
+    def _add_modern_interface(self, pio_notify: bool = False) -> None:
+        """virtio_pci_modern_regions_init: common, ISR, device and notify structures in a
+        64-bit prefetchable BAR, each page-aligned; their vendor capabilities, then PCI_CFG.
+        ``pio_notify`` (QEMU's modern-pio-notify): a second notify structure, 4 bytes in I/O
+        BAR2 with multiplier 0 — the queue index written there kicks that queue."""
+        sizes = {"common": MODERN_REGION_SIZE, "isr": MODERN_REGION_SIZE,
+                 "device": MODERN_REGION_SIZE, "notify": self.notify_size}  # fmt: skip
+        end = max(offset + sizes[name] for name, _t, offset in MODERN_LAYOUT)
+        modern = self.add_bar(MODERN_BAR, _pow2ceil(end), is_64=True, prefetchable=True)
         region_fns: dict[str, tuple[Callable[[int, int], int], Callable[[int, int, int], None]]] = {
             "common": (self._common_read, self._common_write),
             "isr": (self._isr_read, lambda o, s, v: None),
@@ -170,16 +204,15 @@ class VirtioPciDevice(CommonCfg, LegacyInterface, PciFunction):
         }
         for name, cfg_type, offset in MODERN_LAYOUT:
             read_fn, write_fn = region_fns[name]
-            modern.regions.add(Region(name, offset, MODERN_REGION_SIZE, read_fn, write_fn))
-            self._add_virtio_cap(cfg_type, MODERN_BAR, offset, MODERN_REGION_SIZE)
+            modern.regions.add(Region(name, offset, sizes[name], read_fn, write_fn))
+            self._add_virtio_cap(cfg_type, MODERN_BAR, offset, sizes[name])
+        if pio_notify:
+            bar2 = self.add_bar(MODERN_IO_BAR, NOTIFY_PIO_SIZE, is_io=True)
+            bar2.regions.add(Region("notify-pio", 0, NOTIFY_PIO_SIZE, lambda o, s: 0,
+                                    self._notify_pio_write))  # fmt: skip
+            pos = self._add_virtio_cap(VIRTIO_PCI_CAP_NOTIFY_CFG, MODERN_IO_BAR, 0, NOTIFY_PIO_SIZE)
+            self.set_config(pos + NOTIFY_OFF_MULTIPLIER.offset, 4, 0)
         self.pci_cfg_cap = self._add_virtio_cap(VIRTIO_PCI_CAP_PCI_CFG, 0, 0, 0)
-        if vectors:
-            self.add_msix(vectors, MSIX_BAR, 0, MSIX_PBA_OFFSET)
-        if rom_size:
-            self.add_rom(rom_size)
-        self.on_config_write(0x04, 2, self._command_hook)
-        device.attach(self)
-        self.reset()
 
     # -- capabilities ---------------------------------------------------------------------------
     def _add_virtio_cap(self, cfg_type: int, bar: int, offset: int, length: int) -> int:
@@ -198,7 +231,7 @@ class VirtioPciDevice(CommonCfg, LegacyInterface, PciFunction):
             reg = CAP[name]
             self.set_config(pos + reg.offset, reg.size, value)
         if cfg_type == VIRTIO_PCI_CAP_NOTIFY_CFG:
-            self.set_config(pos + NOTIFY_OFF_MULTIPLIER.offset, 4, QUEUE_NOTIFY_MULTIPLIER)
+            self.set_config(pos + NOTIFY_OFF_MULTIPLIER.offset, 4, self.notify_multiplier)
         if cfg_type == VIRTIO_PCI_CAP_PCI_CFG:
             # bar, offset, length and pci_cfg_data are the driver's to write (§4.1.4.9).
             for reg in (CAP["bar"], CAP["offset"], CAP["length"], PCI_CFG_DATA):
@@ -283,6 +316,9 @@ class VirtioPciDevice(CommonCfg, LegacyInterface, PciFunction):
     def event_vectors(self, queue_names: list[str]) -> list[tuple[str, int]]:
         """Which MSI-X vector each event uses (msix_config, then each queue_msix_vector)."""
         out = [("config", self.config_vector)]
+        current = list(self.device.queue_names)
+        if len(current) == len(self.device.queues):
+            queue_names = current  # the device's own names for the queues it has now
         for q in self.device.queues:
             name = queue_names[q.index] if q.index < len(queue_names) else f"queue{q.index}"
             out.append((name, q.vector))
@@ -379,7 +415,19 @@ class VirtioPciDevice(CommonCfg, LegacyInterface, PciFunction):
         # Features cannot change once FEATURES_OK is set (§3.1.1 step 5-6).
         if self.device.status & FEATURES_OK:
             return
+        before = list(self.device.queues)
         self.device.set_driver_features(features)
+        if self.device.queues != before:
+            # The device changed its queues with the features (virtio-net's MQ): a queue that
+            # went away gives its vector back; the staging follows the new layout.
+            for q in before:
+                if q not in self.device.queues and q.vector != VIRTIO_MSI_NO_VECTOR:
+                    self._map_vector(q.vector, VIRTIO_MSI_NO_VECTOR)
+            kept = min(len(before), len(self.device.queues))
+            self.staging = [
+                self.staging[i] if i < kept and before[i] is self.device.queues[i] else QueueStaging()
+                for i in range(len(self.device.queues))
+            ]
 
     def _set_status(self, value: int) -> None:
         value &= 0xFF
@@ -415,9 +463,14 @@ class VirtioPciDevice(CommonCfg, LegacyInterface, PciFunction):
         self.set_irq_level(False)
         return value
 
+    def _notify_pio_write(self, offset: int, size: int, value: int) -> None:
+        # virtio_pci_notify_write_pio: the value written is the queue index.
+        if offset == 0:
+            self._kick(value & 0xFFFF)
+
     def _notify_write(self, offset: int, size: int, value: int) -> None:
         # The queue is found from the notify address (queue_notify_off * multiplier).
-        self._kick(offset // QUEUE_NOTIFY_MULTIPLIER)
+        self._kick(offset // self.notify_multiplier)
 
     def _kick(self, index: int) -> None:
         queues = self.device.queues

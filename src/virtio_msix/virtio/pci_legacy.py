@@ -9,6 +9,7 @@ from .regs import (
     LEGACY_CONFIG_OFFSET_MSIX,
     LEGACY_PFN_SHIFT,
     LEGACY_VRING_ALIGN,
+    VIRTIO_F_BAD_FEATURE,
 )
 
 
@@ -25,7 +26,10 @@ class LegacyInterface:
         if offset >= cfg:
             return self._device_read(offset - cfg, size)
         read, _ = self._legacy_handlers.get(offset, (None, None))
-        return read() if read else 0
+        # QEMU's virtio_ioport_read answers by the access's start address: a register's start
+        # gives the register, any other address (inside a register, the write-only
+        # queue_notify) all ones (measured through qtest, tests/test_qemu_devspec.py).
+        return read() if read else (1 << 8 * size) - 1
 
     def _legacy_write(self, offset: int, size: int, value: int) -> None:
         cfg = self._legacy_config_offset()
@@ -37,7 +41,8 @@ class LegacyInterface:
             write(value)
 
     def _legacy_r_host_features(self) -> int:
-        return (self.device.host_features | self.device.legacy_only_features) & 0xFFFFFFFF
+        features = self.device.host_features | self.device.legacy_only_features
+        return (features | 1 << VIRTIO_F_BAD_FEATURE) & 0xFFFFFFFF
 
     def _legacy_r_guest_features(self) -> int:
         return self.device.driver_features & 0xFFFFFFFF

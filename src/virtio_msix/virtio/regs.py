@@ -57,6 +57,10 @@ LEGACY_CFG: tuple[Reg, ...] = (
 )
 LEGACY = {r.name: r for r in LEGACY_CFG}
 LEGACY_BY_OFFSET = {r.offset: r for r in LEGACY_CFG}
+# QEMU's VIRTIO_F_BAD_FEATURE: set in every legacy host_features word (virtio_pci's
+# device_plugged); a legacy driver that acks it is broken (virtio 0.9.5 appendix). Never in
+# the modern window.
+VIRTIO_F_BAD_FEATURE = 30
 LEGACY_CONFIG_OFFSET_MSIX = 0x18
 LEGACY_CONFIG_OFFSET = 0x14
 LEGACY_VRING_ALIGN = 4096
