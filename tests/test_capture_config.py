@@ -76,8 +76,10 @@ def test_replay_takes_the_device_from_the_meta_record(tmp_path, capsys):
     assert device_from_meta({"space": "cfg", "op": "r"}) == (None, 1, False)
     assert trace_config([meta, {"space": "cfg"}]) is meta
     assert trace_config([{"space": "cfg"}, meta]) is None
-    # a trace whose num_queues read says 5 queues (2 pairs + ctrl) replays only as that device
-    records = [meta, {"space": "common", "op": "r", "offset": 0x12, "size": 2, "value": 5}]
+    # a trace whose max_virtqueue_pairs read (device config, virtio 1.2 §5.1.4) says 2 pairs
+    # replays only as that device (num_queues would say 3 here: QEMU adds the second pair only
+    # when the driver accepts MQ)
+    records = [meta, {"space": "device", "op": "r", "offset": 8, "size": 2, "value": 2}]
     path = tmp_path / "t.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     assert main(["replay", str(path)]) == 0
