@@ -10,11 +10,17 @@ from typing import Any
 
 from . import cliargs
 from .cliargs import fail
-from .host.devspec import add_device_arguments, property_help, spec_from_args, wants_help
+from .host.devspec import (
+    add_device_arguments,
+    command_spec,
+    property_help,
+    spec_from_args,
+    wants_help,
+)
 from .trace import EVENT_SPACES, SPACES, load_jsonl_lines
 from .virtio import VirtioPciDevice, make_virtio_net_pci
 from .virtio.describe import describe
-from .virtio.devspec import DeviceSpec, SpecError, parse_device
+from .virtio.devspec import DeviceSpec, parse_device
 from .virtio.memory import SparseMemory
 
 
@@ -406,15 +412,9 @@ def hexdump(dev: VirtioPciDevice, slot: int = 3) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    if wants_help(args):
-        print(property_help())
-        return 0
-    try:
-        spec = spec_from_args(args)
-    except SpecError as e:
-        return fail(f"show: {e}")
-    for w in spec.warnings:
-        print(f"virtio-msix: {w}", file=sys.stderr)
+    spec = command_spec(args, "show")
+    if isinstance(spec, int):
+        return spec
     dev = make_virtio_net_pci(spec=spec)
     if args.hexdump:
         print(hexdump(with_firmware(dev)))

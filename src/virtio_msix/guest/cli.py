@@ -12,20 +12,13 @@ from typing import Any
 
 from .. import cliargs
 from ..cliargs import fail
-from ..host.devspec import (
-    add_device_arguments,
-    meta_record,
-    property_help,
-    spec_from_args,
-    wants_help,
-)
+from ..host.devspec import add_device_arguments, command_spec, meta_record
 from ..host.views import render_event_vectors, render_msix_table
 from ..trace import Recorder
 from ..trace.pcapng import PcapngWriter
 from ..trace.recorder import JsonlWriter
 from ..trace.text import table
 from ..trace.timeline import TimelineWriter
-from ..virtio.devspec import SpecError
 from ..virtio.net import feature_names
 from .errnos import errname
 from .kernel import DEFAULT_KERNEL_VERSION, KERNEL_VERSIONS
@@ -205,19 +198,13 @@ def to_json(res: SimResult) -> dict[str, Any]:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    if wants_help(args):
-        print(property_help())
-        return 0
-    try:
-        spec = spec_from_args(args)
-    except SpecError as e:
-        return fail(f"sim: {e}")
+    spec = command_spec(args, "sim")
+    if isinstance(spec, int):
+        return spec
     if spec.disable_modern:
         # Linux 6.1 would leave the device to virtio_pci_legacy_probe, which is not modelled.
         return fail("sim: disable-modern=on: the Linux model has no legacy virtio-pci driver "
                     "(virtio_pci_legacy.c); show and replay take it")  # fmt: skip
-    for w in spec.warnings:
-        print(f"virtio-msix: {w}", file=sys.stderr)
     opts = SimOptions(
         vectors=args.vectors,
         queue_pairs=args.queue_pairs,

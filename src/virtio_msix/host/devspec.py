@@ -10,6 +10,7 @@ something else than the description is one error line naming both.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from ..virtio.devspec import (
@@ -98,6 +99,26 @@ def spec_from_args(args: argparse.Namespace, net_flag: str | None = None) -> Dev
 
 def wants_help(args: argparse.Namespace) -> bool:
     return getattr(args, "device", None) in ("help", "virtio-net-pci,help", "?")
+
+
+def command_spec(
+    args: argparse.Namespace, command: str, net_flag: str | None = None
+) -> DeviceSpec | int:
+    """The device a command's ``--device``/``--netdev`` and shorthand flags describe, with
+    QEMU's warnings shown on stderr; or the exit status when there is nothing to run:
+    0 after ``--device help`` printed the property table, 2 after one error line."""
+    from ..cliargs import fail
+
+    if wants_help(args):
+        print(property_help())
+        return 0
+    try:
+        spec = spec_from_args(args, net_flag=net_flag)
+    except SpecError as e:
+        return fail(f"{command}: {e}")
+    for w in spec.warnings:
+        print(f"virtio-msix: {w}", file=sys.stderr)
+    return spec
 
 
 def meta_record(spec: DeviceSpec, **extra: Any) -> dict[str, Any]:

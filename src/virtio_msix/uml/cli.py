@@ -13,12 +13,11 @@ from typing import Any
 from .. import cliargs
 from ..abi.msix import entry_field
 from ..host.devmodule import device_module
-from ..host.devspec import add_device_arguments, property_help, spec_from_args, wants_help
+from ..host.devspec import add_device_arguments, command_spec
 from ..host.env import PrerequisiteMissing
 from ..host.views import render_event_vectors, render_msix_table
 from ..trace.pcapng import FrameTap, PcapngWriter
 from ..trace.text import table
-from ..virtio.devspec import SpecError
 from . import kernel as uml_kernel
 from .boot import BootError, BootInterrupted, BootOptions, BootResult, BootSession, run_boot
 
@@ -220,20 +219,14 @@ def cmd_boot(args: argparse.Namespace) -> int:
         cmd = args.cmd[1:] if args.cmd[0] == "--" else args.cmd
         script = " ".join(cmd) + "\n"
     files = dict(args.add or [])
-    if wants_help(args):
-        print(property_help())
-        return 0
     spec = None
     if args.device_module is None:
-        try:
-            spec = spec_from_args(args, net_flag=args.net)
-        except SpecError as e:
-            return cliargs.fail(f"boot: {e}")
+        spec = command_spec(args, "boot", net_flag=args.net)
+        if isinstance(spec, int):
+            return spec
         if spec.disable_modern:
             return cliargs.fail("boot: disable-modern=on: UML's virt-pci has no I/O space, so a "
                                 "legacy-only device cannot be used")  # fmt: skip
-        for w in spec.warnings:
-            print(f"virtio-msix: {w}", file=sys.stderr)
     net = "tap" if spec is not None and spec.netdev.kind == "tap" else "responder"
     opts = BootOptions(
         files=files,
