@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -45,7 +46,7 @@ def test_version(capsys):
 
 def test_options_without_a_command_go_to_sim(capsys):
     rc, out, _ = run(capsys, "--cpus", "2", "--color", "never")
-    assert rc == 0 and "probed by the Linux 6.1 model (x86, 2 CPU)" in out
+    assert rc == 0 and "probed by the Linux 6.1 model (x86, 2 CPUs)" in out
     rc, _, err = run(capsys, "--cpus", "0")
     assert rc == 2 and err.splitlines()[-1].startswith("virtio-msix sim: error: argument --cpus")
 
@@ -155,7 +156,8 @@ def test_replay_json_is_pure_json_lines_with_a_summary(capsys):
     lines = [json.loads(line) for line in out.splitlines()]  # every line parses
     reads = [x for x in lines if x["kind"] == "read"]
     assert lines[-1] == {"kind": "summary", "records": 481, "reads": len(reads),
-                         "matched": len(reads), "mismatched": 0}  # fmt: skip
+                         "matched": len(reads), "mismatched": 0, "device": "virtio-net-pci",
+                         "netdev": "user", "device_from": "qemu-q35.meta.json"}  # fmt: skip
     assert all(x["match"] for x in reads) and len(reads) > 200
 
 
@@ -209,7 +211,7 @@ def test_replay_skips_records_that_are_not_accesses(capsys, tmp_path):
         GOOD_READ,
     ]
     rc, out, _ = run(capsys, "replay", write_trace(tmp_path / "t.jsonl", records))
-    assert rc == 0 and out.strip() == "1 reads matched, 0 mismatched"
+    assert rc == 0 and out.strip().splitlines()[-1] == "1 reads matched, 0 mismatched"
 
 
 def test_replay_reads_stdin():
@@ -302,3 +304,34 @@ def test_show_hexdump_is_decoded_by_lspci(capsys, tmp_path, argv, device, count)
     for kind in ("CommonCfg", "ISR", "DeviceCfg", "Notify"):
         assert f"Vendor Specific Information: VirtIO: {kind}" in text
     assert "multiplier=00000004" in text
+
+
+def test_output_file_on_a_full_disk_is_one_error_line(capsys):
+    """A write that fails (a full disk) is named with its file, exit 2, no traceback, for
+    every output sim writes; the pcap writer never makes the traffic suffer for it."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("/dev/full not found")
+    for flag in ("--pcap", "--timeline", "--trace-json"):
+        rc, out, err = run(capsys, "sim", flag, "/dev/full")
+        assert rc == 2 and err.strip() == "virtio-msix: error: sim: /dev/full: No space left on device"
+        assert "Traceback" not in err and out == ""
+
+
+def test_replay_names_the_device_and_lines(capsys, tmp_path):
+    rc, out, _ = run(capsys, "replay", str(DATA / "qemu-q35-vectors2.jsonl"))
+    assert rc == 0 and out.splitlines()[0] == (
+        "device: virtio-net-pci,vectors=2 (netdev user; from qemu-q35-vectors2.meta.json)")
+    records = [json.loads(line) for line in (DATA / "qemu-q35.jsonl").read_text().splitlines()]
+    i = next(i for i, r in enumerate(records) if r.get("op") == "r" and r["space"] == "common")
+    records[i]["value"] ^= 1
+    rc, out, _ = run(capsys, "replay", write_trace(tmp_path / "t.jsonl", records))
+    assert rc == 1 and out.splitlines()[1].startswith(f"line {i + 1}: common+")  # 1-based
+
+
+def test_a_refused_probe_says_why(capsys):
+    rc, out, _ = run(capsys, "sim", "--device", "virtio-net-pci,ctrl_vq=off", "--color", "never")
+    assert rc == 1
+    assert ("kernel: virtio_net virtio0: device advertises feature VIRTIO_NET_F_CTRL_RX but not "
+            "VIRTIO_NET_F_CTRL_VQ") in out  # fmt: skip
+    assert "(no traffic: the driver did not probe)" in out
+    assert "device status 0x83 (ACKNOWLEDGE|DRIVER|FAILED)" in out

@@ -57,3 +57,7 @@ def test_choices_complete_after_their_option() -> None:
 
 def test_no_command_means_sim_options() -> None:
     assert "--cpus" in complete(["virtio-msix", "--c"])
+
+
+def test_positional_choices_complete():
+    assert complete(["virtio-msix", "completion", ""]) == ["bash"]

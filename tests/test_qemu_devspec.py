@@ -162,6 +162,10 @@ def test_device_properties_equal_qemu(props):
         "disable-legacy=yes",
         "disable-legacy=on,disable-modern=on",
         "mac=52:54:00:12:34",
+        "romsize=1000",
+        "romsize=0",
+        "romsize=0,rombar=0",
+        "romsize=4096",
     ],
 )
 def test_refusals_are_qemus(props):

@@ -83,6 +83,9 @@ def test_ctrl_vq_off_rejected_by_the_real_kernel(linux):
               if (r.get("space"), r.get("op"), r.get("offset")) == ("common", "w", status)]  # fmt: skip
     assert 0x83 in writes, writes  # ACKNOWLEDGE | DRIVER | FAILED
     assert not any(w & 0x4 for w in writes)  # never DRIVER_OK
+    # the run says so: the kernel's probe failure, found in its console, and the status
+    assert res.probe_errors() == [{"device": "virtio1", "error": -22}]
+    assert res.snapshot["device_status"] == 0x83
     same_as_sim(res, spec)
 
 

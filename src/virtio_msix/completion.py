@@ -60,13 +60,17 @@ def bash_script(parser: argparse.ArgumentParser, prog: str = "virtio-msix") -> s
         f'      {"|".join(subs) or "__none__"}) cmd="${{COMP_WORDS[i]}}"; break ;;',
         "    esac",
         "  done",
-        '  local words=""',
+        '  local words="" positional=""',
         '  case "$cmd" in',
         f'    "") words="{_quote([*subs, *top_options])}" ;;',
     ]
     for name, sub in subs.items():
         options, choices = _words(sub)
-        lines.append(f'    {name}) words="{_quote(options)}"')
+        positional = [str(c) for a in sub._actions if not a.option_strings and a.choices
+                      for c in a.choices]  # fmt: skip
+        lines.append(f'    {name}) words="{_quote(options)}"'
+                     + (f'; [[ "$cur" != -* ]] && positional="{_quote(positional)}"'
+                        if positional else ""))  # fmt: skip
         if choices:
             lines.append('      case "$prev" in')
             for opt, values in choices.items():
@@ -80,6 +84,8 @@ def bash_script(parser: argparse.ArgumentParser, prog: str = "virtio-msix") -> s
         "  esac",
         '  if [[ "$cur" == -* || -z "$cmd" ]]; then',
         '    COMPREPLY=($(compgen -W "$words" -- "$cur"))',
+        '  elif [[ -n "$positional" ]]; then',
+        '    COMPREPLY=($(compgen -W "$positional" -- "$cur"))',
         "  else",
         '    COMPREPLY=($(compgen -f -- "$cur"))',
         "  fi",

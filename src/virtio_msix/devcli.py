@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from . import cliargs
@@ -221,7 +222,7 @@ def replay_spec(args: argparse.Namespace, records: list[dict[str, Any]]) -> tupl
         return spec_from_args(args), "command line"
     spec = spec_for_records(records)
     if spec is not None:
-        return spec, "trace meta line"
+        return spec, "the trace's meta record"
     meta = meta_json_for(args.trace) if args.trace != "-" else None
     if meta is not None:
         ns = argparse.Namespace(
@@ -229,8 +230,8 @@ def replay_spec(args: argparse.Namespace, records: list[dict[str, Any]]) -> tupl
             vectors=meta.get("vectors") if isinstance(meta.get("vectors"), int) else None,
             disable_legacy=meta.get("disable_legacy") is True,
         )  # fmt: skip
-        return spec_from_args(ns), "meta.json"
-    return spec_from_args(args), "default"
+        return spec_from_args(ns), f"{Path(args.trace).stem}.meta.json"
+    return spec_from_args(args), "QEMU's default: the trace names no device"
 
 
 def count_reads(records: list[dict[str, Any]]) -> int:
@@ -257,6 +258,11 @@ def device_from_meta(rec: dict[str, Any]) -> tuple[int | None, int, bool]:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    if wants_help(args):
+        print(property_help())
+        return 0
+    if args.trace is None:
+        return fail("replay: a trace file is required (- reads standard input)")
     name = "<stdin>" if args.trace == "-" else args.trace
     try:
         numbered = load_jsonl_lines(sys.stdin if args.trace == "-" else args.trace)
@@ -267,11 +273,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return fail(f"replay: {name}: empty trace (no records)")
     if not any(is_access(r) for r in records):
         return fail(f"replay: {name}: no register accesses to replay")
-    if wants_help(args):
-        print(property_help())
-        return 0
     try:
-        spec, _source = replay_spec(args, records)
+        spec, source = replay_spec(args, records)
         for w in spec.warnings:
             print(f"virtio-msix: {w}", file=sys.stderr)
         mismatches = replay_records(records, spec=spec, lines=[n for n, _ in numbered])
@@ -300,17 +303,25 @@ def cmd_replay(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "kind": "summary",
-                    "records": len(records),
+                    # as capture-qemu counts them: the meta record is not one
+                    "records": sum(1 for r in records if r.get("space") != "meta"),
                     "reads": reads,
                     "matched": reads - len(mismatches),
                     "mismatched": len(mismatches),
+                    "device": spec.text,
+                    "netdev": spec.netdev.text,
+                    "device_from": source,
                 }
             )
         )
     else:
+        # Which device the reads are judged against, and where that came from (a flag
+        # replaces the trace's own description wholly, as on every command).
+        print(f"device: {spec.text} (netdev {spec.netdev.text}; from {source})")
+        line_of = [n for n, _ in numbered]
         for m in mismatches:
             print(
-                f"#{m.index} {m.space}+{m.offset:#x}/{m.size}: "
+                f"line {line_of[m.index]}: {m.space}+{m.offset:#x}/{m.size}: "
                 f"trace {m.expected:#x}, model {m.got:#x}"
             )
         print(f"{reads - len(mismatches)} reads matched, {len(mismatches)} mismatched")
@@ -481,6 +492,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "trace",
         type=cliargs.input_file,
+        nargs="?",  # not needed for --device help
         help="JSON-lines access trace, as sim/boot --trace-json and capture-qemu write it; "
         "- reads standard input",
     )

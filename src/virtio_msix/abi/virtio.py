@@ -11,6 +11,18 @@ FEATURES_OK = 0x08
 DEVICE_NEEDS_RESET = 0x40
 FAILED = 0x80
 
+_STATUS_BITS = (("ACKNOWLEDGE", ACKNOWLEDGE), ("DRIVER", DRIVER), ("FEATURES_OK", FEATURES_OK),
+                ("DRIVER_OK", DRIVER_OK), ("DEVICE_NEEDS_RESET", DEVICE_NEEDS_RESET),
+                ("FAILED", FAILED))  # fmt: skip
+
+
+def status_names(status: int) -> str:
+    """``0x83`` → ``ACKNOWLEDGE|DRIVER|FAILED`` (``0`` → ``reset``)."""
+    names = [n for n, bit in _STATUS_BITS if status & bit]
+    rest = status & ~sum(bit for _, bit in _STATUS_BITS)
+    return "|".join(names + ([f"{rest:#x}"] if rest else [])) or "reset"
+
+
 # Transport feature bits (§6).
 VIRTIO_F_NOTIFY_ON_EMPTY = 24
 VIRTIO_F_ANY_LAYOUT = 27

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from .. import cliargs
+from ..abi.virtio import status_names
 from ..cliargs import fail
 from ..host.devspec import add_device_arguments, command_spec, meta_record
 from ..host.views import render_event_vectors, render_msix_table
@@ -68,7 +69,7 @@ def render(res: SimResult, s: Style) -> str:
     out: list[str] = []
     dev = res.pci_dev
     out.append(s.head(f"== virtio-net on 0000:00:{dev.slot:02x}.0 [{dev.vendor:04x}:{dev.device:04x}]"
-                      f" probed by the Linux {o.kernel} model ({o.arch}, {o.cpus} CPU)"))  # fmt: skip
+                      f" probed by the Linux {o.kernel} model ({o.arch}, {o.cpus} CPU{'s' if o.cpus > 1 else ''})"))  # fmt: skip
     out.append("")
     out.append(s.head("Capabilities (as the driver's walks find them)"))
     rows = []
@@ -91,6 +92,7 @@ def render(res: SimResult, s: Style) -> str:
         out.append("  " + (s.good(step) if step.endswith("ok") else s.bad(step)))
     if res.probe_rc:
         out.append(s.bad(f"  probe failed: {errname(res.probe_rc)}"))
+        out.extend(f"    kernel: {line}" for line in res.kernel.log[-2:])
     out.append("")
     out.append(s.head("MSI-X table after probe"))
     if res.table_after_probe:
@@ -101,13 +103,20 @@ def render(res: SimResult, s: Style) -> str:
     out.append(s.head("Event → vector (msix_config, queue_msix_vector)"))
     out.append(render_event_vectors(res.event_vectors))
     out.append("")
-    out.append(s.head(f"/proc/interrupts after {o.packets} packets each way"))
+    if res.net is not None and not res.probe_rc:
+        moved = f"{res.net.tx_packets} packets sent, {res.net.rx_packets} received"
+        out.append(s.head(f"/proc/interrupts after the traffic ({moved})"))
+    else:
+        out.append(s.head("/proc/interrupts (no traffic: the driver did not probe)"))
     rows = [[f"{r['irq']}:", *[str(c) for c in r["counts"]], r["chip"], r["hwirq"], r["name"]]
             for r in (res.interrupts or res.interrupts_after_probe)]  # fmt: skip
     out.append(table(rows, ["IRQ", *[f"CPU{c}" for c in range(o.cpus)], "chip", "hwirq", "name"]))
     if res.vector_placement:
         out.append("")
-        out.append(s.head("Vector placement (x86 vector matrix) and XPS"))
+        # The MSI-X table above is the probe's; the lazy affinity moves at the first interrupts
+        # come after it, so the placement says when it was taken.
+        out.append(s.head("Vector placement at the end of the run (x86 vector matrix; the "
+                          "affinity moves included) and XPS"))  # fmt: skip
         out.append(render_vector_placement(res.vector_placement))
     if res.net is not None:
         out.append(f"  traffic: {res.net.tx_packets} sent, {res.net.tx_completed} completed, "
@@ -136,7 +145,7 @@ def render(res: SimResult, s: Style) -> str:
     ):
         out.append("")
         masked = all(r["entry_masked"] for r in res.table_after_teardown)
-        out.append(s.head("After virtnet_remove") + f": every entry masked: {masked}, "
+        out.append(s.head("After the removal") + f": every entry masked: {masked}, "
                    f"MSI-X enabled: {res.msix_enabled_after_teardown}")  # fmt: skip
     if o.teardown and res.teardown_steps:
         out.append("")
@@ -144,7 +153,8 @@ def render(res: SimResult, s: Style) -> str:
         for st in res.teardown_steps:
             out.append(f"  {st['step']:<18} {st['calls']:<42} {st['accesses']} accesses")
         cmd = res.command_after_teardown or 0
-        out.append(f"  then: device status {res.status_after_teardown:#x} (ACKNOWLEDGE again), "
+        st = res.status_after_teardown or 0
+        out.append(f"  then: device status {st:#x} ({status_names(st)}), "
                    f"Bus Master {'on' if cmd & 0x4 else 'off'}, "
                    f"INTx {'disabled' if cmd & 0x400 else 'enabled'}")  # fmt: skip
     if o.backtraces:
@@ -161,6 +171,9 @@ def to_json(res: SimResult) -> dict[str, Any]:
     spec = options.pop("spec", None)
     if spec is not None:
         options["device"], options["netdev"] = spec.text, spec.netdev.text
+        # the device as built, not the shorthand flags (None when --device said it instead)
+        options["vectors"], options["queue_pairs"] = spec.vectors, spec.queue_pairs
+        options["disable_legacy"] = spec.disable_legacy
     return {
         "options": options,
         "probe_rc": res.probe_rc,
@@ -222,37 +235,52 @@ def cmd_sim(args: argparse.Namespace) -> int:
     # The views need no records: they are streamed to the files asked for, never all kept,
     # so that memory stays flat for any --packets.
     recorder = Recorder(enabled=False)
-    outputs: list[Any] = []
+    outputs: list[tuple[str, Any]] = []  # (the file asked for, its writer)
     capture = irq_hook = None
     try:
         if args.trace_json:
             jsonl = JsonlWriter(open(args.trace_json, "w", encoding="utf-8"))
-            outputs.append(jsonl)
+            outputs.append((args.trace_json, jsonl))
             jsonl(meta_record(spec, smp=args.cpus, kernel_version=args.kernel, source="sim"))
             recorder.subscribe(jsonl)
         if args.timeline:
             tl = TimelineWriter(open(args.timeline, "w", encoding="utf-8"), recorder.t0)
-            outputs.append(tl)
+            outputs.append((args.timeline, tl))
             recorder.subscribe(tl.record)
             irq_hook = lambda desc, start, end: tl.handler(desc.irq, desc.name, start, end)  # noqa: E731
         if args.pcap:
             pcap = PcapngWriter(open(args.pcap, "wb"))
-            outputs.append(pcap)
+            outputs.append((args.pcap, pcap))
             capture = pcap.frame
         res = run_sim(opts, recorder, capture=capture, irq_hook=irq_hook)
-    except OSError as e:
-        return fail(f"sim: {e}")
+    except OSError as e:  # writing an output file during the run
+        close_outputs(outputs)
+        name = next((p for p, w in outputs if getattr(w, "out", None) is not None), "output")
+        return fail(f"sim: {e.filename or name}: {e.strerror or e}")
     except ValueError as e:
+        close_outputs(outputs)
         return fail(f"sim: {e}")
-    finally:
-        for out in outputs:
-            out.close()
+    problem = close_outputs(outputs)  # the last buffered bytes can still fail (a full disk)
+    if problem is not None:
+        return fail(f"sim: {problem}")
     if args.json:
         print(json.dumps(to_json(res), indent=2, default=str))
     else:
         color = {"auto": sys.stdout.isatty(), "always": True, "never": False}[args.color]
         print(render(res, Style(color)))
     return 0 if res.probe_rc == 0 else 1
+
+
+def close_outputs(outputs: list[tuple[str, Any]]) -> str | None:
+    """Close every output file; the first error closing one (a write that failed: a full
+    disk), as ``PATH: reason``, if any."""
+    first = None
+    for path, out in outputs:
+        try:
+            out.close()
+        except OSError as e:
+            first = first or f"{path}: {e.strerror or e}"
+    return first
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

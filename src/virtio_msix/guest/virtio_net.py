@@ -116,7 +116,10 @@ def virtnet_validate(k: Kernel, vp: VpDev) -> int:
         for bit in (dev_net.VIRTIO_NET_F_CTRL_RX, dev_net.VIRTIO_NET_F_CTRL_VLAN,
                     dev_net.VIRTIO_NET_F_GUEST_ANNOUNCE, dev_net.VIRTIO_NET_F_MQ,
                     dev_net.VIRTIO_NET_F_CTRL_MAC_ADDR):  # fmt: skip
-            if vp.has_feature(bit):
+            if vp.has_feature(bit):  # virtnet_fail_on_feature
+                k.printk(f"virtio_net {vp.name}: device advertises feature "
+                         f"VIRTIO_NET_F_{dev_net.feature_names(1 << bit)[0]} but not "
+                         "VIRTIO_NET_F_CTRL_VQ")  # fmt: skip
                 return -EINVAL
     if vp.has_feature(dev_net.VIRTIO_NET_F_MTU):
         mtu = virtio_cread16(k, vp, CONFIG_OFFSET["mtu"])

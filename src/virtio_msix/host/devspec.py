@@ -27,7 +27,8 @@ DEVICE_HELP = (
     "(QEMU 7.2's virtio-net-pci properties; `--device help` lists them)"
 )
 NETDEV_HELP = (
-    "the NIC's peer in QEMU's -netdev syntax: user | tap[,queues=N][,vnet_hdr=on|off]; it "
+    "the NIC's peer in QEMU's -netdev syntax: user | tap[,queues=N][,vnet_hdr=on|off] | "
+    "responder[,queues=N] (boot's ARP/ICMP answerer; user means it on boot); it "
     "decides the offloads offered (a vnet-header TAP keeps checksum/TSO/UFO/ECN) and the queue "
     "pairs (queues=N) (default user)"
 )
@@ -42,9 +43,15 @@ def property_help() -> str:
     """``--device help``: the property table, as QEMU's ``-device virtio-net-pci,help``."""
     lines = ["virtio-net-pci options (QEMU 7.2; 'effect': what the model does with it):"]
     for p in PROPERTY.values():
-        default = {True: "on", False: "off", None: "-"}.get(p.default, p.default)  # type: ignore[arg-type]
-        if isinstance(default, int) and p.kind == "uint32" and default == 0xFFFFFFFF:
+        # 0 and 1 equal False and True: only a bool property's default reads on/off.
+        if p.default is None:
+            default: Any = "-"
+        elif p.kind == "bool":
+            default = "on" if p.default else "off"
+        elif p.kind == "uint32" and p.default == 0xFFFFFFFF:
             default = "unset"
+        else:
+            default = p.default
         effect = {"model": "", "none": " [accepted, no effect]",
                   "refuse-on": " [only the default is modelled]"}[p.effect]  # fmt: skip
         lines.append(f"  {p.name}=<{p.kind}> (default: {default}) - {p.sets}{effect}")

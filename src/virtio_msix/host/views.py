@@ -54,6 +54,10 @@ def device_views(device: VirtioPciDevice, names: list[str], arch: str) -> dict[s
         "function_masked": bool(msix and msix.function_masked),
         "table": msix_table(device, arch),
         "event_vectors": device.event_vectors(names),
+        # virtio 1.2 §3.1.1: what the device offered, what the driver accepted, and its status
+        "device_features": device.device.host_features,
+        "driver_features": device.device.driver_features,
+        "device_status": device.device.status,
     }
 
 

@@ -38,6 +38,9 @@ class PcapngWriter:
     def __init__(self, out: BinaryIO, interface: str = "eth0") -> None:
         self.out = out
         self.frames = 0
+        # The first write that failed (a full disk): later frames are not written, and the
+        # traffic itself never suffers for it; the command reports it at the end.
+        self.error: OSError | None = None
         out.write(_block(SHB, struct.pack("<IHHq", BYTE_ORDER_MAGIC, 1, 0, -1)))
         options = (
             _option(OPT_IF_NAME, interface.encode())
@@ -47,6 +50,8 @@ class PcapngWriter:
         out.write(_block(IDB, struct.pack("<HHI", LINKTYPE_ETHERNET, 0, 0) + options))
 
     def frame(self, data: bytes, outbound: bool, ts_ns: int | None = None) -> None:
+        if self.error is not None:
+            return
         ts = time.time_ns() if ts_ns is None else ts_ns
         flags = struct.pack("<I", OUTBOUND if outbound else INBOUND)
         body = (
@@ -55,11 +60,21 @@ class PcapngWriter:
             + _option(OPT_EPB_FLAGS, flags)
             + _option(OPT_ENDOFOPT, b"")
         )
-        self.out.write(_block(EPB, body))
+        try:
+            self.out.write(_block(EPB, body))
+        except OSError as e:
+            self.error = e
+            return
         self.frames += 1
 
     def close(self) -> None:
-        self.out.close()
+        """Close the file; raises the first write error (OSError), if any."""
+        try:
+            self.out.close()
+        except OSError as e:
+            self.error = self.error or e
+        if self.error is not None:
+            raise self.error
 
 
 class FrameTap:
@@ -72,7 +87,7 @@ class FrameTap:
         self.writer = writer
 
     def send(self, frame: bytes) -> bool | None:
-        self.writer.frame(frame, outbound=True)  # an OSError here: the device counts the frame
+        self.writer.frame(frame, outbound=True)  # never raises: a write error is kept
         return self.inner.send(frame)
 
     def take_frame(self) -> bytes | None:

@@ -195,6 +195,15 @@ class BootResult:
     def ping(self) -> dict[str, Any]:
         return parse_ping(self.sections.get("ping", ""))
 
+    def probe_errors(self) -> list[dict[str, Any]]:
+        """The kernel's "probe of DEV failed with error -E" lines for virtio devices (drivers
+        that refused our device: virtio_net rejects ctrl_vq=off with CTRL_RX still offered)."""
+        return [{"device": m.group(1), "error": int(m.group(2))}
+                for m in _PROBE_FAILED.finditer(self.console)]  # fmt: skip
+
+
+_PROBE_FAILED = re.compile(r"probe of (virtio\d+) failed with error (-?\d+)")
+
 
 def parse_proc_interrupts(text: str) -> list[dict[str, Any]]:
     """Rows of /proc/interrupts: irq, counts per CPU, chip, hwirq and name (UML 6.1's layout)."""

@@ -12,12 +12,14 @@ from typing import Any
 
 from .. import cliargs
 from ..abi.msix import entry_field
+from ..guest.errnos import errname
 from ..host.devmodule import device_module
 from ..host.devspec import add_device_arguments, command_spec
 from ..host.env import PrerequisiteMissing
 from ..host.views import render_event_vectors, render_msix_table
 from ..trace.pcapng import FrameTap, PcapngWriter
 from ..trace.text import table
+from ..virtio.net import VirtioNet, feature_names
 from . import kernel as uml_kernel
 from .boot import BootError, BootInterrupted, BootOptions, BootResult, BootSession, run_boot
 
@@ -93,6 +95,10 @@ def to_json(res: BootResult) -> dict[str, Any]:
         "msix_table": res.snapshot.get("table", []),
         "event_vectors": res.snapshot.get("event_vectors", []),
         "msix_after_teardown": res.after_teardown,
+        "device_features": res.snapshot.get("device_features"),
+        "driver_features": res.snapshot.get("driver_features"),
+        "device_status": res.snapshot.get("device_status"),
+        "probe_errors": res.probe_errors(),
         "interrupts_before": res.interrupts("before"),
         "interrupts_after": res.interrupts("after"),
         "ping": res.ping(),
@@ -100,6 +106,29 @@ def to_json(res: BootResult) -> dict[str, Any]:
         "health": health(res),
         "cut": res.cut,
     }
+
+
+def render_features(res: BootResult) -> list[str]:
+    """What the device offered and the real driver accepted (virtio 1.2 §3.1.1), its status,
+    and any driver probe the kernel reported failed."""
+    snap = res.snapshot
+    if "device_features" not in snap:
+        return []
+    net = isinstance(res.device.device, VirtioNet)
+    acked = snap["driver_features"]
+    out = ["Features (when the guest script ended)" if res.finished else "Features",
+           f"  device offers   : {snap['device_features']:#018x}",
+           f"  driver features : {acked:#018x}"
+           + ("  " + " ".join(feature_names(acked)) if net and acked else ""),
+           f"  device status   : {snap['device_status']:#04x}"]  # fmt: skip
+    for e in res.probe_errors():
+        out.append(f"  DRIVER PROBE FAILED: {e['device']}: {errname(e['error'])}")
+        # the driver's own reason: its last lines about that device before the failure
+        said = [ln.strip() for ln in res.console.splitlines()
+                if f" {e['device']}: " in ln and "probe of" not in ln]  # fmt: skip
+        out.extend(f"    kernel: {ln}" for ln in said[-2:])
+    out.append("")
+    return out
 
 
 def render(res: BootResult) -> str:
@@ -119,6 +148,7 @@ def render(res: BootResult) -> str:
         if not res.recorder.records:
             out.append("(the kernel never accessed our device)")
             out.append("")
+    out.extend(render_features(res))
     at = "when the guest script ended" if res.finished else "when the kernel went away"
     out.append(f"MSI-X table as the kernel filled it (our device's table, {at})")
     rows = snap.get("table", [])
@@ -202,9 +232,13 @@ def _run_with_pcap(opts: BootOptions, path: str) -> BootResult:
     pcap = PcapngWriter(open(path, "wb"))
     try:
         session.device.device.backend = FrameTap(session.device.device.backend, pcap)
-        return session.run()
+        res = session.run()
     finally:
-        pcap.close()
+        try:
+            pcap.close()
+        except OSError as e:  # a write failed (a full disk): the capture is not whole
+            raise BootError(f"--pcap {path}: {e}") from None
+    return res
 
 
 def table_entries_written(records: list[dict[str, Any]]) -> list[int]:
@@ -265,7 +299,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
     else:
         print()
         print(render(res))
-    return 1 if res.error else 0
+    # A driver that refused our device (its probe failed) fails the run as sim's does.
+    return 1 if res.error or res.probe_errors() else 0
 
 
 def guest_file(spec: str) -> tuple[str, Path]:

@@ -89,6 +89,12 @@ INT_RANGES = {
     "int32": (-(1 << 31), (1 << 31) - 1, "int32_t"),
 }
 
+# QEMU's option ROM for virtio-net-pci (romfile's default) and its size in Debian bookworm's
+# ipxe-qemu; romsize's "unset" (-1 as uint32) means the file's size rounded up: 256 KiB.
+ROMFILE = "efi-virtio.rom"
+ROMFILE_BYTES = 249344
+ROMSIZE_UNSET = 0xFFFFFFFF
+
 
 class SpecError(ValueError):
     """A device or netdev description QEMU would refuse; the message is QEMU's one line."""
@@ -205,7 +211,7 @@ PROPERTIES: tuple[Prop, ...] = (
     Prop("addr", "str", None, "slot[.fn] (the model's slot is 3)", effect="none"),
     Prop("multifunction", "bool", False, "", effect="none"),
     Prop("rombar", "uint32", 1, "0: no expansion ROM BAR"),
-    Prop("romsize", "uint32", 0xFFFFFFFF, "expansion ROM size (default: the file's, 256 KiB)"),
+    Prop("romsize", "uint32", ROMSIZE_UNSET, "expansion ROM size (default: the file's, 256 KiB)"),
     Prop("romfile", "str", None, "", effect="none"),
     Prop("acpi-index", "uint32", 0, "", effect="none"),
     Prop("bootindex", "int32", None, "", effect="none"),
@@ -429,7 +435,7 @@ class DeviceSpec:
         if not self.get("rombar"):
             return 0
         size = self.get("romsize")
-        return 256 * 1024 if size == 0xFFFFFFFF else size
+        return 256 * 1024 if size == ROMSIZE_UNSET else size
 
     @property
     def packed(self) -> bool:
@@ -502,7 +508,9 @@ def parse_device(text: str, netdev: str | NetdevSpec | None = None) -> DeviceSpe
         if value is None:
             if prop.kind != "bool":
                 raise SpecError(f"Parameter '{key}' expects a value")
-            value = "on"  # QEMU's deprecated short form
+            value = "on"  # QEMU's deprecated short form, which it warns about
+            spec.warnings.append(f"warning: short-form boolean option '{key}' deprecated; "
+                                 f"please use {key}=on instead")  # fmt: skip
         spec.props[key] = _parse_value(prop, value)
     _check(spec)
     return spec
@@ -542,6 +550,14 @@ def _check(spec: DeviceSpec) -> None:
             f"Invalid number of queue pairs (= {spec.queue_pairs}), must be a positive "
             f"integer less than {MAX_QUEUE_PAIRS + 1}."
         )
+    # pci_add_option_rom: the size must be a power of two whatever rombar says; with a ROM
+    # BAR, the option ROM file must fit (Debian bookworm's ipxe-qemu efi-virtio.rom).
+    romsize = spec.get("romsize")
+    if romsize != ROMSIZE_UNSET and (romsize == 0 or romsize & (romsize - 1)):
+        raise SpecError(f"ROM size {romsize} is not a power of two")
+    if romsize != ROMSIZE_UNSET and spec.get("rombar") and romsize < ROMFILE_BYTES:
+        raise SpecError(f'romfile "{ROMFILE}" ({ROMFILE_BYTES} bytes) is too large for ROM '
+                        f"size {romsize}")  # fmt: skip
     if spec.packed and spec.disable_modern:
         raise SpecError(f"{DRIVER}: packed=on needs the modern interface (VIRTIO_F_VERSION_1)")
     v = spec.get("vectors")
