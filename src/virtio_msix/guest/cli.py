@@ -201,10 +201,6 @@ def cmd_sim(args: argparse.Namespace) -> int:
     spec = command_spec(args, "sim")
     if isinstance(spec, int):
         return spec
-    if spec.disable_modern:
-        # Linux 6.1 would leave the device to virtio_pci_legacy_probe, which is not modelled.
-        return fail("sim: disable-modern=on: the Linux model has no legacy virtio-pci driver "
-                    "(virtio_pci_legacy.c); show and replay take it")  # fmt: skip
     opts = SimOptions(
         vectors=args.vectors,
         queue_pairs=args.queue_pairs,

@@ -114,6 +114,98 @@ class VirtioDriver:
     remove: Callable[[Kernel, VpDev], None]
     validate: Callable[[Kernel, VpDev], int] | None = None
     config_changed: Callable[[Kernel, VpDev], None] | None = None
+    # feature_table_legacy: what the driver takes from a device without VERSION_1 (None: the
+    # same table).
+    feature_table_legacy: tuple[int, ...] | None = None
+
+
+class VpTransport:
+    """What the shared code (virtio.c, virtio_pci_common.c) calls on one virtio-pci transport:
+    the struct virtio_config_ops it installs (get, generation, get_status, set_status, reset,
+    get_features, finalize_features, find_vqs) and the vp_dev hooks of the vp_find_vqs ladder
+    (setup_vq, del_vq, config_vector). ModernTransport here, LegacyTransport in
+    virtio_pci_legacy.py; the probe picks one as virtio_pci_probe does."""
+
+    is_legacy = False
+
+    def get(self, k: Kernel, vp: VpDev, offset: int, length: int) -> bytes:
+        raise NotImplementedError
+
+    def generation(self, k: Kernel, vp: VpDev) -> int | None:
+        """config->generation; None where the transport has none (legacy)."""
+        return None
+
+    def get_status(self, k: Kernel, vp: VpDev) -> int:
+        raise NotImplementedError
+
+    def set_status(self, k: Kernel, vp: VpDev, status: int) -> None:
+        raise NotImplementedError
+
+    def reset(self, k: Kernel, vp: VpDev) -> None:
+        raise NotImplementedError
+
+    def get_features(self, k: Kernel, vp: VpDev) -> int:
+        raise NotImplementedError
+
+    def finalize_features(self, k: Kernel, vp: VpDev) -> int:
+        raise NotImplementedError
+
+    def find_vqs(
+        self, k: Kernel, vp: VpDev, names: list[str], callbacks: list
+    ) -> list[VringVirtqueue] | int:
+        return vp_find_vqs(k, vp, names, callbacks)
+
+    def config_vector(self, k: Kernel, vp: VpDev, vector: int) -> int:
+        raise NotImplementedError
+
+    def setup_vq(
+        self, k: Kernel, vp: VpDev, index: int, callback, name: str, msix_vec: int
+    ) -> VringVirtqueue | int:
+        raise NotImplementedError
+
+    def del_vq(self, k: Kernel, vp: VpDev, vq: VringVirtqueue) -> None:
+        raise NotImplementedError
+
+
+class ModernTransport(VpTransport):
+    """virtio_pci_modern.c's virtio_pci_config_ops and vp_dev hooks."""
+
+    def get(self, k: Kernel, vp: VpDev, offset: int, length: int) -> bytes:
+        return vp_modern_get(k, vp, offset, length)
+
+    def generation(self, k: Kernel, vp: VpDev) -> int | None:
+        return vp_generation(k, vp)
+
+    def get_status(self, k: Kernel, vp: VpDev) -> int:
+        return vp_modern_get_status(k, vp)
+
+    def set_status(self, k: Kernel, vp: VpDev, status: int) -> None:
+        vp_modern_set_status(k, vp, status)
+
+    def reset(self, k: Kernel, vp: VpDev) -> None:
+        vp_modern_reset(k, vp)
+
+    def get_features(self, k: Kernel, vp: VpDev) -> int:
+        return vp_modern_get_features(k, vp)
+
+    def finalize_features(self, k: Kernel, vp: VpDev) -> int:
+        return vp_finalize_features(k, vp)
+
+    def find_vqs(
+        self, k: Kernel, vp: VpDev, names: list[str], callbacks: list
+    ) -> list[VringVirtqueue] | int:
+        return vp_modern_find_vqs(k, vp, names, callbacks)
+
+    def config_vector(self, k: Kernel, vp: VpDev, vector: int) -> int:
+        return vp_modern_config_vector(k, vp, vector)
+
+    def setup_vq(
+        self, k: Kernel, vp: VpDev, index: int, callback, name: str, msix_vec: int
+    ) -> VringVirtqueue | int:
+        return setup_vq(k, vp, index, callback, name, msix_vec)
+
+    def del_vq(self, k: Kernel, vp: VpDev, vq: VringVirtqueue) -> None:
+        del_vq(k, vp, vq)
 
 
 @dataclass
@@ -130,6 +222,9 @@ class VpDev:
     pci_dev: PciDev
     index: int
     mdev: ModernDevice = field(default_factory=ModernDevice)
+    ops: VpTransport = field(default_factory=ModernTransport)
+    isr: int = 0  # vp_dev->isr: the ISR byte's address (either transport)
+    ldev_ioaddr: int = 0  # struct virtio_pci_legacy_device's ioaddr (BAR0), legacy only
     device_id: int = 0
     features: int = 0
     device_features: int = 0
@@ -169,15 +264,22 @@ def vp_modern_set_status(k: Kernel, vp: VpDev, status: int) -> None:
 
 
 def vp_get_status(k: Kernel, vp: VpDev) -> int:
-    return vp_modern_get_status(k, vp)
+    """config->get_status."""
+    return vp.ops.get_status(k, vp)
 
 
 def vp_set_status(k: Kernel, vp: VpDev, status: int) -> None:
+    """config->set_status."""
     assert status != 0  # reset goes through vp_reset
-    vp_modern_set_status(k, vp, status)
+    vp.ops.set_status(k, vp, status)
 
 
 def vp_reset(k: Kernel, vp: VpDev) -> None:
+    """config->reset."""
+    vp.ops.reset(k, vp)
+
+
+def vp_modern_reset(k: Kernel, vp: VpDev) -> None:
     vp_modern_set_status(k, vp, 0)
     # §2.4.2: wait for the device to read back 0 before re-initialising.
     for _ in range(1000):
@@ -283,6 +385,11 @@ def vp_generation(k: Kernel, vp: VpDev) -> int:
 
 
 def vp_get(k: Kernel, vp: VpDev, offset: int, length: int) -> bytes:
+    """config->get: device config bytes as the transport reads them."""
+    return vp.ops.get(k, vp, offset, length)
+
+
+def vp_modern_get(k: Kernel, vp: VpDev, offset: int, length: int) -> bytes:
     """Device config bytes with the access sizes Linux uses (1, 2, 4; 8 as two 4)."""
     base = vp.mdev.device + offset
     if length == 1:
@@ -297,11 +404,12 @@ def vp_get(k: Kernel, vp: VpDev, offset: int, length: int) -> bytes:
 
 
 def virtio_cread_bytes(k: Kernel, vp: VpDev, offset: int, length: int) -> bytes:
-    """__virtio_cread_many: byte reads bracketed by config_generation until it is stable."""
+    """__virtio_cread_many: byte reads bracketed by config_generation until it is stable (one
+    pass on a transport without a generation: legacy)."""
     while True:
-        old = vp_generation(k, vp)
+        old = vp.ops.generation(k, vp)
         data = b"".join(vp_get(k, vp, offset + i, 1) for i in range(length))
-        if vp_generation(k, vp) == old:
+        if vp.ops.generation(k, vp) == old:
             return data
 
 
@@ -382,6 +490,7 @@ def vp_modern_probe(k: Kernel, vp: VpDev) -> int:
         if mapped is None:
             return -EINVAL
         m.device, m.device_len = mapped
+    vp.isr = m.isr
     return 0
 
 
@@ -418,8 +527,13 @@ def virtio_pci_probe(k: Kernel, bus: VirtioBus, dev: PciDev) -> int:
     if rc:
         return rc
     rc = vp_modern_probe(k, vp)
+    if rc == -ENODEV:
+        # Linux prefers modern; a device it leaves (no common-config capability: device IDs
+        # below 0x1040 with disable-modern=on) goes to the legacy driver.
+        from .virtio_pci_legacy import virtio_pci_legacy_probe
+
+        rc = virtio_pci_legacy_probe(k, vp)
     if rc:
-        # The legacy driver (virtio_pci_legacy_probe) is not modelled: Linux prefers modern.
         return rc
     pci_set_master(k, dev)
     k.vp_devices = getattr(k, "vp_devices", []) + [vp]
@@ -488,21 +602,29 @@ def call_driver_probe(k: Kernel, drv: VirtioDriver, vp: VpDev) -> int:
 
 def virtio_dev_probe(k: Kernel, drv: VirtioDriver, vp: VpDev) -> int:
     virtio_add_status(k, vp, DRIVER)
-    device_features = vp_modern_get_features(k, vp)
+    device_features = vp.ops.get_features(k, vp)
     vp.device_features = device_features
     driver_features = 0
     for bit in drv.feature_table:
         driver_features |= 1 << bit
-    vp.features = driver_features & device_features
+    driver_features_legacy = driver_features
+    if drv.feature_table_legacy is not None:
+        driver_features_legacy = 0
+        for bit in drv.feature_table_legacy:
+            driver_features_legacy |= 1 << bit
+    if device_features >> VIRTIO_F_VERSION_1 & 1:
+        vp.features = driver_features & device_features
+    else:
+        vp.features = driver_features_legacy & device_features
     for bit in range(VIRTIO_TRANSPORT_F_START, VIRTIO_TRANSPORT_F_END):
         if device_features >> bit & 1:
             vp.features |= 1 << bit
-    err = vp_finalize_features(k, vp)
+    err = vp.ops.finalize_features(k, vp)
     if not err and drv.validate is not None:
         before = vp.features
         err = drv.validate(k, vp)
         if not err and before != vp.features:
-            err = vp_finalize_features(k, vp)
+            err = vp.ops.finalize_features(k, vp)
     if not err:
         err = virtio_features_ok(k, vp)
     if not err:
@@ -515,11 +637,16 @@ def virtio_dev_probe(k: Kernel, drv: VirtioDriver, vp: VpDev) -> int:
     return 0
 
 
-def vp_finalize_features(k: Kernel, vp: VpDev) -> int:
-    features = vp.features
+def vring_transport_features(vp: VpDev) -> None:
+    """virtio_ring.c: keep only the transport bits the ring code implements."""
     for bit in range(VIRTIO_TRANSPORT_F_START, VIRTIO_TRANSPORT_F_END):
         if bit not in VRING_TRANSPORT_FEATURES:
             vp.features &= ~(1 << bit)
+
+
+def vp_finalize_features(k: Kernel, vp: VpDev) -> int:
+    features = vp.features
+    vring_transport_features(vp)
     if features >> VIRTIO_F_RING_RESET & 1:
         vp.features |= 1 << VIRTIO_F_RING_RESET
     if not vp.has_feature(VIRTIO_F_VERSION_1):
@@ -530,6 +657,8 @@ def vp_finalize_features(k: Kernel, vp: VpDev) -> int:
 
 
 def virtio_features_ok(k: Kernel, vp: VpDev) -> int:
+    if not vp.has_feature(VIRTIO_F_VERSION_1):
+        return 0  # a legacy device has no FEATURES_OK handshake (§3.1.1 note on legacy)
     virtio_add_status(k, vp, FEATURES_OK)
     if not vp_get_status(k, vp) & FEATURES_OK:
         k.printk(f"{vp.name}: device refuses features: {vp.features:#x}")
@@ -546,7 +675,7 @@ def virtio_device_ready(k: Kernel, vp: VpDev) -> None:
 def virtio_find_vqs_ctx(
     k: Kernel, vp: VpDev, names: list[str], callbacks: list
 ) -> list[VringVirtqueue] | int:
-    return vp_modern_find_vqs(k, vp, names, callbacks)
+    return vp.ops.find_vqs(k, vp, names, callbacks)
 
 
 def vp_modern_find_vqs(
@@ -658,7 +787,7 @@ def vp_request_msix_vectors(
     if err:
         return err
     vp.msix_used_vectors += 1
-    v = vp_modern_config_vector(k, vp, v)
+    v = vp.ops.config_vector(k, vp, v)
     if v == VIRTIO_MSI_NO_VECTOR:
         return -EBUSY
     if not per_vq_vectors:
@@ -697,7 +826,7 @@ def vp_find_vqs_intx(
 def vp_setup_vq(
     k: Kernel, vp: VpDev, index: int, callback, name: str, msix_vec: int
 ) -> VringVirtqueue | int:
-    vq = setup_vq(k, vp, index, callback, name, msix_vec)
+    vq = vp.ops.setup_vq(k, vp, index, callback, name, msix_vec)
     if isinstance(vq, int):
         return vq
     vp.vq_info[index] = VpVqInfo(vq, msix_vec)
@@ -757,7 +886,7 @@ def vp_del_vqs(k: Kernel, vp: VpDev) -> None:
             if desc is not None:
                 irq_set_affinity_hint(k, desc, None)
             free_irq(k, irq, vq)
-        del_vq(k, vp, vq)
+        vp.ops.del_vq(k, vp, vq)
     vp.vqs.clear()
     vp.vq_info.clear()
     vp.per_vq_vectors = False
@@ -767,7 +896,7 @@ def vp_del_vqs(k: Kernel, vp: VpDev) -> None:
     for i in range(vp.msix_used_vectors):
         free_irq(k, pci_irq_vector(k, vp.pci_dev, i), vp)
     if vp.msix_enabled:
-        vp_modern_config_vector(k, vp, VIRTIO_MSI_NO_VECTOR)
+        vp.ops.config_vector(k, vp, VIRTIO_MSI_NO_VECTOR)
         pci_free_irq_vectors(k, vp.pci_dev)
         vp.msix_enabled = False
     vp.msix_vectors = 0
@@ -793,7 +922,7 @@ def vp_vring_interrupt(k: Kernel, vp: VpDev) -> bool:
 
 def vp_interrupt(k: Kernel, vp: VpDev) -> bool:
     """INTx: reading ISR tells which kind of event it was and de-asserts the line."""
-    isr = k.readb(vp.mdev.isr)
+    isr = k.ioread8(vp.isr)
     if not isr:
         return False  # shared line: not ours
     if isr & ISR_CONFIG:
