@@ -15,10 +15,8 @@ from ..abi.virtio import (
     DRIVER_OK,
     FAILED,
     FEATURES_OK,
-    VIRTIO_F_ACCESS_PLATFORM,
     VIRTIO_F_EVENT_IDX,
     VIRTIO_F_INDIRECT_DESC,
-    VIRTIO_F_ORDER_PLATFORM,
     VIRTIO_F_RING_PACKED,
     VIRTIO_F_RING_RESET,
     VIRTIO_F_VERSION_1,
@@ -66,18 +64,11 @@ from .pci import (
     pci_read_config_dword,
     pci_set_master,
 )
+from .virtio_pci_common import VpTransport, vp_notify, vring_transport_features
+from .virtio_pci_legacy import virtio_pci_legacy_probe
 from .vring import PackedVringVirtqueue, VringVirtqueue, vring_interrupt
 
 PAGE_SIZE = 4096
-# drivers/virtio/virtio_ring.c vring_transport_features: the ring features the core keeps.
-VRING_TRANSPORT_FEATURES = (
-    VIRTIO_F_INDIRECT_DESC,
-    VIRTIO_F_EVENT_IDX,
-    VIRTIO_F_VERSION_1,
-    VIRTIO_F_ACCESS_PLATFORM,
-    VIRTIO_F_RING_PACKED,
-    VIRTIO_F_ORDER_PLATFORM,
-)
 VP_MSIX_VQ_VECTOR = 1
 ISR_QUEUE, ISR_CONFIG = 0x1, 0x2
 
@@ -117,54 +108,6 @@ class VirtioDriver:
     # feature_table_legacy: what the driver takes from a device without VERSION_1 (None: the
     # same table).
     feature_table_legacy: tuple[int, ...] | None = None
-
-
-class VpTransport:
-    """What the shared code (virtio.c, virtio_pci_common.c) calls on one virtio-pci transport:
-    the struct virtio_config_ops it installs (get, generation, get_status, set_status, reset,
-    get_features, finalize_features, find_vqs) and the vp_dev hooks of the vp_find_vqs ladder
-    (setup_vq, del_vq, config_vector). ModernTransport here, LegacyTransport in
-    virtio_pci_legacy.py; the probe picks one as virtio_pci_probe does."""
-
-    is_legacy = False
-
-    def get(self, k: Kernel, vp: VpDev, offset: int, length: int) -> bytes:
-        raise NotImplementedError
-
-    def generation(self, k: Kernel, vp: VpDev) -> int | None:
-        """config->generation; None where the transport has none (legacy)."""
-        return None
-
-    def get_status(self, k: Kernel, vp: VpDev) -> int:
-        raise NotImplementedError
-
-    def set_status(self, k: Kernel, vp: VpDev, status: int) -> None:
-        raise NotImplementedError
-
-    def reset(self, k: Kernel, vp: VpDev) -> None:
-        raise NotImplementedError
-
-    def get_features(self, k: Kernel, vp: VpDev) -> int:
-        raise NotImplementedError
-
-    def finalize_features(self, k: Kernel, vp: VpDev) -> int:
-        raise NotImplementedError
-
-    def find_vqs(
-        self, k: Kernel, vp: VpDev, names: list[str], callbacks: list
-    ) -> list[VringVirtqueue] | int:
-        return vp_find_vqs(k, vp, names, callbacks)
-
-    def config_vector(self, k: Kernel, vp: VpDev, vector: int) -> int:
-        raise NotImplementedError
-
-    def setup_vq(
-        self, k: Kernel, vp: VpDev, index: int, callback, name: str, msix_vec: int
-    ) -> VringVirtqueue | int:
-        raise NotImplementedError
-
-    def del_vq(self, k: Kernel, vp: VpDev, vq: VringVirtqueue) -> None:
-        raise NotImplementedError
 
 
 class ModernTransport(VpTransport):
@@ -530,8 +473,6 @@ def virtio_pci_probe(k: Kernel, bus: VirtioBus, dev: PciDev) -> int:
     if rc == -ENODEV:
         # Linux prefers modern; a device it leaves (no common-config capability: device IDs
         # below 0x1040 with disable-modern=on) goes to the legacy driver.
-        from .virtio_pci_legacy import virtio_pci_legacy_probe
-
         rc = virtio_pci_legacy_probe(k, vp)
     if rc:
         return rc
@@ -637,13 +578,6 @@ def virtio_dev_probe(k: Kernel, drv: VirtioDriver, vp: VpDev) -> int:
     return 0
 
 
-def vring_transport_features(vp: VpDev) -> None:
-    """virtio_ring.c: keep only the transport bits the ring code implements."""
-    for bit in range(VIRTIO_TRANSPORT_F_START, VIRTIO_TRANSPORT_F_END):
-        if bit not in VRING_TRANSPORT_FEATURES:
-            vp.features &= ~(1 << bit)
-
-
 def vp_finalize_features(k: Kernel, vp: VpDev) -> int:
     features = vp.features
     vring_transport_features(vp)
@@ -675,7 +609,10 @@ def virtio_device_ready(k: Kernel, vp: VpDev) -> None:
 def virtio_find_vqs_ctx(
     k: Kernel, vp: VpDev, names: list[str], callbacks: list
 ) -> list[VringVirtqueue] | int:
-    return vp.ops.find_vqs(k, vp, names, callbacks)
+    find_vqs = vp.ops.find_vqs  # config->find_vqs
+    if find_vqs is None:
+        return vp_find_vqs(k, vp, names, callbacks)
+    return find_vqs(k, vp, names, callbacks)
 
 
 def vp_modern_find_vqs(
@@ -864,12 +801,6 @@ def setup_vq(
     if not vq.priv:
         return -ENOMEM
     return vq
-
-
-def vp_notify(k: Kernel, vq: VringVirtqueue) -> bool:
-    # Write the queue's index to its notify address (§4.1.4.4), iowrite16: memory or port.
-    k.iowrite16(vq.index, vq.priv)
-    return True
 
 
 def del_vq(k: Kernel, vp: VpDev, vq: VringVirtqueue) -> None:

@@ -6,6 +6,8 @@ reached through LegacyTransport's hooks."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..abi.virtio import VIRTIO_F_EVENT_IDX
 from ..virtio.regs import (
     LEGACY,
@@ -17,13 +19,11 @@ from ..virtio.regs import (
 )
 from .irqcore import EBUSY, ENODEV, ENOENT
 from .kernel import PIO_OFFSET, PIO_RESERVED, Kernel
-from .virtio_pci import (
-    VpDev,
-    VpTransport,
-    vp_notify,
-    vring_transport_features,
-)
+from .virtio_pci_common import VpTransport, vp_notify, vring_transport_features
 from .vring import VringVirtqueue
+
+if TYPE_CHECKING:
+    from .virtio_pci import VpDev
 
 # include/uapi/linux/virtio_pci.h: the only legacy ABI revision.
 VIRTIO_PCI_ABI_VERSION = 0
@@ -194,7 +194,6 @@ class LegacyTransport(VpTransport):
             ioread(k, vp.isr, 1)  # flush the vector write out to the device
         # Deselect the ring: PFN 0 (QEMU resets the whole device on it, virtio_ioport_write).
         vp_legacy_set_queue_address(k, vp, vq.index, 0)
-
 
 
 def virtio_pci_legacy_probe(k: Kernel, vp: VpDev) -> int:
