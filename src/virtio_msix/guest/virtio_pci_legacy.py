@@ -17,7 +17,7 @@ from ..virtio.regs import (
     LEGACY_VRING_ALIGN,
     VIRTIO_MSI_NO_VECTOR,
 )
-from .irqcore import EBUSY, ENODEV, ENOENT
+from .errnos import EBUSY, EIO, ENODEV, ENOENT, ENOMEM
 from .kernel import PIO_OFFSET, PIO_RESERVED, Kernel
 from .virtio_pci_common import VpTransport, vp_notify, vring_transport_features
 from .vring import VringVirtqueue
@@ -117,7 +117,7 @@ def vp_legacy_probe(k: Kernel, vp: VpDev) -> int:
     # dma_set_mask, pci_request_region: no device access.
     res = dev.resources.get(LEGACY_BAR)
     if res is None or not res.size:
-        return -ENODEV  # pci_request_region of a missing BAR fails (-EBUSY in Linux)
+        return -EIO  # pci_iomap of a BAR the device lacks: NULL
     # pci_iomap of an I/O BAR: a port cookie.
     vp.ldev_ioaddr = PIO_OFFSET + res.start if res.io else res.start
     vp.isr = _io(vp, "isr_status")
@@ -169,6 +169,10 @@ class LegacyTransport(VpTransport):
         num = vp_legacy_get_queue_size(k, vp, index)
         if not num or vp_legacy_get_queue_enable(k, vp, index):
             return -ENOENT
+        if num & (num - 1):
+            # vring_create_virtqueue_split refuses it (NULL), which setup_vq reports as -ENOMEM.
+            k.printk(f"{vp.name}: Bad virtqueue length {num}")
+            return -ENOMEM
         # vring_create_virtqueue with VIRTIO_PCI_VRING_ALIGN: the device finds avail and used
         # from the PFN alone. Split ring only (RING_PACKED is beyond 32 feature bits).
         vq = VringVirtqueue(k, index, num, name, callback, lambda q: vp_notify(k, q),
