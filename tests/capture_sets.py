@@ -84,6 +84,7 @@ CAPTURES_10 = {
     "qemu-q35-legacy-teardown-mq2": ["--smp", "2", "--device", f"{LEGACY},mq=on,vectors=6",
                                      "--netdev", "tap,queues=2", "--teardown"],
     "qemu-q35-legacy-teardown-vectors0": ["--device", f"{LEGACY},vectors=0", "--teardown"],
+    "qemu612-q35-legacy": ["--kernel", "6.12", "--device", LEGACY],
 }  # fmt: skip
 
 
