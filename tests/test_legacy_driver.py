@@ -105,3 +105,18 @@ def test_comparison_with_the_legacy_capture_is_not_vacuous():
     real = virtio_phase([r for r in load("qemu-q35-legacy") if r.get("phase") == "probe"])
     modern, _ = sim("virtio-net-pci")
     assert len(real) > 50 and diff(real, virtio_phase(modern.recorder.records))
+
+
+def test_sim_cli_takes_disable_modern(capsys):
+    import json
+
+    from virtio_msix.cli import main
+
+    assert main(["sim", "--device", LEGACY_DEVICE, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["transport"] == "legacy" and out["probe_rc"] == 0
+    assert out["traffic"]["rx"] == out["traffic"]["tx"] > 0
+    assert main(["sim", "--device", LEGACY_DEVICE]) == 0
+    assert "legacy virtio-pci (virtio_pci_legacy.c)" in capsys.readouterr().out
+    assert main(["sim", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["transport"] == "modern"

@@ -69,6 +69,9 @@ def render(res: SimResult, s: Style) -> str:
     dev = res.pci_dev
     out.append(s.head(f"== virtio-net on 0000:00:{dev.slot:02x}.0 [{dev.vendor:04x}:{dev.device:04x}]"
                       f" probed by the Linux {o.kernel} model ({o.arch}, {o.cpus} CPU)"))  # fmt: skip
+    if res.vp.ops.is_legacy:
+        out.append("   legacy virtio-pci (virtio_pci_legacy.c): registers in BAR0's I/O ports, "
+                   "no VERSION_1")  # fmt: skip
     out.append("")
     out.append(s.head("Capabilities (as the driver's walks find them)"))
     rows = []
@@ -164,6 +167,7 @@ def to_json(res: SimResult) -> dict[str, Any]:
     return {
         "options": options,
         "probe_rc": res.probe_rc,
+        "transport": "legacy" if res.vp.ops.is_legacy else "modern",
         "probe_error": errname(res.probe_rc) if res.probe_rc else None,
         "device_features": res.vp.device_features,
         "features": res.vp.features,
