@@ -38,6 +38,7 @@ def load(name: str) -> list[dict]:
 # QEMU, the netdev, machine, smp, kernel, teardown). Regenerate one with
 # ``python tests/capture_sets.py NAME`` (as root: the tap ones run in a private netns).
 MQ2 = ["--device", "virtio-net-pci,mq=on,vectors=6", "--netdev", "tap,queues=2"]
+LEGACY = "virtio-net-pci,disable-modern=on"
 CAPTURES_10 = {
     "qemu-q35-smp2": ["--smp", "2"],
     "qemu-q35-smp4": ["--smp", "4"],
@@ -70,6 +71,20 @@ CAPTURES_10 = {
     "qemu-pc-mq2-v6": ["--machine", "pc", "--smp", "2", *MQ2],
     "qemu-pc-teardown": ["--machine", "pc", "--teardown"],
     "qemu612-q35-teardown": ["--kernel", "6.12", "--teardown"],
+    # Legacy-only (disable-modern=on, device ID 0x1000): Linux's virtio_pci_legacy.c path.
+    "qemu-q35-legacy": ["--device", LEGACY],
+    "qemu-q35-legacy-vectors2": ["--device", f"{LEGACY},vectors=2"],
+    "qemu-q35-legacy-smp2-mq2": ["--smp", "2", "--device", f"{LEGACY},mq=on,vectors=6",
+                                 "--netdev", "tap,queues=2"],
+    "qemu-q35-legacy-mq2-v3": ["--smp", "2", "--device", f"{LEGACY},mq=on,vectors=3",
+                               "--netdev", "tap,queues=2"],
+    "qemu-q35-legacy-mrg-rxbuf-off": ["--device", f"{LEGACY},mrg_rxbuf=off"],
+    "qemu-q35-legacy-any-layout-off": ["--device", f"{LEGACY},any_layout=off"],
+    "qemu-pc-legacy-teardown": ["--machine", "pc", "--device", LEGACY, "--teardown"],
+    "qemu-q35-legacy-teardown-mq2": ["--smp", "2", "--device", f"{LEGACY},mq=on,vectors=6",
+                                     "--netdev", "tap,queues=2", "--teardown"],
+    "qemu-q35-legacy-teardown-vectors0": ["--device", f"{LEGACY},vectors=0", "--teardown"],
+    "qemu612-q35-legacy": ["--kernel", "6.12", "--device", LEGACY],
 }  # fmt: skip
 
 

@@ -70,6 +70,9 @@ def render(res: SimResult, s: Style) -> str:
     dev = res.pci_dev
     out.append(s.head(f"== virtio-net on 0000:00:{dev.slot:02x}.0 [{dev.vendor:04x}:{dev.device:04x}]"
                       f" probed by the Linux {o.kernel} model ({o.arch}, {o.cpus} CPU{'s' if o.cpus > 1 else ''})"))  # fmt: skip
+    if res.vp.ops.is_legacy:
+        out.append("   legacy virtio-pci (virtio_pci_legacy.c): registers in BAR0's I/O ports, "
+                   "no VERSION_1")  # fmt: skip
     out.append("")
     out.append(s.head("Capabilities (as the driver's walks find them)"))
     rows = []
@@ -177,6 +180,7 @@ def to_json(res: SimResult) -> dict[str, Any]:
     return {
         "options": options,
         "probe_rc": res.probe_rc,
+        "transport": "legacy" if res.vp.ops.is_legacy else "modern",
         "probe_error": errname(res.probe_rc) if res.probe_rc else None,
         "device_features": res.vp.device_features,
         "features": res.vp.features,
@@ -214,10 +218,6 @@ def cmd_sim(args: argparse.Namespace) -> int:
     spec = command_spec(args, "sim")
     if isinstance(spec, int):
         return spec
-    if spec.disable_modern:
-        # Linux 6.1 would leave the device to virtio_pci_legacy_probe, which is not modelled.
-        return fail("sim: disable-modern=on: the Linux model has no legacy virtio-pci driver "
-                    "(virtio_pci_legacy.c); show and replay take it")  # fmt: skip
     opts = SimOptions(
         vectors=args.vectors,
         queue_pairs=args.queue_pairs,

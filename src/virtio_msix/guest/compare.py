@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..host.phases import probe_window
-from ..virtio.regs import COMMON
+from ..virtio.regs import COMMON, LEGACY
 
 RING_ADDRESS_OFFSETS = {
     COMMON[n].offset
@@ -22,9 +22,17 @@ RING_ADDRESS_OFFSETS = {
 }
 
 
+# The legacy ring address: a page frame number (§4.1.4.10), as far from the model's as the
+# modern addresses are — except 0, which deactivates the queue and must match.
+LEGACY_PFN_OFFSET = LEGACY["queue_address"].offset
+
+
 def key(rec: dict[str, Any]) -> tuple:
     value = rec["value"]
     if rec["space"] == "common" and rec["op"] == "w" and rec["offset"] in RING_ADDRESS_OFFSETS:
+        value = None
+    elif (rec["space"] == "legacy" and rec["op"] == "w" and rec["offset"] == LEGACY_PFN_OFFSET
+          and value):  # fmt: skip
         value = None
     return (rec["space"], rec["op"], rec["offset"], rec["size"], value)
 

@@ -181,6 +181,15 @@ class Kernel:
         else:
             self.writew(value, cookie)
 
+    def ioread8(self, cookie: int) -> int:
+        """lib/iomap.c ioread8: a port read for an I/O cookie, else an MMIO load (the ISR
+        byte: modern maps it in memory, legacy in BAR0's ports)."""
+        if PIO_OFFSET <= cookie < PIO_RESERVED:
+            v = self.bus.io_read(cookie - PIO_OFFSET, 1)
+            self.take_interrupts()
+            return v
+        return self.readb(cookie)
+
     # -- the device's interrupt sink ---------------------------------------------------------------
     def msi(self, address: int, data: int) -> None:
         self.pending_msi.append((address, data))

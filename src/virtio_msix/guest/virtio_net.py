@@ -386,16 +386,29 @@ def netdev_pick_tx(k: Kernel, vi: VirtnetInfo, cpu: int) -> int:
     return 0
 
 
+def vp_any_header_sg(vi: VirtnetInfo) -> bool:
+    """virtnet_probe's vi->any_header_sg."""
+    return vi.vp.has_feature(dev_net.VIRTIO_F_ANY_LAYOUT) or vi.vp.has_feature(
+        dev_net.VIRTIO_F_VERSION_1
+    )
+
+
 def start_xmit(k: Kernel, vi: VirtnetInfo, frame: bytes, qp: int = 0) -> bool:
     sq = vi.sq[qp]
     free_old_xmit_skbs(k, vi, qp)
     try:
-        buf = k.pages.alloc(HDR_LEN + len(frame), align=64)
+        buf = k.pages.alloc(vi.hdr_len + len(frame), align=64)
     except MemoryError:
         vi.tx_dropped += 1  # no memory for the skb: the stack drops the frame
         return False
-    k.memory.write(buf, bytes(HDR_LEN) + frame)
-    if sq.add_sgs([(buf, HDR_LEN + len(frame))], [], buf):
+    k.memory.write(buf, bytes(vi.hdr_len) + frame)
+    # xmit_skb: the header pushed in front of the frame (one segment) when the device takes
+    # any layout (ANY_LAYOUT or VERSION_1, vi->any_header_sg); else a segment of its own.
+    if vp_any_header_sg(vi):
+        out = [(buf, vi.hdr_len + len(frame))]
+    else:
+        out = [(buf, vi.hdr_len), (buf + vi.hdr_len, len(frame))]
+    if sq.add_sgs(out, [], buf):
         k.pages.free(buf)  # ring full: the stack keeps the skb (not modelled: dropped)
         return False
     vi.tx_packets += 1
@@ -461,6 +474,9 @@ VIRTIO_NET_DRIVER = VirtioDriver(
     name="virtio_net",
     device_id=1,
     feature_table=VIRTNET_FEATURES,
+    # features_legacy: a device without VERSION_1 also gets GSO and ANY_LAYOUT.
+    feature_table_legacy=(*VIRTNET_FEATURES, dev_net.VIRTIO_NET_F_GSO,
+                          dev_net.VIRTIO_F_ANY_LAYOUT),  # fmt: skip
     probe=virtnet_probe,
     remove=virtnet_remove,
     validate=virtnet_validate,

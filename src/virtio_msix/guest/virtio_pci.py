@@ -15,10 +15,8 @@ from ..abi.virtio import (
     DRIVER_OK,
     FAILED,
     FEATURES_OK,
-    VIRTIO_F_ACCESS_PLATFORM,
     VIRTIO_F_EVENT_IDX,
     VIRTIO_F_INDIRECT_DESC,
-    VIRTIO_F_ORDER_PLATFORM,
     VIRTIO_F_RING_PACKED,
     VIRTIO_F_RING_RESET,
     VIRTIO_F_VERSION_1,
@@ -66,18 +64,11 @@ from .pci import (
     pci_read_config_dword,
     pci_set_master,
 )
+from .virtio_pci_common import VpTransport, vp_notify, vring_transport_features
+from .virtio_pci_legacy import virtio_pci_legacy_probe
 from .vring import PackedVringVirtqueue, VringVirtqueue, vring_interrupt
 
 PAGE_SIZE = 4096
-# drivers/virtio/virtio_ring.c vring_transport_features: the ring features the core keeps.
-VRING_TRANSPORT_FEATURES = (
-    VIRTIO_F_INDIRECT_DESC,
-    VIRTIO_F_EVENT_IDX,
-    VIRTIO_F_VERSION_1,
-    VIRTIO_F_ACCESS_PLATFORM,
-    VIRTIO_F_RING_PACKED,
-    VIRTIO_F_ORDER_PLATFORM,
-)
 VP_MSIX_VQ_VECTOR = 1
 ISR_QUEUE, ISR_CONFIG = 0x1, 0x2
 
@@ -114,6 +105,50 @@ class VirtioDriver:
     remove: Callable[[Kernel, VpDev], None]
     validate: Callable[[Kernel, VpDev], int] | None = None
     config_changed: Callable[[Kernel, VpDev], None] | None = None
+    # feature_table_legacy: what the driver takes from a device without VERSION_1 (None: the
+    # same table).
+    feature_table_legacy: tuple[int, ...] | None = None
+
+
+class ModernTransport(VpTransport):
+    """virtio_pci_modern.c's virtio_pci_config_ops and vp_dev hooks."""
+
+    def get(self, k: Kernel, vp: VpDev, offset: int, length: int) -> bytes:
+        return vp_modern_get(k, vp, offset, length)
+
+    def generation(self, k: Kernel, vp: VpDev) -> int | None:
+        return vp_generation(k, vp)
+
+    def get_status(self, k: Kernel, vp: VpDev) -> int:
+        return vp_modern_get_status(k, vp)
+
+    def set_status(self, k: Kernel, vp: VpDev, status: int) -> None:
+        vp_modern_set_status(k, vp, status)
+
+    def reset(self, k: Kernel, vp: VpDev) -> None:
+        vp_modern_reset(k, vp)
+
+    def get_features(self, k: Kernel, vp: VpDev) -> int:
+        return vp_modern_get_features(k, vp)
+
+    def finalize_features(self, k: Kernel, vp: VpDev) -> int:
+        return vp_finalize_features(k, vp)
+
+    def find_vqs(
+        self, k: Kernel, vp: VpDev, names: list[str], callbacks: list
+    ) -> list[VringVirtqueue] | int:
+        return vp_modern_find_vqs(k, vp, names, callbacks)
+
+    def config_vector(self, k: Kernel, vp: VpDev, vector: int) -> int:
+        return vp_modern_config_vector(k, vp, vector)
+
+    def setup_vq(
+        self, k: Kernel, vp: VpDev, index: int, callback, name: str, msix_vec: int
+    ) -> VringVirtqueue | int:
+        return setup_vq(k, vp, index, callback, name, msix_vec)
+
+    def del_vq(self, k: Kernel, vp: VpDev, vq: VringVirtqueue) -> None:
+        del_vq(k, vp, vq)
 
 
 @dataclass
@@ -130,6 +165,9 @@ class VpDev:
     pci_dev: PciDev
     index: int
     mdev: ModernDevice = field(default_factory=ModernDevice)
+    ops: VpTransport = field(default_factory=ModernTransport)
+    isr: int = 0  # vp_dev->isr: the ISR byte's address (either transport)
+    ldev_ioaddr: int = 0  # struct virtio_pci_legacy_device's ioaddr (BAR0), legacy only
     device_id: int = 0
     features: int = 0
     device_features: int = 0
@@ -169,15 +207,22 @@ def vp_modern_set_status(k: Kernel, vp: VpDev, status: int) -> None:
 
 
 def vp_get_status(k: Kernel, vp: VpDev) -> int:
-    return vp_modern_get_status(k, vp)
+    """config->get_status."""
+    return vp.ops.get_status(k, vp)
 
 
 def vp_set_status(k: Kernel, vp: VpDev, status: int) -> None:
+    """config->set_status."""
     assert status != 0  # reset goes through vp_reset
-    vp_modern_set_status(k, vp, status)
+    vp.ops.set_status(k, vp, status)
 
 
 def vp_reset(k: Kernel, vp: VpDev) -> None:
+    """config->reset."""
+    vp.ops.reset(k, vp)
+
+
+def vp_modern_reset(k: Kernel, vp: VpDev) -> None:
     vp_modern_set_status(k, vp, 0)
     # §2.4.2: wait for the device to read back 0 before re-initialising.
     for _ in range(1000):
@@ -283,6 +328,11 @@ def vp_generation(k: Kernel, vp: VpDev) -> int:
 
 
 def vp_get(k: Kernel, vp: VpDev, offset: int, length: int) -> bytes:
+    """config->get: device config bytes as the transport reads them."""
+    return vp.ops.get(k, vp, offset, length)
+
+
+def vp_modern_get(k: Kernel, vp: VpDev, offset: int, length: int) -> bytes:
     """Device config bytes with the access sizes Linux uses (1, 2, 4; 8 as two 4)."""
     base = vp.mdev.device + offset
     if length == 1:
@@ -297,11 +347,12 @@ def vp_get(k: Kernel, vp: VpDev, offset: int, length: int) -> bytes:
 
 
 def virtio_cread_bytes(k: Kernel, vp: VpDev, offset: int, length: int) -> bytes:
-    """__virtio_cread_many: byte reads bracketed by config_generation until it is stable."""
+    """__virtio_cread_many: byte reads bracketed by config_generation until it is stable (one
+    pass on a transport without a generation: legacy)."""
     while True:
-        old = vp_generation(k, vp)
+        old = vp.ops.generation(k, vp)
         data = b"".join(vp_get(k, vp, offset + i, 1) for i in range(length))
-        if vp_generation(k, vp) == old:
+        if vp.ops.generation(k, vp) == old:
             return data
 
 
@@ -382,6 +433,7 @@ def vp_modern_probe(k: Kernel, vp: VpDev) -> int:
         if mapped is None:
             return -EINVAL
         m.device, m.device_len = mapped
+    vp.isr = m.isr
     return 0
 
 
@@ -418,8 +470,11 @@ def virtio_pci_probe(k: Kernel, bus: VirtioBus, dev: PciDev) -> int:
     if rc:
         return rc
     rc = vp_modern_probe(k, vp)
+    if rc == -ENODEV:
+        # Linux prefers modern; a device it leaves (no common-config capability: device IDs
+        # below 0x1040 with disable-modern=on) goes to the legacy driver.
+        rc = virtio_pci_legacy_probe(k, vp)
     if rc:
-        # The legacy driver (virtio_pci_legacy_probe) is not modelled: Linux prefers modern.
         return rc
     pci_set_master(k, dev)
     k.vp_devices = getattr(k, "vp_devices", []) + [vp]
@@ -488,21 +543,29 @@ def call_driver_probe(k: Kernel, drv: VirtioDriver, vp: VpDev) -> int:
 
 def virtio_dev_probe(k: Kernel, drv: VirtioDriver, vp: VpDev) -> int:
     virtio_add_status(k, vp, DRIVER)
-    device_features = vp_modern_get_features(k, vp)
+    device_features = vp.ops.get_features(k, vp)
     vp.device_features = device_features
     driver_features = 0
     for bit in drv.feature_table:
         driver_features |= 1 << bit
-    vp.features = driver_features & device_features
+    driver_features_legacy = driver_features
+    if drv.feature_table_legacy is not None:
+        driver_features_legacy = 0
+        for bit in drv.feature_table_legacy:
+            driver_features_legacy |= 1 << bit
+    if device_features >> VIRTIO_F_VERSION_1 & 1:
+        vp.features = driver_features & device_features
+    else:
+        vp.features = driver_features_legacy & device_features
     for bit in range(VIRTIO_TRANSPORT_F_START, VIRTIO_TRANSPORT_F_END):
         if device_features >> bit & 1:
             vp.features |= 1 << bit
-    err = vp_finalize_features(k, vp)
+    err = vp.ops.finalize_features(k, vp)
     if not err and drv.validate is not None:
         before = vp.features
         err = drv.validate(k, vp)
         if not err and before != vp.features:
-            err = vp_finalize_features(k, vp)
+            err = vp.ops.finalize_features(k, vp)
     if not err:
         err = virtio_features_ok(k, vp)
     if not err:
@@ -517,9 +580,7 @@ def virtio_dev_probe(k: Kernel, drv: VirtioDriver, vp: VpDev) -> int:
 
 def vp_finalize_features(k: Kernel, vp: VpDev) -> int:
     features = vp.features
-    for bit in range(VIRTIO_TRANSPORT_F_START, VIRTIO_TRANSPORT_F_END):
-        if bit not in VRING_TRANSPORT_FEATURES:
-            vp.features &= ~(1 << bit)
+    vring_transport_features(vp)
     if features >> VIRTIO_F_RING_RESET & 1:
         vp.features |= 1 << VIRTIO_F_RING_RESET
     if not vp.has_feature(VIRTIO_F_VERSION_1):
@@ -530,6 +591,8 @@ def vp_finalize_features(k: Kernel, vp: VpDev) -> int:
 
 
 def virtio_features_ok(k: Kernel, vp: VpDev) -> int:
+    if not vp.has_feature(VIRTIO_F_VERSION_1):
+        return 0  # a legacy device has no FEATURES_OK handshake (§3.1.1 note on legacy)
     virtio_add_status(k, vp, FEATURES_OK)
     if not vp_get_status(k, vp) & FEATURES_OK:
         k.printk(f"{vp.name}: device refuses features: {vp.features:#x}")
@@ -546,7 +609,10 @@ def virtio_device_ready(k: Kernel, vp: VpDev) -> None:
 def virtio_find_vqs_ctx(
     k: Kernel, vp: VpDev, names: list[str], callbacks: list
 ) -> list[VringVirtqueue] | int:
-    return vp_modern_find_vqs(k, vp, names, callbacks)
+    find_vqs = vp.ops.find_vqs  # config->find_vqs
+    if find_vqs is None:
+        return vp_find_vqs(k, vp, names, callbacks)
+    return find_vqs(k, vp, names, callbacks)
 
 
 def vp_modern_find_vqs(
@@ -658,7 +724,7 @@ def vp_request_msix_vectors(
     if err:
         return err
     vp.msix_used_vectors += 1
-    v = vp_modern_config_vector(k, vp, v)
+    v = vp.ops.config_vector(k, vp, v)
     if v == VIRTIO_MSI_NO_VECTOR:
         return -EBUSY
     if not per_vq_vectors:
@@ -697,7 +763,7 @@ def vp_find_vqs_intx(
 def vp_setup_vq(
     k: Kernel, vp: VpDev, index: int, callback, name: str, msix_vec: int
 ) -> VringVirtqueue | int:
-    vq = setup_vq(k, vp, index, callback, name, msix_vec)
+    vq = vp.ops.setup_vq(k, vp, index, callback, name, msix_vec)
     if isinstance(vq, int):
         return vq
     vp.vq_info[index] = VpVqInfo(vq, msix_vec)
@@ -737,12 +803,6 @@ def setup_vq(
     return vq
 
 
-def vp_notify(k: Kernel, vq: VringVirtqueue) -> bool:
-    # Write the queue's index to its notify address (§4.1.4.4), iowrite16: memory or port.
-    k.iowrite16(vq.index, vq.priv)
-    return True
-
-
 def del_vq(k: Kernel, vp: VpDev, vq: VringVirtqueue) -> None:
     if vp.msix_enabled:
         vp_modern_queue_vector(k, vp, vq.index, VIRTIO_MSI_NO_VECTOR)
@@ -757,7 +817,7 @@ def vp_del_vqs(k: Kernel, vp: VpDev) -> None:
             if desc is not None:
                 irq_set_affinity_hint(k, desc, None)
             free_irq(k, irq, vq)
-        del_vq(k, vp, vq)
+        vp.ops.del_vq(k, vp, vq)
     vp.vqs.clear()
     vp.vq_info.clear()
     vp.per_vq_vectors = False
@@ -767,7 +827,7 @@ def vp_del_vqs(k: Kernel, vp: VpDev) -> None:
     for i in range(vp.msix_used_vectors):
         free_irq(k, pci_irq_vector(k, vp.pci_dev, i), vp)
     if vp.msix_enabled:
-        vp_modern_config_vector(k, vp, VIRTIO_MSI_NO_VECTOR)
+        vp.ops.config_vector(k, vp, VIRTIO_MSI_NO_VECTOR)
         pci_free_irq_vectors(k, vp.pci_dev)
         vp.msix_enabled = False
     vp.msix_vectors = 0
@@ -793,7 +853,7 @@ def vp_vring_interrupt(k: Kernel, vp: VpDev) -> bool:
 
 def vp_interrupt(k: Kernel, vp: VpDev) -> bool:
     """INTx: reading ISR tells which kind of event it was and de-asserts the line."""
-    isr = k.readb(vp.mdev.isr)
+    isr = k.ioread8(vp.isr)
     if not isr:
         return False  # shared line: not ours
     if isr & ISR_CONFIG:

@@ -41,6 +41,7 @@ class VringVirtqueue:
         callback: Callable[[VringVirtqueue], None] | None,
         notify: Callable[[VringVirtqueue], bool],
         event_idx: bool,
+        vring_align: int = SMP_CACHE_BYTES,
     ) -> None:
         self.k = k
         self.index = index
@@ -50,10 +51,12 @@ class VringVirtqueue:
         self.notify = notify
         self.event_idx = event_idx
         self.broken = False
-        size = vring_size(num, SMP_CACHE_BYTES)
+        # vring_align: where the used ring starts (modern: a cache line; legacy: 4096, the
+        # layout the device derives from the PFN alone).
+        size = vring_size(num, vring_align)
         self.base = k.pages.alloc(size)
         k.memory.write(self.base, bytes(size))
-        _, avail, used = vring_layout(num, SMP_CACHE_BYTES)  # vring_init
+        _, avail, used = vring_layout(num, vring_align)  # vring_init
         self.desc, self.avail, self.used = self.base, self.base + avail, self.base + used
         self.free = list(range(num))
         self.data: dict[int, tuple[Any, int]] = {}  # head → (token, descriptor count)

@@ -8,22 +8,27 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..virtio.device import DRIVER_OK
-from ..virtio.regs import COMMON
+from ..virtio.regs import COMMON, LEGACY
 
-_STATUS = COMMON["device_status"].offset
+# device_status in each transport's register block: the modern common config, or the legacy
+# I/O BAR0 block of a legacy-only device (§4.1.4.10), which has no common config.
+_STATUS = {"common": COMMON["device_status"].offset, "legacy": LEGACY["device_status"].offset}
+# Where the virtio part of a probe starts: its first transport-register access.
+TRANSPORT_SPACES = tuple(_STATUS)
 
 
 def is_driver_ok_write(rec: dict[str, Any]) -> bool:
     """A write of device_status that sets DRIVER_OK (virtio 1.2 §3.1.1 step 8)."""
-    return (rec.get("space") == "common" and rec.get("op") == "w"
-            and rec.get("offset") == _STATUS and bool(rec.get("value", 0) & DRIVER_OK))  # fmt: skip
+    space = rec.get("space")
+    return (space in _STATUS and rec.get("op") == "w"
+            and rec.get("offset") == _STATUS[space] and bool(rec.get("value", 0) & DRIVER_OK))  # fmt: skip
 
 
 def next_phase(phase: str, rec: dict[str, Any], probe_on_common: bool) -> tuple[str, str]:
     """(the record's phase, the phase after it). ``probe_on_common``: the probe starts at the
     first common-config access (hosts that cannot see the driver start: a real kernel);
     otherwise the host sets ``probe`` itself when it calls the driver."""
-    if probe_on_common and phase == "enumeration" and rec.get("space") == "common":
+    if probe_on_common and phase == "enumeration" and rec.get("space") in TRANSPORT_SPACES:
         phase = "probe"
     return phase, ("run" if phase == "probe" and is_driver_ok_write(rec) else phase)
 
@@ -52,12 +57,12 @@ def tag_phases(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def probe_window(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Accesses from the first common-config access to the first DRIVER_OK write, inclusive:
-    the virtio transport's part of a probe, comparable between hosts whatever their
-    enumeration did (firmware, bus scan)."""
+    """Accesses from the first common-config access (legacy-only device: the first BAR0
+    register access) to the first DRIVER_OK write, inclusive: the virtio transport's part of a
+    probe, comparable between hosts whatever their enumeration did (firmware, bus scan)."""
     out: list[dict[str, Any]] = []
     for r in records:
-        if "op" not in r or (not out and r.get("space") != "common"):
+        if "op" not in r or (not out and r.get("space") not in TRANSPORT_SPACES):
             continue
         out.append(r)
         if is_driver_ok_write(r):

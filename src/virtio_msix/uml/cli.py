@@ -260,7 +260,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
             return spec
         if spec.disable_modern:
             return cliargs.fail("boot: disable-modern=on: UML's virt-pci has no I/O space, so a "
-                                "legacy-only device cannot be used")  # fmt: skip
+                                "legacy-only device cannot be used (sim, show and replay take "
+                                "it)")  # fmt: skip
     net = "tap" if spec is not None and spec.netdev.kind == "tap" else "responder"
     opts = BootOptions(
         files=files,
