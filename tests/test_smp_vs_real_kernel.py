@@ -356,7 +356,7 @@ def test_sim_cli_shows_placement_and_xps(capsys):
 
     assert main(["sim", "--queue-pairs", "2", "--vectors", "6", "--cpus", "4", "--color", "never"]) == 0
     text = capsys.readouterr().out
-    assert "Vector placement (x86 vector matrix) and XPS" in text
+    assert "Vector placement at the end of the run (x86 vector matrix" in text
     assert re.search(r"CPU2: +\d+ free \| .*irq 24 virtio0-config", text)
     assert "irq 27 virtio0-input.1: CPU3 vector 0x22, affinity hint 2-3" in text
     assert "XPS tx-0: CPU 0-1" in text and "XPS tx-1: CPU 2-3" in text

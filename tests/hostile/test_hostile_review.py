@@ -7,6 +7,7 @@ Each test counts work (ring walks, memory reads), bytes, frames or records; none
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import struct
@@ -196,17 +197,35 @@ def send_one(rig: Rig) -> None:
     rig.kick(rig.tx)
 
 
+class FailingBackend(ResponderBackend):
+    """A backend whose host side fails every send (a full disk, a vanished TAP)."""
+
+    def send(self, frame: bytes) -> bool | None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
 def test_a_backend_oserror_is_counted_and_the_device_goes_on():
+    rig = Rig(mergeable=False)
+    rig.net.backend = FailingBackend()
+    send_one(rig)  # must not raise
+    h = rig.dev.health()
+    assert h["dropped"] == {"tx_backend_error": 1}
+    assert h["counters"]["tx_frames"] == 0 and h["counters"]["tx_dropped"] == 1
+    assert rig.tx.used_idx() == 1 and not rig.status() & NEEDS_RESET
+
+
+def test_a_pcap_that_cannot_be_written_never_drops_traffic():
+    """--pcap on a full disk: the capture stops (its error kept for the command to report),
+    the frame still goes to the backend."""
     rig = Rig(mergeable=False)
     w = PcapngWriter(io.BytesIO())
     with open("/dev/full", "wb", buffering=0) as full:
         w.out = full  # the disk filled up after the file was opened
         rig.net.backend = FrameTap(ResponderBackend(), w)
-        send_one(rig)  # must not raise
+        send_one(rig)
     h = rig.dev.health()
-    assert h["dropped"] == {"tx_backend_error": 1}
-    assert h["counters"]["tx_frames"] == 0 and h["counters"]["tx_dropped"] == 1
-    assert rig.tx.used_idx() == 1 and not rig.status() & NEEDS_RESET
+    assert h["counters"]["tx_frames"] == 1 and h["counters"]["tx_dropped"] == 0
+    assert isinstance(w.error, OSError) and w.frames == 0
 
 
 def test_a_tap_that_refuses_a_frame_is_counted_as_a_drop_not_as_sent():
