@@ -11,6 +11,7 @@ from ..virtio.device import DRIVER_OK
 from ..virtio.regs import COMMON
 
 _STATUS = COMMON["device_status"].offset
+PHASE_SPACES = ("common",)  # the only records next_phase changes the phase on
 
 
 def is_driver_ok_write(rec: dict[str, Any]) -> bool:
@@ -35,7 +36,9 @@ class PhaseTagger:
         self.phase = "enumeration"
         self.probe_on_common = probe_on_common
         if recorder is not None:
-            recorder.subscribe(self, first=True)  # before writers that stream tagged records
+            # before writers that stream tagged records; alone, it needs only the records that
+            # move the phase (common-config accesses), so recording off stays cheap
+            recorder.subscribe(self, first=True, only=PHASE_SPACES)
 
     def __call__(self, rec: dict[str, Any]) -> None:
         rec["phase"], self.phase = next_phase(self.phase, rec, self.probe_on_common)
