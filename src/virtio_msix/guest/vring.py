@@ -127,10 +127,11 @@ class VringVirtqueue:
         head, length = USED_ELEM.unpack(
             mem.read(self._used_ring + ring.USED_ELEM_SIZE * (last % self.num), USED_ELEM.size)
         )
-        if head not in self.data:
+        got = self.data.pop(head, None)
+        if got is None:
             self.broken = True  # the device returned a buffer we never gave it
             return None
-        token, _count = self.data.pop(head)
+        token = got[0]
         self.free.extend(self._chain.pop(head))
         self.last_used_idx = last = (last + 1) & 0xFFFF
         if self.event_idx:

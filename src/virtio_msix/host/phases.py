@@ -41,6 +41,9 @@ class PhaseTagger:
             recorder.subscribe(self, first=True, only=PHASE_SPACES)
 
     def __call__(self, rec: dict[str, Any]) -> None:
+        if rec.get("space") not in PHASE_SPACES:  # next_phase keeps the phase: skip the calls
+            rec["phase"] = self.phase
+            return
         rec["phase"], self.phase = next_phase(self.phase, rec, self.probe_on_common)
 
 
