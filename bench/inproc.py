@@ -20,6 +20,7 @@ in a child process with ``PYTHONPATH=SRC``, alternated with this tree's, and bot
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -37,6 +38,7 @@ DATA = HERE.parent / "tests" / "data"
 def _median_cpu(fn: Any, repeats: int) -> tuple[float, float, float]:
     times = []
     for _ in range(repeats):
+        gc.collect()  # what an earlier run left is not charged to this one
         t0 = time.process_time()
         fn()
         times.append(time.process_time() - t0)

@@ -166,7 +166,9 @@ def replay_records(
     out = []
     cfg_read, cfg_write, bar_read, bar_write = dev.cfg_read, dev.cfg_write, dev.bar_read, dev.bar_write
     for index, kind, bar, offset, size, value in ops:
-        if kind == _DIRECT_READ:
+        if kind == _DIRECT_CFG_READ:
+            got = bar(offset, size)
+        elif kind == _DIRECT_READ:
             got = bar(offset, size) & ((1 << (8 * size)) - 1)
         elif kind == _DIRECT_WRITE:
             bar(offset, size, value)
@@ -195,6 +197,7 @@ def replay_records(
 # What compile_records turns each record into: (record index, kind, BAR, offset, size, value).
 # _DIRECT_*: BAR is the region's handler itself, called with the offset inside the region.
 _CFG_READ, _CFG_WRITE, _BAR_READ, _BAR_WRITE, _QUEUE_NOTIFY, _DIRECT_READ, _DIRECT_WRITE = range(7)
+_DIRECT_CFG_READ = 7
 _SIZES_CFG = (1, 2, 4)
 _SIZES_BAR = (1, 2, 4, 8)
 
@@ -217,6 +220,7 @@ def compile_records(
         and type(dev).bar_write is PciFunction.bar_write
         and not dev.recorder.active
     )
+    direct_cfg = direct and type(dev).cfg_read is PciFunction.cfg_read  # its _cfg_read, untraced
     ops: list[tuple[int, int, Any, int, int, int]] = []
     bad: list[str] = []
     for index, rec in enumerate(records):
@@ -247,7 +251,10 @@ def compile_records(
                 continue
             offset, size, value = int(offset), int(size), int(value)  # type: ignore[arg-type]
         if space == "cfg":
-            ops.append((index, _CFG_READ if op == "r" else _CFG_WRITE, 0, offset, size, value))
+            if op == "r" and direct_cfg:
+                ops.append((index, _DIRECT_CFG_READ, dev._cfg_read, offset, size, value))
+            else:
+                ops.append((index, _CFG_READ if op == "r" else _CFG_WRITE, 0, offset, size, value))
         else:
             bar, base = regions[space]  # type: ignore[index]
             b = dev.bars[bar] if direct else None

@@ -199,9 +199,10 @@ class PciFunction:
             used[off : off + ln] = b"\x01" * ln
         offset = PCI_CONFIG_HEADER_SIZE
         while offset + length <= PCI_CONFIG_SPACE_SIZE:
-            if not any(used[offset : offset + length]):
+            last = used.rfind(1, offset, offset + length)
+            if last < 0:
                 return offset
-            offset += 1
+            offset = last + 1  # no window starting at or before ``last`` is free: first fit
         raise ValueError("no room for the capability in config space")
 
     def capabilities(self) -> list[tuple[int, int, int]]:
