@@ -223,6 +223,9 @@ def compile_records(
     direct_cfg = direct and type(dev).cfg_read is PciFunction.cfg_read  # its _cfg_read, untraced
     ops: list[tuple[int, int, Any, int, int, int]] = []
     bad: list[str] = []
+    # A trace repeats the same few registers: (space, op, offset, size) → (kind, target,
+    # offset, largest value), decided once per compile; later records check only their value.
+    seen: dict[tuple[str, str, int, int], tuple[int, Any, int, int]] = {}
     for index, rec in enumerate(records):
         space = rec.get("space")
         if space in EVENT_SPACES or "via" in rec:
@@ -234,15 +237,24 @@ def compile_records(
                     ops.append((index, _QUEUE_NOTIFY, 0, 0, 0, int(queue)))
             continue
         op, offset, size, value = rec.get("op"), rec.get("offset"), rec.get("size"), rec.get("value")
+        exact = (
+            type(offset) is int and type(size) is int and type(value) is int  # noqa: E721
+            and type(space) is str and type(op) is str  # noqa: E721
+        )  # fmt: skip
+        if exact:
+            hit = seen.get((space, op, offset, size))  # type: ignore[arg-type]
+            if hit is not None and 0 <= value <= hit[3]:  # type: ignore[operator]
+                ops.append((index, hit[0], hit[1], hit[2], size, value))  # type: ignore[arg-type]
+                continue
         # The common case checked inline; anything else gets check_record's full verdict.
         limit = sizes.get(space) if space in SPACES else None  # type: ignore[arg-type]
         if not (
-            limit is not None
+            exact
+            and limit is not None
             and (op == "r" or op == "w")
-            and type(offset) is int and type(size) is int and type(value) is int  # noqa: E721
             and size in (_SIZES_CFG if space == "cfg" else _SIZES_BAR)
-            and 0 <= offset and offset + size <= limit
-            and 0 <= value < 1 << (8 * size)
+            and 0 <= offset and offset + size <= limit  # type: ignore[operator]
+            and 0 <= value < 1 << (8 * size)  # type: ignore[operator]
         ):  # fmt: skip
             why = check_record(rec, sizes)
             if why:
@@ -250,23 +262,26 @@ def compile_records(
                 bad.append(f"{where}: {why}")
                 continue
             offset, size, value = int(offset), int(size), int(value)  # type: ignore[arg-type]
+        target: Any
         if space == "cfg":
             if op == "r" and direct_cfg:
-                ops.append((index, _DIRECT_CFG_READ, dev._cfg_read, offset, size, value))
+                kind, target, at = _DIRECT_CFG_READ, dev._cfg_read, offset
             else:
-                ops.append((index, _CFG_READ if op == "r" else _CFG_WRITE, 0, offset, size, value))
+                kind, target, at = (_CFG_READ if op == "r" else _CFG_WRITE), 0, offset
         else:
             bar, base = regions[space]  # type: ignore[index]
             b = dev.bars[bar] if direct else None
             region, rel, one_call = b.regions.lookup(base + offset, size) if b else (None, 0, False)
             if region is not None and one_call:
                 if op == "r":
-                    ops.append((index, _DIRECT_READ, region.read_fn, rel, size, value))
+                    kind, target, at = _DIRECT_READ, region.read_fn, rel
                 else:
-                    ops.append((index, _DIRECT_WRITE, region.write_fn, rel, size, value))
-                continue
-            kind = _BAR_READ if op == "r" else _BAR_WRITE
-            ops.append((index, kind, bar, base + offset, size, value))
+                    kind, target, at = _DIRECT_WRITE, region.write_fn, rel
+            else:
+                kind, target, at = (_BAR_READ if op == "r" else _BAR_WRITE), bar, base + offset
+        ops.append((index, kind, target, at, size, value))
+        if exact:
+            seen[(space, op, offset, size)] = (kind, target, at, (1 << (8 * size)) - 1)  # type: ignore[index]
     return ops, bad
 
 
