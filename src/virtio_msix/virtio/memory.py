@@ -30,13 +30,14 @@ class GuestMemory:
     """Flat guest-physical memory starting at address 0.
 
     The bytes are an anonymous mapping (zero pages the host kernel provides on first touch: a
-    64 MiB guest costs nothing until used) reached through a memoryview, which slices and
-    stores without the copies a bytearray slice makes."""
+    64 MiB guest costs nothing until used): a slice of it is the bytes read (one copy), and
+    stores go through a memoryview (no intermediate object)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.buf: mmap.mmap | bytearray = mmap.mmap(-1, size) if size > 0 else bytearray(0)
         self._view = memoryview(self.buf)
+        self._small = size <= 0  # no mapping (a bytearray: its slice is not bytes)
 
     def _check(self, addr: int, length: int) -> None:
         if addr < 0 or length < 0 or addr + length > self.size:
@@ -48,7 +49,7 @@ class GuestMemory:
     def read(self, addr: int, length: int) -> bytes:
         if addr < 0 or length < 0 or addr + length > self.size:
             self._check(addr, length)
-        return self._view[addr : addr + length].tobytes()
+        return bytes(self._view[addr : addr + length]) if self._small else self.buf[addr : addr + length]
 
     def write(self, addr: int, data: bytes) -> None:
         n = len(data)
