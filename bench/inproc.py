@@ -148,12 +148,12 @@ def _row(name: str, r: dict[str, Any]) -> str:
             f"{r['replay_s'][0] * 1000:.1f} ms) |")  # fmt: skip
 
 
-def report(results: list[tuple[str, dict[str, Any]]], repeats: int, packets: int) -> str:
+def report(results: list[tuple[str, dict[str, Any]]], how: str, packets: int) -> str:
     lines = [
         f"# In-process figures ({time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, "
         f"Python {platform.python_version()})",
         "",
-        f"CPU seconds, median (min–max) of {repeats} runs; `bench/inproc.py`. sim: probe, "
+        f"CPU seconds, median (min–max) {how}; `bench/inproc.py`. sim: probe, "
         f"{packets} frames each way through the loopback, removal. Replay: every capture in "
         "tests/data, parsed beforehand.",
         "",
@@ -190,7 +190,12 @@ def main() -> int:
             results.append((f"{label}", _merge(runs[key])))
     else:
         results.append(("this tree", measure(args.repeats, args.packets)))
-    text = report(results, args.repeats, args.packets)
+    if args.against:
+        how = (f"of {args.rounds} rounds alternating the two trees, {per} runs each (the median "
+               "of the rounds' medians; min–max over all runs)")  # fmt: skip
+    else:
+        how = f"of {args.repeats} runs"
+    text = report(results, how, args.packets)
     print(text)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
