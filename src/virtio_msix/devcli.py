@@ -18,6 +18,7 @@ from .host.devspec import (
     spec_from_args,
     wants_help,
 )
+from .pci.function import PciFunction
 from .trace import EVENT_SPACES, SPACES, load_jsonl_lines
 from .virtio import VirtioPciDevice, make_virtio_net_pci
 from .virtio.describe import describe
@@ -161,7 +162,7 @@ def replay_records(
         memory=SparseMemory(),
         spec=spec,
     )
-    bad = check_records(records, region_sizes(dev), lines)
+    ops, bad = compile_records(records, dev, lines)
     if bad:
         more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
         raise ValueError(
@@ -169,15 +170,126 @@ def replay_records(
             + "; ".join(bad[:3])
             + more
         )
-    regions = region_map(dev)
     out = []
-    for index, rec in enumerate(records):
-        got = apply_record(dev, regions, rec)
-        if got is None or rec.get("op") != "r":
+    cfg_read, cfg_write, bar_read, bar_write = dev.cfg_read, dev.cfg_write, dev.bar_read, dev.bar_write
+    for index, kind, bar, offset, size, value in ops:
+        if kind == _DIRECT_CFG_READ:
+            got = bar(offset, size)
+        elif kind == _DIRECT_READ:
+            got = bar(offset, size) & ((1 << (8 * size)) - 1)
+        elif kind == _DIRECT_WRITE:
+            bar(offset, size, value)
             continue
-        if got != rec["value"]:
-            out.append(Mismatch(index, rec["space"], rec["offset"], rec["size"], rec["value"], got))
+        elif kind == _BAR_READ:
+            got = bar_read(bar, offset, size)
+        elif kind == _BAR_WRITE:
+            bar_write(bar, offset, size, value)
+            continue
+        elif kind == _CFG_READ:
+            got = cfg_read(offset, size)
+        elif kind == _CFG_WRITE:
+            cfg_write(offset, size, value)
+            continue
+        else:  # _QUEUE_NOTIFY, as apply_record
+            queues = dev.device.queues
+            if 0 <= value < len(queues):
+                dev.notify_queue(value)
+            continue
+        if got != value:
+            rec = records[index]
+            out.append(Mismatch(index, rec["space"], rec["offset"], size, value, got))
     return out
+
+
+# What compile_records turns each record into: (record index, kind, BAR, offset, size, value).
+# _DIRECT_*: BAR is the region's handler itself, called with the offset inside the region.
+_CFG_READ, _CFG_WRITE, _BAR_READ, _BAR_WRITE, _QUEUE_NOTIFY, _DIRECT_READ, _DIRECT_WRITE = range(7)
+_DIRECT_CFG_READ = 7
+_SIZES_CFG = (1, 2, 4)
+_SIZES_BAR = (1, 2, 4, 8)
+
+
+def compile_records(
+    records: list[dict[str, Any]], dev: VirtioPciDevice, lines: list[int] | None = None
+) -> tuple[list[tuple[int, int, Any, int, int, int]], list[str]]:
+    """Check every record (``check_record``) and turn each one replay applies into a tuple
+    (record index, kind, BAR, offset inside the BAR, size, value) — what ``apply_record``
+    would do, decided once — so that the replay loop does no lookups. Returns the operations
+    and a description of every record that cannot be applied (as ``check_records``)."""
+    sizes = region_sizes(dev)
+    regions = region_map(dev)
+    # With nothing recording the device's accesses and the function's own BAR path (not a
+    # wrapper's), an access that is one handler call (RegionMap.lookup) calls that handler
+    # directly: what PciFunction.bar_read/bar_write would do, without the layers between.
+    direct = (
+        isinstance(dev, PciFunction)
+        and type(dev).bar_read is PciFunction.bar_read
+        and type(dev).bar_write is PciFunction.bar_write
+        and not dev.recorder.active
+    )
+    direct_cfg = direct and type(dev).cfg_read is PciFunction.cfg_read  # its _cfg_read, untraced
+    ops: list[tuple[int, int, Any, int, int, int]] = []
+    bad: list[str] = []
+    # A trace repeats the same few registers: (space, op, offset, size) → (kind, target,
+    # offset, largest value), decided once per compile; later records check only their value.
+    seen: dict[tuple[str, str, int, int], tuple[int, Any, int, int]] = {}
+    for index, rec in enumerate(records):
+        space = rec.get("space")
+        if space in EVENT_SPACES or "via" in rec:
+            if space == "event" and rec.get("kind") == "queue-notify":
+                queue = rec.get("queue")
+                if type(queue) is int:  # noqa: E721 — bool is not a queue index
+                    ops.append((index, _QUEUE_NOTIFY, 0, 0, 0, queue))
+                elif isinstance(queue, int):
+                    ops.append((index, _QUEUE_NOTIFY, 0, 0, 0, int(queue)))
+            continue
+        op, offset, size, value = rec.get("op"), rec.get("offset"), rec.get("size"), rec.get("value")
+        exact = (
+            type(offset) is int and type(size) is int and type(value) is int  # noqa: E721
+            and type(space) is str and type(op) is str  # noqa: E721
+        )  # fmt: skip
+        if exact:
+            hit = seen.get((space, op, offset, size))  # type: ignore[arg-type]
+            if hit is not None and 0 <= value <= hit[3]:  # type: ignore[operator]
+                ops.append((index, hit[0], hit[1], hit[2], size, value))  # type: ignore[arg-type]
+                continue
+        # The common case checked inline; anything else gets check_record's full verdict.
+        limit = sizes.get(space) if space in SPACES else None  # type: ignore[arg-type]
+        if not (
+            exact
+            and limit is not None
+            and (op == "r" or op == "w")
+            and size in (_SIZES_CFG if space == "cfg" else _SIZES_BAR)
+            and 0 <= offset and offset + size <= limit  # type: ignore[operator]
+            and 0 <= value < 1 << (8 * size)  # type: ignore[operator]
+        ):  # fmt: skip
+            why = check_record(rec, sizes)
+            if why:
+                where = f"line {lines[index]}" if lines else f"record {index}"
+                bad.append(f"{where}: {why}")
+                continue
+            offset, size, value = int(offset), int(size), int(value)  # type: ignore[arg-type]
+        target: Any
+        if space == "cfg":
+            if op == "r" and direct_cfg:
+                kind, target, at = _DIRECT_CFG_READ, dev._cfg_read, offset
+            else:
+                kind, target, at = (_CFG_READ if op == "r" else _CFG_WRITE), 0, offset
+        else:
+            bar, base = regions[space]  # type: ignore[index]
+            b = dev.bars[bar] if direct else None
+            region, rel, one_call = b.regions.lookup(base + offset, size) if b else (None, 0, False)
+            if region is not None and one_call:
+                if op == "r":
+                    kind, target, at = _DIRECT_READ, region.read_fn, rel
+                else:
+                    kind, target, at = _DIRECT_WRITE, region.write_fn, rel
+            else:
+                kind, target, at = (_BAR_READ if op == "r" else _BAR_WRITE), bar, base + offset
+        ops.append((index, kind, target, at, size, value))
+        if exact:
+            seen[(space, op, offset, size)] = (kind, target, at, (1 << (8 * size)) - 1)  # type: ignore[index]
+    return ops, bad
 
 
 def trace_meta(records: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -165,9 +165,11 @@ def handle_edge_irq(k: Kernel, desc: IrqDesc, cpu: int | None = None, vector: in
     k.in_interrupt += 1
     try:
         if desc.msix_entry is not None:
-            if k.x86 is not None and vector is not None:
+            # (the flags tested here first are the ones both functions return at once without)
+            if desc.move_in_progress and k.x86 is not None and vector is not None:
                 k.irq_complete_move(desc, cpu, vector)
-            irq_move_irq(k, desc)
+            if desc.move_pending:
+                irq_move_irq(k, desc)
         for action in list(desc.actions):
             action.handler(desc)
     finally:

@@ -200,6 +200,8 @@ class Kernel:
     def take_interrupts(self) -> None:
         if self.in_interrupt or self.irqs_disabled:
             return
+        if not self.pending_msi and not self.intx_level and not self.cleanup_list:
+            return  # nothing raised (most accesses): what the loop below would find
         try:
             self._take_interrupts()
         finally:

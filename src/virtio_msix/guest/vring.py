@@ -6,6 +6,7 @@ negotiated: vring_create_virtqueue picks it)."""
 from __future__ import annotations
 
 import struct
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -58,7 +59,15 @@ class VringVirtqueue:
         k.memory.write(self.base, bytes(size))
         _, avail, used = vring_layout(num, vring_align)  # vring_init
         self.desc, self.avail, self.used = self.base, self.base + avail, self.base + used
-        self.free = list(range(num))
+        self.free: deque[int] = deque(range(num))
+        self._chain: dict[int, list[int]] = {}  # head → the descriptors of its chain
+        # Ring addresses used on every buffer, computed once (abi/ring.py's offsets).
+        self._avail_ring = self.avail + ring.avail_entry(0)
+        self._avail_idx = self.avail + ring.AVAIL_IDX
+        self._used_event = self.avail + ring.used_event(num)
+        self._used_ring = self.used + ring.used_entry(0)
+        self._used_idx = self.used + ring.USED_IDX
+        self._avail_event = self.used + ring.avail_event(num)
         self.data: dict[int, tuple[Any, int]] = {}  # head → (token, descriptor count)
         self.avail_idx_shadow = 0
         self.last_used_idx = 0
@@ -73,24 +82,25 @@ class VringVirtqueue:
     # -- adding buffers ---------------------------------------------------------------------------
     def add_sgs(self, out: list[tuple[int, int]], inb: list[tuple[int, int]], token: Any) -> int:
         total = len(out) + len(inb)
-        if total == 0 or total > len(self.free):
+        free = self.free
+        if total == 0 or total > len(free):
             return -ENOSPC
         mem = self.k.memory
-        descs = [self.free.pop(0) for _ in range(total)]
+        descs = [free.popleft() for _ in range(total)]
+        nout, last, base, pack = len(out), total - 1, self.desc, DESC.pack
         for i, (addr, length) in enumerate(out + inb):
-            flags = (VRING_DESC_F_WRITE if i >= len(out) else 0) | (
-                VRING_DESC_F_NEXT if i + 1 < total else 0
-            )
-            nxt = descs[i + 1] if i + 1 < total else 0
-            mem.write(self.desc + ring.DESC_SIZE * descs[i], DESC.pack(addr, length, flags, nxt))
+            flags = VRING_DESC_F_WRITE if i >= nout else 0
+            if i < last:
+                mem.write(base + ring.DESC_SIZE * descs[i],
+                          pack(addr, length, flags | VRING_DESC_F_NEXT, descs[i + 1]))  # fmt: skip
+            else:
+                mem.write(base + ring.DESC_SIZE * descs[i], pack(addr, length, flags, 0))
         head = descs[0]
         self.data[head] = (token, total)
-        self._chain = getattr(self, "_chain", {})
         self._chain[head] = descs
-        slot = self.avail_idx_shadow % self.num
-        mem.write(self.avail + ring.avail_entry(slot), struct.pack("<H", head))
+        mem.write_u16(self._avail_ring + 2 * (self.avail_idx_shadow % self.num), head)
         self.avail_idx_shadow = (self.avail_idx_shadow + 1) & 0xFFFF
-        mem.write(self.avail + ring.AVAIL_IDX, struct.pack("<H", self.avail_idx_shadow))
+        mem.write_u16(self._avail_idx, self.avail_idx_shadow)
         self.num_added += 1
         return 0
 
@@ -100,10 +110,8 @@ class VringVirtqueue:
         old = (new - self.num_added) & 0xFFFF
         self.num_added = 0
         if self.event_idx:
-            avail_event = struct.unpack("<H", mem.read(self.used + ring.avail_event(self.num), 2))[0]
-            return vring_need_event(avail_event, new, old)
-        flags = struct.unpack("<H", mem.read(self.used + ring.USED_FLAGS, 2))[0]
-        return not flags & VRING_USED_F_NO_NOTIFY
+            return vring_need_event(mem.read_u16(self._avail_event), new, old)
+        return not mem.read_u16(self.used + ring.USED_FLAGS) & VRING_USED_F_NO_NOTIFY
 
     def kick(self) -> bool:
         if self.kick_prepare():
@@ -112,23 +120,25 @@ class VringVirtqueue:
 
     # -- reaping -----------------------------------------------------------------------------------
     def more_used(self) -> bool:
-        idx = struct.unpack("<H", self.k.memory.read(self.used + ring.USED_IDX, 2))[0]
-        return idx != self.last_used_idx
+        return self.k.memory.read_u16(self._used_idx) != self.last_used_idx
 
     def get_buf(self) -> tuple[Any, int] | None:
-        if not self.more_used():
-            return None
         mem = self.k.memory
-        slot = self.last_used_idx % self.num
-        head, length = USED_ELEM.unpack(mem.read(self.used + ring.used_entry(slot), USED_ELEM.size))
-        if head not in self.data:
+        last = self.last_used_idx
+        if mem.read_u16(self._used_idx) == last:  # more_used
+            return None
+        head, length = USED_ELEM.unpack(
+            mem.read(self._used_ring + ring.USED_ELEM_SIZE * (last % self.num), USED_ELEM.size)
+        )
+        got = self.data.pop(head, None)
+        if got is None:
             self.broken = True  # the device returned a buffer we never gave it
             return None
-        token, _count = self.data.pop(head)
+        token = got[0]
         self.free.extend(self._chain.pop(head))
-        self.last_used_idx = (self.last_used_idx + 1) & 0xFFFF
+        self.last_used_idx = last = (last + 1) & 0xFFFF
         if self.event_idx:
-            mem.write(self.avail + ring.used_event(self.num), struct.pack("<H", self.last_used_idx))
+            mem.write_u16(self._used_event, last)
         return token, length
 
     def detach_unused_buf(self) -> Any:

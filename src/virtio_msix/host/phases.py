@@ -15,6 +15,8 @@ from ..virtio.regs import COMMON, LEGACY
 _STATUS = {"common": COMMON["device_status"].offset, "legacy": LEGACY["device_status"].offset}
 # Where the virtio part of a probe starts: its first transport-register access.
 TRANSPORT_SPACES = tuple(_STATUS)
+# the only records next_phase changes the phase on (the tagger listens to nothing else)
+PHASE_SPACES = TRANSPORT_SPACES
 
 
 def is_driver_ok_write(rec: dict[str, Any]) -> bool:
@@ -40,9 +42,14 @@ class PhaseTagger:
         self.phase = "enumeration"
         self.probe_on_common = probe_on_common
         if recorder is not None:
-            recorder.subscribe(self, first=True)  # before writers that stream tagged records
+            # before writers that stream tagged records; alone, it needs only the records that
+            # move the phase (transport-register accesses), so recording off stays cheap
+            recorder.subscribe(self, first=True, only=PHASE_SPACES)
 
     def __call__(self, rec: dict[str, Any]) -> None:
+        if rec.get("space") not in PHASE_SPACES:  # next_phase keeps the phase: skip the calls
+            rec["phase"] = self.phase
+            return
         rec["phase"], self.phase = next_phase(self.phase, rec, self.probe_on_common)
 
 

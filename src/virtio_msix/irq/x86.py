@@ -81,6 +81,9 @@ def compose_msi(dest: int, vector: int, logical: bool) -> MsiMessage:
     return MsiMessage(address, vector & 0xFF)
 
 
+DECODED_MAX = 4096  # distinct MSI messages remembered decoded (X86Interrupts._decode)
+
+
 @dataclass
 class DecodedMsi:
     valid: bool
@@ -333,6 +336,7 @@ class X86Interrupts:
         self.log: deque[tuple[int, int, DecodedMsi]] = deque(maxlen=256)
         self.received = 0
         self.dropped = 0
+        self._decoded: dict[tuple[int, int], tuple[DecodedMsi, LocalApic | None]] = {}
 
     def dest_id(self, cpu: int) -> int:
         return 1 << cpu if self.logical else cpu
@@ -345,26 +349,36 @@ class X86Interrupts:
             return [a for a in self.apics if msg.dest & a.logical_id()][:1]
         return [a for a in self.apics if a.cpu == msg.dest]
 
+    def _decode(self, address: int, data: int) -> tuple[DecodedMsi, LocalApic | None]:
+        """The message decoded and the APIC that takes it (None: none does). The same few
+        messages arrive over and over (one per vector the driver programmed), so each is decoded
+        once; the APICs and the destination mode are fixed once the machine is built. Bounded:
+        a guest programming ever new messages only refills it."""
+        hit = self._decoded.get((address, data))
+        if hit is None:
+            decoded = decode_msi(address, data)
+            targets = self.targets(decoded) if decoded.valid else []
+            hit = (decoded, targets[0] if targets else None)
+            if len(self._decoded) >= DECODED_MAX:
+                self._decoded.clear()
+            self._decoded[(address, data)] = hit
+        return hit
+
     def service_order(self, address: int, data: int, this_cpu: int = 0) -> tuple[int, int, int]:
         """Sort key for messages that arrived together: those for other CPUs first (they take
         them at once while ``this_cpu`` is still finishing the access that raised them), then
         per CPU the highest vector (priority) first; messages no APIC takes come last."""
-        decoded = decode_msi(address, data)
-        targets = self.targets(decoded) if decoded.valid else []
-        if not targets:
+        decoded, target = self._decode(address, data)
+        if target is None:
             return (2, self.cpus, 0)
-        cpu = targets[0].cpu
+        cpu = target.cpu
         return (int(cpu == this_cpu), cpu, -decoded.vector)
 
     def msi(self, address: int, data: int) -> None:
-        decoded = decode_msi(address, data)
+        decoded, target = self._decode(address, data)
         self.log.append((address, data, decoded))
         self.received += 1
-        if not decoded.valid:
+        if target is None:
             self.dropped += 1
             return
-        targets = self.targets(decoded)
-        if not targets:
-            self.dropped += 1
-            return
-        targets[0].accept(decoded.vector)
+        target.accept(decoded.vector)

@@ -21,6 +21,7 @@ MEM_SIZES = (1, 2, 4, 8)
 IO_SIZES = (1, 2, 4)
 MEM_SPACE = 1 << 64
 IO_SPACE = 1 << 16
+DECODED_MAX = 4096  # addresses whose decode is remembered
 
 
 class PciBusError(ValueError):
@@ -40,11 +41,16 @@ def _check(kind: str, addr: int, size: int, sizes: tuple[int, ...], space: int,
 class PciBus:
     def __init__(self) -> None:
         self.functions: dict[tuple[int, int], PciFunction] = {}
+        # (addr, size, io) → what _decode found, valid while the functions' config generations
+        # sum to _decode_gen (they only grow, so any change of a BAR or COMMAND changes it)
+        self._decoded: dict[tuple[int, int, bool], tuple[PciFunction, int, int] | None] = {}
+        self._decode_gen = -1
 
     def attach(self, slot: int, function: PciFunction, func: int = 0) -> None:
         if not (0 <= slot < 32 and 0 <= func < 8):
             raise ValueError(f"slot {slot} function {func} out of range")
         self.functions[(slot, func)] = function
+        self._decoded.clear()
 
     def function(self, slot: int, func: int = 0) -> PciFunction | None:
         return self.functions.get((slot, func))
@@ -65,6 +71,26 @@ class PciBus:
 
     # -- memory and I/O space ------------------------------------------------------------------
     def _decode(self, addr: int, size: int, io: bool) -> tuple[PciFunction, int, int] | None:
+        gen = 0
+        for fn in self.functions.values():
+            g = getattr(fn, "cfg_space_generation", None)
+            if g is None:  # a function that does not count its changes: decode every time
+                return self._decode_now(addr, size, io)
+            gen += g
+        if gen != self._decode_gen:
+            self._decoded.clear()
+            self._decode_gen = gen
+        key = (addr, size, io)
+        try:
+            return self._decoded[key]
+        except KeyError:
+            pass
+        hit = self._decode_now(addr, size, io)
+        if len(self._decoded) < DECODED_MAX:  # bounded whatever addresses a caller tries
+            self._decoded[key] = hit
+        return hit
+
+    def _decode_now(self, addr: int, size: int, io: bool) -> tuple[PciFunction, int, int] | None:
         for fn in self.functions.values():
             for bar in fn.bars:
                 if bar is None or bar.is_io != io:

@@ -8,6 +8,7 @@ claims are plain read-write storage, as in QEMU (pci_init_wmask).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +63,8 @@ class Bar:
 
 
 ConfigHook = Callable[[int, int], None]
+_COMMAND = HEADER["command"].offset
+_U16 = struct.Struct("<H")
 
 
 class PciFunction:
@@ -86,6 +89,9 @@ class PciFunction:
         # 256 bytes (reads above read all ones, writes are dropped), as on a real bus.
         self.config_size = PCIE_CONFIG_SPACE_SIZE if express else PCI_CONFIG_SPACE_SIZE
         self.config = bytearray(PCIE_CONFIG_SPACE_SIZE)
+        # Counts changes of config space that may move a BAR or turn decode on or off (stores
+        # through cfg_write, set_config, _set_field): a bus remembers decodes until it changes.
+        self.cfg_space_generation = 0
         self.wmask = bytearray(PCIE_CONFIG_SPACE_SIZE)
         self.w1cmask = bytearray(PCIE_CONFIG_SPACE_SIZE)
         self.bars: list[Bar | None] = [None] * 7  # 0..5 and the ROM at index 6
@@ -120,6 +126,7 @@ class PciFunction:
 
     def _set_field(self, name: str, value: int) -> None:
         reg = HEADER[name]
+        self.cfg_space_generation += 1
         self.config[reg.offset : reg.offset + reg.size] = value.to_bytes(reg.size, "little")
 
     def config_word(self, offset: int) -> int:
@@ -130,15 +137,16 @@ class PciFunction:
 
     def set_config(self, offset: int, size: int, value: int) -> None:
         """Device-internal store (no masks, no hooks, not traced)."""
+        self.cfg_space_generation += 1
         self.config[offset : offset + size] = value.to_bytes(size, "little")
 
     @property
     def command(self) -> int:
-        return self.config_word(HEADER["command"].offset)
+        return _U16.unpack_from(self.config, _COMMAND)[0]
 
     @property
     def bus_master(self) -> bool:
-        return bool(self.command & PCI_COMMAND_MASTER)
+        return bool(_U16.unpack_from(self.config, _COMMAND)[0] & PCI_COMMAND_MASTER)
 
     def record_event(self, kind: str, **fields: Any) -> None:
         self.recorder.event("event", kind=kind, **fields)
@@ -191,9 +199,10 @@ class PciFunction:
             used[off : off + ln] = b"\x01" * ln
         offset = PCI_CONFIG_HEADER_SIZE
         while offset + length <= PCI_CONFIG_SPACE_SIZE:
-            if not any(used[offset : offset + length]):
+            last = used.rfind(1, offset, offset + length)
+            if last < 0:
                 return offset
-            offset += 1
+            offset = last + 1  # no window starting at or before ``last`` is free: first fit
         raise ValueError("no room for the capability in config space")
 
     def capabilities(self) -> list[tuple[int, int, int]]:
@@ -246,6 +255,7 @@ class PciFunction:
         if size not in (1, 2, 4) or offset < 0 or offset + size > self.config_size:
             return
         old_command = self.command
+        self.cfg_space_generation += 1
         for i in range(size):
             b = (value >> (8 * i)) & 0xFF
             o = offset + i
@@ -315,13 +325,13 @@ class PciFunction:
 
     def _record_bar(self, b: Bar, op: str, offset: int, size: int, value: int) -> None:
         rec = self.recorder
-        if not rec.enabled and not rec._listeners:
+        if not rec.active:
             return
-        region = b.regions.find(offset)
+        region, rel, _ = b.regions.lookup(offset, size)
         if region is None:
             rec.access(f"bar{b.index}", op, offset, size, value)
         else:
-            rec.access(region.name, op, offset - region.offset, size, value)
+            rec.access(region.name, op, rel, size, value)
 
     # -- interrupts ---------------------------------------------------------------------------
     def set_irq_level(self, level: bool) -> None:
@@ -346,7 +356,7 @@ class PciFunction:
 
     def send_msi(self, address: int, data: int, vector: int | None = None) -> None:
         """An MSI is a DMA write: it goes out only while Bus Master is enabled."""
-        if not self.bus_master:
+        if not _U16.unpack_from(self.config, _COMMAND)[0] & PCI_COMMAND_MASTER:  # bus_master
             self.msi_dropped += 1
             self.record_event("msi-dropped", vector=vector, reason="bus master disabled")
             return

@@ -15,6 +15,7 @@ Rules kept (the PCI spec, and QEMU's hw/pci/msix.c where the spec leaves room):
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +65,13 @@ class MsixEntry:
     effectively_masked: bool  # entry or function masked
     pending: bool
     used: int  # how many events are mapped to it
+
+
+# One table entry read at once (PCI 3.0 §6.8.2.6: message address low, high, data, vector
+# control, each a little-endian dword): the layout regs.py describes, compiled to one struct.
+assert (PCI_MSIX_ENTRY_LOWER_ADDR, PCI_MSIX_ENTRY_UPPER_ADDR, PCI_MSIX_ENTRY_DATA) == (0, 4, 8)
+_MESSAGE = struct.Struct("<QI")  # address (high dword above low), data
+_DWORD = struct.Struct("<I")
 
 
 def _no_event(kind: str, **fields: Any) -> None:
@@ -146,8 +154,7 @@ class Msix:
 
     # -- per-vector state ----------------------------------------------------------------------
     def _ctrl(self, v: int) -> int:
-        off = v * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL
-        return int.from_bytes(self.table[off : off + 4], "little")
+        return _DWORD.unpack_from(self.table, v * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL)[0]
 
     def entry_masked(self, v: int) -> bool:
         return bool(self._ctrl(v) & PCI_MSIX_ENTRY_CTRL_MASKBIT)
@@ -166,11 +173,7 @@ class Msix:
             self.pba[v // 8] &= ~(1 << (v % 8)) & 0xFF
 
     def message(self, v: int) -> tuple[int, int]:
-        base = v * PCI_MSIX_ENTRY_SIZE
-        lo = self._dword(base + PCI_MSIX_ENTRY_LOWER_ADDR)
-        hi = self._dword(base + PCI_MSIX_ENTRY_UPPER_ADDR)
-        data = self._dword(base + PCI_MSIX_ENTRY_DATA)
-        return hi << 32 | lo, data
+        return _MESSAGE.unpack_from(self.table, v * PCI_MSIX_ENTRY_SIZE)  # type: ignore[return-value]
 
     def _dword(self, off: int) -> int:
         return int.from_bytes(self.table[off : off + 4], "little")
@@ -228,7 +231,7 @@ class Msix:
         if not 0 <= v < self.table_size or not self.use_count[v]:
             self._record_event("msi-dropped", vector=v, reason="vector not in use")
             return
-        if self.is_masked(v):
+        if self.function_masked or self._ctrl(v) & PCI_MSIX_ENTRY_CTRL_MASKBIT:  # is_masked
             if not self.pending(v):
                 self._record_event("msix-pending", vector=v)
             self._set_pending(v, True)
@@ -236,7 +239,7 @@ class Msix:
         self._send(v)
 
     def _send(self, v: int) -> None:
-        address, data = self.message(v)
+        address, data = _MESSAGE.unpack_from(self.table, v * PCI_MSIX_ENTRY_SIZE)  # message(v)
         self.sent[v] += 1
         self._send_msi(address, data, v)
 

@@ -83,15 +83,27 @@ def split_access(offset: int, size: int, max_size: int) -> list[tuple[int, int, 
     return pieces
 
 
+COMPILED_MAX = 4096  # distinct (offset, size) accesses remembered per BAR
+
+
 class RegionMap:
-    """The regions of one BAR; space between them reads 0 and ignores writes."""
+    """The regions of one BAR; space between them reads 0 and ignores writes.
+
+    Regions are described once, as data; each (offset, size) a bus access uses is compiled, the
+    first time it is seen, into what it resolves to: either one region handler called directly
+    (the access lies inside one region, is a valid and implemented size there, aligned: one
+    bus transaction, no split) or the general walk below. The compiled table is dropped when
+    a region is added."""
 
     def __init__(self, size: int, regions: list[Region] | None = None) -> None:
         self.size = size
         self.regions: list[Region] = list(regions or [])
+        # (offset, size) → (region or None, offset inside it, direct); see _compile
+        self._compiled: dict[tuple[int, int], tuple[Region | None, int, bool]] = {}
 
     def add(self, region: Region) -> Region:
         self.regions.append(region)
+        self._compiled.clear()
         return region
 
     def find(self, offset: int) -> Region | None:
@@ -99,6 +111,30 @@ class RegionMap:
             if r.contains(offset):
                 return r
         return None
+
+    def lookup(self, offset: int, size: int) -> tuple[Region | None, int, bool]:
+        """(the region holding ``offset`` or None, the offset inside it, whether the access is
+        one direct handler call)."""
+        hit = self._compiled.get((offset, size))
+        if hit is None:
+            hit = self._compile(offset, size)
+            if len(self._compiled) < COMPILED_MAX:  # a guest probing every offset: bounded
+                self._compiled[(offset, size)] = hit
+        return hit
+
+    def _compile(self, offset: int, size: int) -> tuple[Region | None, int, bool]:
+        region = self.find(offset)
+        if region is None:
+            return None, offset, False
+        rel = offset - region.offset
+        direct = (
+            rel + size <= region.size  # inside the region: _walk makes one span
+            and size & (size - 1) == 0  # a power of two, aligned and ≤ valid_max: one piece
+            and rel % size == 0
+            and region.valid_min <= size <= region.valid_max  # Region._valid
+            and region.impl_min <= size <= region.impl_max  # one handler call, no split
+        )
+        return region, rel, direct
 
     def _walk(self, offset: int, size: int):
         """(region, region offset, piece size, byte position) for each bus transaction."""
@@ -117,6 +153,9 @@ class RegionMap:
             pos += span
 
     def read(self, offset: int, size: int) -> int:
+        region, rel, direct = self.lookup(offset, size)
+        if direct:
+            return region.read_fn(rel, size) & ((1 << (8 * size)) - 1)  # type: ignore[union-attr]
         value = 0
         for region, off, length, pos in self._walk(offset, size):
             if region is not None:
@@ -124,6 +163,10 @@ class RegionMap:
         return value
 
     def write(self, offset: int, size: int, value: int) -> None:
+        region, rel, direct = self.lookup(offset, size)
+        if direct:
+            region.write_fn(rel, size, value & ((1 << (8 * size)) - 1))  # type: ignore[union-attr]
+            return
         for region, off, length, pos in self._walk(offset, size):
             if region is not None:
                 region.dispatch_write(off, length, (value >> (8 * pos)) & _mask(length))

@@ -30,9 +30,13 @@ class Recorder:
     def __init__(
         self, enabled: bool = True, keep_first: int | None = None, keep_last: int = 0
     ) -> None:
-        self.enabled = enabled  # False: records go to the listeners only, none are kept
         self._records: list[Record] = []
         self._listeners: list[Callable[[Record], None]] = []
+        # Listeners that, while nothing keeps or streams records, need only the records of some
+        # spaces (a phase tagger: only common-config accesses change its state); see subscribe.
+        self._narrow: dict[int, frozenset[str]] = {}
+        self._enabled = enabled
+        self._update()
         self.t0 = time.monotonic_ns()
         # Bounded (keep_first set): the first ``keep_first`` records and the last
         # ``keep_last``; ``dropped`` counts those between, which listeners still saw.
@@ -42,21 +46,53 @@ class Recorder:
         self.dropped = 0
 
     @property
+    def enabled(self) -> bool:
+        """False: records go to the listeners only, none are kept."""
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self._enabled = value
+        self._update()
+
+    def _update(self) -> None:
+        # Recording off costs one test per access: ``_all`` False means nobody wants every
+        # record; then only records of a space in ``_spaces`` are made (empty: none at all).
+        narrow = [self._narrow.get(id(fn)) for fn in self._listeners]
+        self._all = self._enabled or any(n is None for n in narrow)
+        self._spaces: frozenset[str] = frozenset().union(*(n for n in narrow if n is not None))
+
+    @property
+    def active(self) -> bool:
+        """Whether any record is made at all (callers may skip work that only feeds one)."""
+        return self._all or bool(self._spaces)
+
+    @property
     def records(self) -> list[Record]:
         """The records kept, in order (when bounded: the first ones, then the last ones)."""
         if not self._tail:
             return self._records
         return self._records + list(self._tail)
 
-    def subscribe(self, listener: Callable[[Record], None], first: bool = False) -> None:
-        """``first``: before the listeners already there (one that adds keys others read)."""
+    def subscribe(
+        self,
+        listener: Callable[[Record], None],
+        first: bool = False,
+        only: Iterable[str] | None = None,
+    ) -> None:
+        """``first``: before the listeners already there (one that adds keys others read).
+        ``only``: the spaces whose records this listener needs while no other listener (and no
+        keeping) wants records — records of other spaces are then not made at all."""
         if first:
             self._listeners.insert(0, listener)
         else:
             self._listeners.append(listener)
+        if only is not None:
+            self._narrow[id(listener)] = frozenset(only)
+        self._update()
 
     def access(self, space: str, op: str, offset: int, size: int, value: int, **extra: Any) -> None:
-        if not self.enabled and not self._listeners:
+        if not self._all and space not in self._spaces:
             return
         rec: Record = {"space": space, "op": op, "offset": offset, "size": size, "value": value}
         if extra:
@@ -64,7 +100,7 @@ class Recorder:
         self._emit(rec)
 
     def event(self, space: str, **fields: Any) -> None:
-        if not self.enabled and not self._listeners:
+        if not self._all and space not in self._spaces:
             return
         rec: Record = {"space": space}
         rec.update(fields)
@@ -72,7 +108,7 @@ class Recorder:
 
     def _emit(self, rec: Record) -> None:
         rec["t"] = time.monotonic_ns() - self.t0
-        if self.enabled:
+        if self._enabled:
             if self.keep_first is None or len(self._records) < self.keep_first:
                 self._records.append(rec)
             elif self.keep_last:

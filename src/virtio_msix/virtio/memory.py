@@ -7,7 +7,11 @@ any address in a descriptor, and that must become a device error, never an excep
 
 from __future__ import annotations
 
+import mmap
+import struct
 from typing import Protocol
+
+_U16 = struct.Struct("<H")
 
 
 class GuestMemoryError(Exception):
@@ -23,11 +27,17 @@ class Memory(Protocol):
 
 
 class GuestMemory:
-    """Flat guest-physical memory starting at address 0."""
+    """Flat guest-physical memory starting at address 0.
+
+    The bytes are an anonymous mapping (zero pages the host kernel provides on first touch: a
+    64 MiB guest costs nothing until used): a slice of it is the bytes read (one copy), and
+    stores go through a memoryview (no intermediate object)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.buf = bytearray(size)
+        self.buf: mmap.mmap | bytearray = mmap.mmap(-1, size) if size > 0 else bytearray(0)
+        self._view = memoryview(self.buf)
+        self._small = size <= 0  # no mapping (a bytearray: its slice is not bytes)
 
     def _check(self, addr: int, length: int) -> None:
         if addr < 0 or length < 0 or addr + length > self.size:
@@ -39,19 +49,23 @@ class GuestMemory:
     def read(self, addr: int, length: int) -> bytes:
         if addr < 0 or length < 0 or addr + length > self.size:
             self._check(addr, length)
-        return bytes(self.buf[addr : addr + length])
+        return bytes(self._view[addr : addr + length]) if self._small else self.buf[addr : addr + length]
 
     def write(self, addr: int, data: bytes) -> None:
         n = len(data)
         if addr < 0 or addr + n > self.size:
             self._check(addr, n)
-        self.buf[addr : addr + n] = data
+        self._view[addr : addr + n] = data
 
     def read_u16(self, addr: int) -> int:
-        return int.from_bytes(self.read(addr, 2), "little")
+        if addr < 0 or addr + 2 > self.size:
+            self._check(addr, 2)
+        return _U16.unpack_from(self.buf, addr)[0]
 
     def write_u16(self, addr: int, value: int) -> None:
-        self.write(addr, (value & 0xFFFF).to_bytes(2, "little"))
+        if addr < 0 or addr + 2 > self.size:
+            self._check(addr, 2)
+        _U16.pack_into(self.buf, addr, value & 0xFFFF)
 
     def write_u32(self, addr: int, value: int) -> None:
         self.write(addr, (value & 0xFFFFFFFF).to_bytes(4, "little"))
