@@ -112,6 +112,7 @@ MAX_ERRORS_KEPT = 8  # the last problems' texts kept for the summary
 
 # Payload layouts (packed, little endian): name -> struct.
 U64 = struct.Struct("<Q")
+CALL_ONE = U64.pack(1)  # what a call writes (an eventfd adds it up; a pipe only wakes)
 FD_SYSCALL_LIMIT = 1.0  # seconds a read/write of a call/kick descriptor may block at worst
 
 
@@ -278,6 +279,12 @@ class SharedMemory:
         self.regions: list[MemRegion] = []
         self.size = 0
         self._last: MemRegion | None = None  # the region the last access hit
+        # That region as plain numbers, for the per-access fast path (UML shares one region,
+        # so almost every ring and buffer access is one comparison and one pread/pwrite):
+        # [lo, hi) guest-physical, its fd, and file offset minus guest address.
+        self._lo = self._hi = 0
+        self._fd = -1
+        self._delta = 0
 
     def add(self, guest_addr: int, size: int, user_addr: int, mmap_offset: int, fd: int) -> None:
         """Take ``fd`` for a region; ValueError (and ``fd`` not taken) if the region is not
@@ -301,6 +308,8 @@ class SharedMemory:
         self.regions.clear()
         self.size = 0
         self._last = None
+        self._lo = self._hi = self._delta = 0
+        self._fd = -1
 
     def _find(self, addr: int, length: int) -> tuple[int, int]:
         if addr < 0 or length < 0:
@@ -311,6 +320,8 @@ class SharedMemory:
         for r in self.regions:
             if r.guest_addr <= addr and addr + length <= r.guest_addr + r.size:
                 self._last = r
+                self._lo, self._hi, self._fd = r.guest_addr, r.guest_addr + r.size, r.fd
+                self._delta = r.file_offset - r.guest_addr
                 return r.fd, r.file_offset + addr - r.guest_addr
         raise GuestMemoryError(f"DMA [{addr:#x}, +{length:#x}) outside the peer's shared memory")
 
@@ -318,6 +329,14 @@ class SharedMemory:
         # pread, not a mapping (issue 8): UML's memory file is an unlinked temporary file, not
         # a sealed memfd, so F_SEAL_SHRINK cannot be checked and a mapping could SIGBUS. The
         # cost is kept down by reading a whole ring area or buffer per call, not per field.
+        if self._lo <= addr and addr + length <= self._hi and length >= 0:
+            # The region of the last access: no lookup (the common case, one region).
+            try:
+                data = os.pread(self._fd, length, addr + self._delta)
+            except OSError:
+                data = b""
+            if len(data) == length:
+                return data
         fd, off = self._find(addr, length)
         try:
             data = os.pread(fd, length, off)  # whole at once, almost always
@@ -342,7 +361,14 @@ class SharedMemory:
         return out
 
     def write(self, addr: int, data: bytes) -> None:
-        fd, off = self._find(addr, len(data))
+        length = len(data)
+        if self._lo <= addr and addr + length <= self._hi:
+            try:
+                if os.pwrite(self._fd, data, addr + self._delta) == length:
+                    return  # whole at once, almost always
+            except OSError:
+                pass  # retried below, where the error is reported
+        fd, off = self._find(addr, length)
         view = memoryview(data)
         while view:
             try:
@@ -661,8 +687,11 @@ class VhostUserBackend:
                 # up).
                 self.stats.calls_coalesced += 1
                 return
-            with self._bounded_syscall(what, suspect):
-                os.write(vr.call_fd, U64.pack(1))
+            if suspect:
+                with self._bounded_syscall(what, suspect):
+                    os.write(vr.call_fd, CALL_ONE)
+            else:
+                os.write(vr.call_fd, CALL_ONE)  # non-blocking: no timer needed
         except BlockingIOError:
             self.stats.calls_coalesced += 1
         except (OSError, ValueError) as e:
@@ -678,7 +707,10 @@ class VhostUserBackend:
             suspect = self._nonblocking(vr.kick_fd)
             if not _ready(vr.kick_fd, select.POLLIN):
                 return 0  # the peer took the count itself between our select and now
-            with self._bounded_syscall(what, suspect):
+            if suspect:
+                with self._bounded_syscall(what, suspect):
+                    data = os.read(vr.kick_fd, 8)
+            else:
                 data = os.read(vr.kick_fd, 8)
         except BlockingIOError:
             return 0

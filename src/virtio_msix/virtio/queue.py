@@ -70,36 +70,126 @@ class Element:
     def read(self, mem: Memory, limit: int | None = None) -> bytes:
         """The device-readable bytes, or only the first ``limit`` of them (so that a header
         can be looked at before a peer-chosen length is read whole)."""
-        out = []
         left = self.readable_len if limit is None else limit
+        pieces = []
+        for a, n in self.readable:
+            if left <= 0:
+                break
+            pieces.append((a, min(n, left)))
+            left -= n
         try:
-            for a, n in self.readable:
-                if left <= 0:
-                    break
-                out.append(mem.read(a, min(n, left)))
-                left -= n
+            return gather(mem, pieces)
         except GuestMemoryError as e:
             raise VirtqueueError(str(e)) from None
-        return b"".join(out)
 
     def write(self, mem: Memory, data: bytes, offset: int = 0) -> int:
         """Scatter ``data`` into the writable segments starting ``offset`` bytes into them;
         returns how many bytes fitted. Nothing is ever written past the last segment."""
-        pos = 0
         try:
-            for a, n in self.writable:
-                if pos >= len(data):
-                    break
-                if offset >= n:
-                    offset -= n
-                    continue
-                chunk = data[pos : pos + n - offset]
-                mem.write(a + offset, chunk)
-                offset = 0
-                pos += len(chunk)
+            return scatter(mem, self.writable, data, offset)
         except GuestMemoryError as e:
             raise VirtqueueError(str(e)) from None
-        return pos
+
+
+def _runs(pieces: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Adjacent pieces joined: a driver's buffers often follow each other in memory (the
+    pages of one skb, mergeable receive buffers carved one after another from a page frag),
+    and each run is then one access instead of one per descriptor."""
+    runs: list[tuple[int, int]] = []
+    ra, rn = pieces[0]
+    for a, n in pieces[1:]:
+        if a == ra + rn:
+            rn += n
+        else:
+            runs.append((ra, rn))
+            ra, rn = a, n
+    runs.append((ra, rn))
+    return runs
+
+
+def gather(mem: Memory, pieces: list[tuple[int, int]]) -> bytes:
+    """The bytes of ``pieces`` (addr, len), in order, adjacent ones read together. A joined
+    run that memory refuses (it could span two regions of a vhost-user peer) is read piece
+    by piece, so the outcome is that of reading each piece."""
+    if not pieces:
+        return b""
+    if len(pieces) == 1:
+        return mem.read(*pieces[0])
+    runs = _runs(pieces)
+    if len(runs) < len(pieces):
+        try:
+            return b"".join([mem.read(a, n) for a, n in runs])
+        except GuestMemoryError:
+            pass
+    return b"".join([mem.read(a, n) for a, n in pieces])
+
+
+def scatter(mem: Memory, segments: list[tuple[int, int]], data: bytes | memoryview,
+            offset: int = 0) -> int:  # fmt: skip
+    """Write ``data`` over ``segments`` starting ``offset`` bytes into them (never past the
+    last); returns how many bytes fitted. Adjacent segments are written together (the bytes
+    written are the same); a joined run memory refuses is written piece by piece."""
+    pieces: list[tuple[int, int]] = []
+    pos = 0
+    total = len(data)
+    for a, n in segments:
+        if pos >= total:
+            break
+        if offset >= n:
+            offset -= n
+            continue
+        take = min(n - offset, total - pos)
+        pieces.append((a + offset, take))
+        offset = 0
+        pos += take
+    _write_pieces(mem, pieces, data)
+    return pos
+
+
+def _write_pieces(mem: Memory, pieces: list[tuple[int, int]], data: bytes | memoryview) -> None:
+    """``data`` laid out over ``pieces`` in order (their lengths add up to what is written)."""
+    if not pieces:
+        return
+    view = memoryview(data)
+    runs = _runs(pieces) if len(pieces) > 1 else pieces
+    if len(runs) < len(pieces):
+        try:
+            pos = 0
+            for a, n in runs:
+                mem.write(a, view[pos : pos + n])
+                pos += n
+            return
+        except GuestMemoryError:
+            pass  # written again piece by piece: the same bytes, or the error where it is
+    pos = 0
+    for a, n in pieces:
+        mem.write(a, view[pos : pos + n])
+        pos += n
+
+
+def scatter_chains(mem: Memory, elems: list[Element], data: bytes | memoryview) -> list[int]:
+    """Fill the writable buffers of ``elems`` in order with ``data`` (a packet spread over
+    mergeable receive buffers, §5.1.6.4); returns the bytes each chain got. Buffers adjacent
+    in memory, also across chains, are written together."""
+    pieces: list[tuple[int, int]] = []
+    lens: list[int] = []
+    pos = 0
+    total = len(data)
+    for elem in elems:
+        got = 0
+        for a, n in elem.writable:
+            if pos >= total:
+                break
+            take = min(n, total - pos)
+            pieces.append((a, take))
+            got += take
+            pos += take
+        lens.append(got)
+    try:
+        _write_pieces(mem, pieces, data)
+    except GuestMemoryError as e:
+        raise VirtqueueError(str(e)) from None
+    return lens
 
 
 def walk_chain(
