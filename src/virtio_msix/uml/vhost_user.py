@@ -389,8 +389,18 @@ class Vring:
     queue: VirtQueue
     kick_fd: int = -1
     call_fd: int = -1
+    # With a socket for call_fd (UML's os_pipe() is a socketpair): a duplicate sent to with
+    # MSG_DONTWAIT, which never blocks whatever the peer does to the shared O_NONBLOCK flag,
+    # so a call is one system call (no flag check, no readiness poll, no timer).
+    call_sock: socket.socket | None = None
     started: bool = False
     enabled: bool = False
+
+
+def _close_call_sock(vr: Vring) -> None:
+    if vr.call_sock is not None:
+        vr.call_sock.close()
+        vr.call_sock = None
 
 
 @dataclass
@@ -573,6 +583,7 @@ class VhostUserBackend:
         self._update(vr)
         close_fds([vr.kick_fd, vr.call_fd])
         vr.kick_fd = vr.call_fd = -1
+        _close_call_sock(vr)
         return VRING_STATE.pack(index, vr.queue.last_avail_idx)
 
     def _m_set_vring_addr(self, payload: bytes, fds: list[int]) -> None:
@@ -615,9 +626,15 @@ class VhostUserBackend:
         # the same for us: each is written 8 bytes at a time, never blocking.
         vr, fd = self._fd_message(payload, fds, "SET_VRING_CALL", CALL_FD_KINDS)
         close_fds([vr.call_fd])
+        _close_call_sock(vr)
         vr.call_fd = fd
         if fd >= 0:
             os.set_blocking(fd, False)
+            if describe_fd(fd) == "socket":
+                try:
+                    vr.call_sock = socket.socket(fileno=os.dup(fd))
+                except OSError:
+                    vr.call_sock = None  # served through call_fd as before
 
     def _m_set_vring_err(self, payload: bytes, fds: list[int]) -> None:
         _vr, fd = self._fd_message(payload, fds, "SET_VRING_ERR", CALL_FD_KINDS)
@@ -680,6 +697,14 @@ class VhostUserBackend:
         if vr.call_fd < 0 or not vr.started:
             return
         what = f"call descriptor of vring {index}"
+        if vr.call_sock is not None:
+            try:
+                vr.call_sock.send(CALL_ONE, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                self.stats.calls_coalesced += 1  # the peer has not read the earlier calls
+            except OSError as e:
+                raise VhostUserError(f"{what}: {e}") from None
+            return
         try:
             suspect = self._nonblocking(vr.call_fd)
             if not _ready(vr.call_fd, select.POLLOUT):
@@ -731,6 +756,7 @@ class VhostUserBackend:
         for vr in self.vrings:
             close_fds([vr.kick_fd, vr.call_fd])
             vr.kick_fd = vr.call_fd = -1
+            _close_call_sock(vr)
         close_fds([self.slave_req_fd])
         self.slave_req_fd = -1
         self.memory.close()
