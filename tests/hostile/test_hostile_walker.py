@@ -304,8 +304,11 @@ def test_element_read_with_a_limit_reads_only_that_much():
     for i in range(4):
         _put(mem, 0x1000, i, (0x8000 + 16 * i, 16, F_NEXT if i < 3 else 0, i + 1))
     elem, _ = walk_chain(mem, 0x1000, 4, 0)
-    mem.reads = 0
-    assert elem.read(mem, limit=20) == bytes(range(20)) and mem.reads == 2
+    seen: list[tuple[int, int]] = []
+    mem.on_read = lambda a, n: seen.append((a, n))
+    # The four 16-byte buffers are adjacent: read together, and only the 20 bytes asked for.
+    assert elem.read(mem, limit=20) == bytes(range(20)) and seen == [(0x8000, 20)]
+    mem.on_read = None
     assert elem.read(mem) == bytes(range(64))
     assert elem.read(mem, limit=0) == b""
 

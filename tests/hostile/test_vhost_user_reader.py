@@ -320,3 +320,27 @@ def test_a_broken_irq_ring_on_pop_ends_the_session_too_counted():
     assert host.stats.bad_by_kind == {"irq queue": 1}
     assert host.stats.irq_dropped_by_reason == {"irq queue broken": 2}
     assert not host.pending_irqs
+
+
+def test_adjacent_buffers_across_two_regions_are_served_piece_by_piece():
+    # Two regions whose guest ranges touch but whose file offsets do not: buffers that are
+    # adjacent in guest memory are joined into one access, which no single region holds; the
+    # device then reads and writes them piece by piece, with the same bytes as the peer sees.
+    fd = _memfd(1 << 16)
+    peer = mmap.mmap(fd, 1 << 16)
+    mem = SharedMemory()
+    mem.add(0x0, 0x1000, 0x0, 0x8000, os.dup(fd))
+    mem.add(0x1000, 0x1000, 0x1000, 0x2000, os.dup(fd))
+    peer[0x8FF8:0x9000] = b"ABCDEFGH"
+    peer[0x2000:0x2008] = b"ijklmnop"
+    from virtio_msix.virtio.queue import Element, scatter_chains
+
+    elem = Element(0, readable=[(0xFF8, 8), (0x1000, 8)])
+    assert elem.read(mem) == b"ABCDEFGHijklmnop"
+    a, b = Element(0, writable=[(0xFF0, 8), (0xFF8, 8)]), Element(1, writable=[(0x1000, 16)])
+    assert scatter_chains(mem, [a, b], memoryview(bytes(range(20)))) == [16, 4]
+    assert peer[0x8FF0:0x9000] == bytes(range(16)) and peer[0x2000:0x2004] == bytes(range(16, 20))
+    assert peer[0x2004:0x2008] == b"mnop"  # nothing past the data
+    peer.close()
+    mem.close()
+    os.close(fd)

@@ -214,6 +214,10 @@ class TapBackend:
 
     TUNSETIFF = 0x400454CA
     dropped = 0  # frames the interface refused (per instance once one is)
+    # Set by an event loop that selects on the TAP: False once a read found it empty, until
+    # select reports it readable again (a read then would be a wasted system call; the device
+    # tries after every burst and every pass). None, the default: always read.
+    readable: bool | None = None
     TUNSETOFFLOAD = 0x400454D0
     TUNSETVNETHDRSZ = 0x400454D8
     IFF_TAP = 0x0002
@@ -297,13 +301,19 @@ class TapBackend:
             self.dropped += 1
             return False
         self.sent += 1
+        if self.readable is not None:
+            self.readable = True  # the host kernel may have answered at once (an ACK, a reply)
         return True
 
     def take_frame(self) -> bytes | None:
+        if self.readable is False:
+            return None
         try:
             # A TSO/UFO frame is up to 64 KiB plus the Ethernet and virtio-net headers.
             return os.read(self.fd, 65536 + 14 + 12)
         except BlockingIOError:
+            if self.readable is not None:
+                self.readable = False
             return None
 
     def close(self) -> None:

@@ -182,7 +182,10 @@ class VirtPciHost:
         return out
 
     def _execute(self, elem: Element) -> bytes:
-        head = self._read_prefix(elem, MSG.size)
+        # The header and, for the register writes virt-pci posts (at most 8 bytes), their
+        # data in one read; a longer MMIO write reads its data below.
+        first = self._read_prefix(elem, MSG.size + 8)
+        head = first[: MSG.size]
         if len(head) < MSG.size:
             raise PcidevError("short", f"short virtio_pcidev_msg: {len(head)} bytes")
         op, bar, _res, size, addr = MSG.unpack(head)
@@ -216,7 +219,12 @@ class VirtPciHost:
         else:
             self.stats.mmio_writes += 1
             ok = 0 < size <= MAX_MMIO_LEN
-        data = self._read_prefix(elem, MSG.size + want)[MSG.size :] if ok else b""
+        if not ok:
+            data = b""
+        elif want <= 8:
+            data = first[MSG.size : MSG.size + want]
+        else:
+            data = self._read_prefix(elem, MSG.size + want)[MSG.size :]
         if not ok or len(data) < want:
             raise PcidevError("bad size", f"{op.name} of size {size} with {len(data)} data bytes")
         if op is PcidevOp.CFG_WRITE:

@@ -112,6 +112,7 @@ MAX_ERRORS_KEPT = 8  # the last problems' texts kept for the summary
 
 # Payload layouts (packed, little endian): name -> struct.
 U64 = struct.Struct("<Q")
+CALL_ONE = U64.pack(1)  # what a call writes (an eventfd adds it up; a pipe only wakes)
 FD_SYSCALL_LIMIT = 1.0  # seconds a read/write of a call/kick descriptor may block at worst
 
 
@@ -278,6 +279,12 @@ class SharedMemory:
         self.regions: list[MemRegion] = []
         self.size = 0
         self._last: MemRegion | None = None  # the region the last access hit
+        # That region as plain numbers, for the per-access fast path (UML shares one region,
+        # so almost every ring and buffer access is one comparison and one pread/pwrite):
+        # [lo, hi) guest-physical, its fd, and file offset minus guest address.
+        self._lo = self._hi = 0
+        self._fd = -1
+        self._delta = 0
 
     def add(self, guest_addr: int, size: int, user_addr: int, mmap_offset: int, fd: int) -> None:
         """Take ``fd`` for a region; ValueError (and ``fd`` not taken) if the region is not
@@ -301,6 +308,8 @@ class SharedMemory:
         self.regions.clear()
         self.size = 0
         self._last = None
+        self._lo = self._hi = self._delta = 0
+        self._fd = -1
 
     def _find(self, addr: int, length: int) -> tuple[int, int]:
         if addr < 0 or length < 0:
@@ -311,6 +320,8 @@ class SharedMemory:
         for r in self.regions:
             if r.guest_addr <= addr and addr + length <= r.guest_addr + r.size:
                 self._last = r
+                self._lo, self._hi, self._fd = r.guest_addr, r.guest_addr + r.size, r.fd
+                self._delta = r.file_offset - r.guest_addr
                 return r.fd, r.file_offset + addr - r.guest_addr
         raise GuestMemoryError(f"DMA [{addr:#x}, +{length:#x}) outside the peer's shared memory")
 
@@ -318,6 +329,14 @@ class SharedMemory:
         # pread, not a mapping (issue 8): UML's memory file is an unlinked temporary file, not
         # a sealed memfd, so F_SEAL_SHRINK cannot be checked and a mapping could SIGBUS. The
         # cost is kept down by reading a whole ring area or buffer per call, not per field.
+        if self._lo <= addr and addr + length <= self._hi and length >= 0:
+            # The region of the last access: no lookup (the common case, one region).
+            try:
+                data = os.pread(self._fd, length, addr + self._delta)
+            except OSError:
+                data = b""
+            if len(data) == length:
+                return data
         fd, off = self._find(addr, length)
         try:
             data = os.pread(fd, length, off)  # whole at once, almost always
@@ -342,7 +361,14 @@ class SharedMemory:
         return out
 
     def write(self, addr: int, data: bytes) -> None:
-        fd, off = self._find(addr, len(data))
+        length = len(data)
+        if self._lo <= addr and addr + length <= self._hi:
+            try:
+                if os.pwrite(self._fd, data, addr + self._delta) == length:
+                    return  # whole at once, almost always
+            except OSError:
+                pass  # retried below, where the error is reported
+        fd, off = self._find(addr, length)
         view = memoryview(data)
         while view:
             try:
@@ -363,8 +389,18 @@ class Vring:
     queue: VirtQueue
     kick_fd: int = -1
     call_fd: int = -1
+    # With a socket for call_fd (UML's os_pipe() is a socketpair): a duplicate sent to with
+    # MSG_DONTWAIT, which never blocks whatever the peer does to the shared O_NONBLOCK flag,
+    # so a call is one system call (no flag check, no readiness poll, no timer).
+    call_sock: socket.socket | None = None
     started: bool = False
     enabled: bool = False
+
+
+def _close_call_sock(vr: Vring) -> None:
+    if vr.call_sock is not None:
+        vr.call_sock.close()
+        vr.call_sock = None
 
 
 @dataclass
@@ -547,6 +583,7 @@ class VhostUserBackend:
         self._update(vr)
         close_fds([vr.kick_fd, vr.call_fd])
         vr.kick_fd = vr.call_fd = -1
+        _close_call_sock(vr)
         return VRING_STATE.pack(index, vr.queue.last_avail_idx)
 
     def _m_set_vring_addr(self, payload: bytes, fds: list[int]) -> None:
@@ -589,9 +626,15 @@ class VhostUserBackend:
         # the same for us: each is written 8 bytes at a time, never blocking.
         vr, fd = self._fd_message(payload, fds, "SET_VRING_CALL", CALL_FD_KINDS)
         close_fds([vr.call_fd])
+        _close_call_sock(vr)
         vr.call_fd = fd
         if fd >= 0:
             os.set_blocking(fd, False)
+            if describe_fd(fd) == "socket":
+                try:
+                    vr.call_sock = socket.socket(fileno=os.dup(fd))
+                except OSError:
+                    vr.call_sock = None  # served through call_fd as before
 
     def _m_set_vring_err(self, payload: bytes, fds: list[int]) -> None:
         _vr, fd = self._fd_message(payload, fds, "SET_VRING_ERR", CALL_FD_KINDS)
@@ -654,6 +697,14 @@ class VhostUserBackend:
         if vr.call_fd < 0 or not vr.started:
             return
         what = f"call descriptor of vring {index}"
+        if vr.call_sock is not None:
+            try:
+                vr.call_sock.send(CALL_ONE, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                self.stats.calls_coalesced += 1  # the peer has not read the earlier calls
+            except OSError as e:
+                raise VhostUserError(f"{what}: {e}") from None
+            return
         try:
             suspect = self._nonblocking(vr.call_fd)
             if not _ready(vr.call_fd, select.POLLOUT):
@@ -661,8 +712,11 @@ class VhostUserBackend:
                 # up).
                 self.stats.calls_coalesced += 1
                 return
-            with self._bounded_syscall(what, suspect):
-                os.write(vr.call_fd, U64.pack(1))
+            if suspect:
+                with self._bounded_syscall(what, suspect):
+                    os.write(vr.call_fd, CALL_ONE)
+            else:
+                os.write(vr.call_fd, CALL_ONE)  # non-blocking: no timer needed
         except BlockingIOError:
             self.stats.calls_coalesced += 1
         except (OSError, ValueError) as e:
@@ -678,7 +732,10 @@ class VhostUserBackend:
             suspect = self._nonblocking(vr.kick_fd)
             if not _ready(vr.kick_fd, select.POLLIN):
                 return 0  # the peer took the count itself between our select and now
-            with self._bounded_syscall(what, suspect):
+            if suspect:
+                with self._bounded_syscall(what, suspect):
+                    data = os.read(vr.kick_fd, 8)
+            else:
                 data = os.read(vr.kick_fd, 8)
         except BlockingIOError:
             return 0
@@ -699,6 +756,7 @@ class VhostUserBackend:
         for vr in self.vrings:
             close_fds([vr.kick_fd, vr.call_fd])
             vr.kick_fd = vr.call_fd = -1
+            _close_call_sock(vr)
         close_fds([self.slave_req_fd])
         self.slave_req_fd = -1
         self.memory.close()

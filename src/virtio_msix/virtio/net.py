@@ -28,7 +28,7 @@ from .device import (
     VirtioDevice,
 )
 from .memory import GuestMemoryError, Memory
-from .queue import Element, VirtQueue, VirtqueueError
+from .queue import Element, VirtQueue, VirtqueueError, scatter_chains
 
 # Feature bits (§5.1.3).
 VIRTIO_NET_F_CSUM = 0
@@ -732,12 +732,7 @@ class VirtioNet(VirtioDevice):
                 )
         # A view: slicing a 64 KiB TSO packet per buffer would copy it once per buffer.
         packet = memoryview(self._packet(frame, len(elems)))
-        pos = 0
-        lens = []
-        for elem in elems:
-            n = elem.write(mem, packet[pos:])
-            lens.append(n)
-            pos += n
+        lens = scatter_chains(mem, elems, packet)  # adjacent buffers in one write
         for elem, n in zip(elems, lens, strict=True):
             q.push(mem, elem, n, publish=False)
         return "ok"

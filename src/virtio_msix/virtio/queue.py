@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 # table's length claims (virtqueue_map_desc). A direct chain is further capped at the queue
 # size (§2.7.5.3: a chain cannot be longer than the ring it lives in without a loop).
 VIRTQUEUE_MAX_SIZE = 1024
-SNAPSHOT_MIN_CHAINS = 4  # available chains from which the ring and table are read whole
+SNAPSHOT_MIN_CHAINS = 2  # available chains from which the ring and table are read whole
 
 
 class VirtqueueError(Exception):
@@ -70,36 +70,126 @@ class Element:
     def read(self, mem: Memory, limit: int | None = None) -> bytes:
         """The device-readable bytes, or only the first ``limit`` of them (so that a header
         can be looked at before a peer-chosen length is read whole)."""
-        out = []
         left = self.readable_len if limit is None else limit
+        pieces = []
+        for a, n in self.readable:
+            if left <= 0:
+                break
+            pieces.append((a, min(n, left)))
+            left -= n
         try:
-            for a, n in self.readable:
-                if left <= 0:
-                    break
-                out.append(mem.read(a, min(n, left)))
-                left -= n
+            return gather(mem, pieces)
         except GuestMemoryError as e:
             raise VirtqueueError(str(e)) from None
-        return b"".join(out)
 
     def write(self, mem: Memory, data: bytes, offset: int = 0) -> int:
         """Scatter ``data`` into the writable segments starting ``offset`` bytes into them;
         returns how many bytes fitted. Nothing is ever written past the last segment."""
-        pos = 0
         try:
-            for a, n in self.writable:
-                if pos >= len(data):
-                    break
-                if offset >= n:
-                    offset -= n
-                    continue
-                chunk = data[pos : pos + n - offset]
-                mem.write(a + offset, chunk)
-                offset = 0
-                pos += len(chunk)
+            return scatter(mem, self.writable, data, offset)
         except GuestMemoryError as e:
             raise VirtqueueError(str(e)) from None
-        return pos
+
+
+def _runs(pieces: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Adjacent pieces joined: a driver's buffers often follow each other in memory (the
+    pages of one skb, mergeable receive buffers carved one after another from a page frag),
+    and each run is then one access instead of one per descriptor."""
+    runs: list[tuple[int, int]] = []
+    ra, rn = pieces[0]
+    for a, n in pieces[1:]:
+        if a == ra + rn:
+            rn += n
+        else:
+            runs.append((ra, rn))
+            ra, rn = a, n
+    runs.append((ra, rn))
+    return runs
+
+
+def gather(mem: Memory, pieces: list[tuple[int, int]]) -> bytes:
+    """The bytes of ``pieces`` (addr, len), in order, adjacent ones read together. A joined
+    run that memory refuses (it could span two regions of a vhost-user peer) is read piece
+    by piece, so the outcome is that of reading each piece."""
+    if not pieces:
+        return b""
+    if len(pieces) == 1:
+        return mem.read(*pieces[0])
+    runs = _runs(pieces)
+    if len(runs) < len(pieces):
+        try:
+            return b"".join([mem.read(a, n) for a, n in runs])
+        except GuestMemoryError:
+            pass
+    return b"".join([mem.read(a, n) for a, n in pieces])
+
+
+def scatter(mem: Memory, segments: list[tuple[int, int]], data: bytes | memoryview,
+            offset: int = 0) -> int:  # fmt: skip
+    """Write ``data`` over ``segments`` starting ``offset`` bytes into them (never past the
+    last); returns how many bytes fitted. Adjacent segments are written together (the bytes
+    written are the same); a joined run memory refuses is written piece by piece."""
+    pieces: list[tuple[int, int]] = []
+    pos = 0
+    total = len(data)
+    for a, n in segments:
+        if pos >= total:
+            break
+        if offset >= n:
+            offset -= n
+            continue
+        take = min(n - offset, total - pos)
+        pieces.append((a + offset, take))
+        offset = 0
+        pos += take
+    _write_pieces(mem, pieces, data)
+    return pos
+
+
+def _write_pieces(mem: Memory, pieces: list[tuple[int, int]], data: bytes | memoryview) -> None:
+    """``data`` laid out over ``pieces`` in order (their lengths add up to what is written)."""
+    if not pieces:
+        return
+    view = memoryview(data)
+    runs = _runs(pieces) if len(pieces) > 1 else pieces
+    if len(runs) < len(pieces):
+        try:
+            pos = 0
+            for a, n in runs:
+                mem.write(a, view[pos : pos + n])
+                pos += n
+            return
+        except GuestMemoryError:
+            pass  # written again piece by piece: the same bytes, or the error where it is
+    pos = 0
+    for a, n in pieces:
+        mem.write(a, view[pos : pos + n])
+        pos += n
+
+
+def scatter_chains(mem: Memory, elems: list[Element], data: bytes | memoryview) -> list[int]:
+    """Fill the writable buffers of ``elems`` in order with ``data`` (a packet spread over
+    mergeable receive buffers, §5.1.6.4); returns the bytes each chain got. Buffers adjacent
+    in memory, also across chains, are written together."""
+    pieces: list[tuple[int, int]] = []
+    lens: list[int] = []
+    pos = 0
+    total = len(data)
+    for elem in elems:
+        got = 0
+        for a, n in elem.writable:
+            if pos >= total:
+                break
+            take = min(n, total - pos)
+            pieces.append((a, take))
+            got += take
+            pos += take
+        lens.append(got)
+    try:
+        _write_pieces(mem, pieces, data)
+    except GuestMemoryError as e:
+        raise VirtqueueError(str(e)) from None
+    return lens
 
 
 def walk_chain(
@@ -151,6 +241,13 @@ def walk_chain(
             table, i, indirect, visited = addr, 0, True, 0
             table_size = length // DESC_SIZE
             limit = min(table_size, VIRTQUEUE_MAX_SIZE)
+            # The part of the table the walk may visit, copied in one read (§2.7.5.3.1: the
+            # driver does not touch it while the chain is available) rather than one read per
+            # descriptor; memory that refuses the whole copy is read entry by entry instead.
+            try:
+                mem = _TableCopy(mem, addr, mem.read(addr, DESC_SIZE * limit))
+            except GuestMemoryError:
+                pass
             continue
         if length == 0:
             # QEMU 7.2 virtqueue_map_desc: "zero sized buffers are not allowed".
@@ -217,6 +314,12 @@ class VirtQueue:
         self._used_first = 0
         self._snap: _RingSnapshot | None = None
         self._no_notify: tuple[int, bool] | None = None  # (used ring, flag) last written
+        # EVENT_IDX avail_event (§2.7.10): the value owed (last_avail_idx after the last pop)
+        # and the value last written. Written once per burst, not per pop: when the consumer
+        # publishes, and before the ring is declared empty (then read again, so a chain the
+        # driver added while the old value stood is not missed).
+        self._avail_event_due: int | None = None
+        self._avail_event: int | None = None
         self.signalled_used = 0
         self.signalled_used_valid = False
         self.pops = 0
@@ -257,7 +360,18 @@ class VirtQueue:
             return False
         if self.shadow_pending:
             return True
-        return self.avail_idx(mem) != self.last_avail_idx
+        if self.avail_idx(mem) != self.last_avail_idx:
+            return True
+        return self._write_avail_event(mem) and self.avail_idx(mem) != self.last_avail_idx
+
+    def _write_avail_event(self, mem: Memory) -> bool:
+        """Write the avail_event owed, if any; True if it was written."""
+        due = self._avail_event_due
+        if not self.event_idx or due is None or due == self._avail_event:
+            return False
+        self._w16(mem, self.used_addr + ring.avail_event(self.size), due)
+        self._avail_event = due
+        return True
 
     def forget_shadow(self) -> None:
         """The ring's indexes were set from outside (vhost-user SET_VRING_BASE): nothing is
@@ -267,6 +381,7 @@ class VirtQueue:
         self._used_elems.clear()
         self._snap = None
         self._no_notify = None
+        self._avail_event = self._avail_event_due = None
 
     # -- pop / push --------------------------------------------------------------------------------
     def pop(self, mem: Memory) -> Element | None:
@@ -279,7 +394,12 @@ class VirtQueue:
             avail = self.avail_idx(mem)
             pending = (avail - self.last_avail_idx) & 0xFFFF
             if pending == 0:
-                return None
+                if not self._write_avail_event(mem):
+                    return None
+                avail = self.avail_idx(mem)  # what came while the old avail_event stood
+                pending = (avail - self.last_avail_idx) & 0xFFFF
+                if pending == 0:
+                    return None
             if pending > self.size:
                 raise VirtqueueError(
                     f"queue {self.index}: avail idx {avail} is {pending} ahead of "
@@ -300,8 +420,9 @@ class VirtQueue:
         self.shadow_pending -= 1
         self.pops += 1
         if self.event_idx:
-            # avail_event: ask for a kick as soon as anything new is added (§2.7.10).
-            self._w16(mem, self.used_addr + ring.avail_event(self.size), self.last_avail_idx)
+            # avail_event: ask for a kick as soon as anything new is added (§2.7.10); written
+            # at the end of the burst (publish_used) or when the ring is found empty.
+            self._avail_event_due = self.last_avail_idx
         return elem
 
     def _walk(self, mem: Memory, head: int) -> Element:
@@ -370,6 +491,8 @@ class VirtQueue:
         if self.published_used != self.used_idx:
             self._w16(mem, self.used_addr + ring.USED_IDX, self.used_idx)
             self.published_used = self.used_idx
+        if self._avail_event_due is not None and self._avail_event_due != self._avail_event:
+            self._write_avail_event(mem)
 
     def should_notify(self, mem: Memory) -> bool:
         """Whether the driver wants a used-buffer notification now (§2.7.7.2, §2.7.10;
@@ -385,6 +508,26 @@ class VirtQueue:
         event = self.used_event(mem)
         # Notify if used_event lies in (old, new].
         return not was_valid or vring_need_event(event, new, old)
+
+
+class _TableCopy:
+    """A copy of ``data`` at ``base`` in front of ``mem``: reads inside it come from the copy,
+    others (and all writes) from memory."""
+
+    def __init__(self, mem: Memory, base: int, data: bytes) -> None:
+        self.mem = mem
+        self.size = mem.size
+        self.base = base
+        self.data = data
+
+    def read(self, addr: int, length: int) -> bytes:
+        off = addr - self.base
+        if 0 <= off and off + length <= len(self.data):
+            return self.data[off : off + length]
+        return self.mem.read(addr, length)
+
+    def write(self, addr: int, data: bytes) -> None:
+        self.mem.write(addr, data)
 
 
 class _RingSnapshot:
