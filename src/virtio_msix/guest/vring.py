@@ -29,7 +29,38 @@ from .kernel import Kernel
 SMP_CACHE_BYTES = 64
 
 
-class VringVirtqueue:
+class Virtqueue:
+    """What both ring layouts share (Linux's struct virtqueue and vring_virtqueue's common
+    part): the queue's identity, its callback and notify, and the interrupt vector it uses."""
+
+    def __init__(
+        self,
+        k: Kernel,
+        index: int,
+        num: int,
+        name: str,
+        callback: Callable[[Any], None] | None,
+        notify: Callable[[Any], bool],
+        event_idx: bool,
+    ) -> None:
+        self.k = k
+        self.index = index
+        self.num = num
+        self.name = name
+        self.callback = callback
+        self.notify = notify
+        self.event_idx = event_idx  # vq->event: VIRTIO_RING_F_EVENT_IDX negotiated
+        self.broken = False
+        self.num_added = 0
+        self.priv: int = 0  # notify address
+        self.msix_vector = VIRTIO_MSI_NO_VECTOR
+
+    @property
+    def short(self) -> str:
+        return self.name
+
+
+class VringVirtqueue(Virtqueue):
     """The driver's side of a split virtqueue: struct vring_virtqueue. The device's side is
     virtio/queue.py's VirtQueue."""
 
@@ -44,14 +75,7 @@ class VringVirtqueue:
         event_idx: bool,
         vring_align: int = SMP_CACHE_BYTES,
     ) -> None:
-        self.k = k
-        self.index = index
-        self.num = num
-        self.name = name
-        self.callback = callback
-        self.notify = notify
-        self.event_idx = event_idx
-        self.broken = False
+        super().__init__(k, index, num, name, callback, notify, event_idx)
         # vring_align: where the used ring starts (modern: a cache line; legacy: 4096, the
         # layout the device derives from the PFN alone).
         size = vring_size(num, vring_align)
@@ -71,13 +95,6 @@ class VringVirtqueue:
         self.data: dict[int, tuple[Any, int]] = {}  # head → (token, descriptor count)
         self.avail_idx_shadow = 0
         self.last_used_idx = 0
-        self.num_added = 0
-        self.priv: int = 0  # notify address
-        self.msix_vector = VIRTIO_MSI_NO_VECTOR
-
-    @property
-    def short(self) -> str:
-        return self.name
 
     # -- adding buffers ---------------------------------------------------------------------------
     def add_sgs(self, out: list[tuple[int, int]], inb: list[tuple[int, int]], token: Any) -> int:
@@ -177,7 +194,7 @@ def vring_interrupt(desc: Any, vq: VringVirtqueue | None = None) -> bool:
     return True
 
 
-class PackedVringVirtqueue:
+class PackedVringVirtqueue(Virtqueue):
     """The driver's side of a packed virtqueue (virtio_ring.c, *_packed): the descriptor ring
     and the two event suppression structures, each its own zeroed allocation
     (vring_alloc_queue_packed: alloc_pages_exact, so page-aligned); queue_desc, queue_driver and
@@ -194,17 +211,10 @@ class PackedVringVirtqueue:
         event_idx: bool,
         indirect: bool = False,
     ) -> None:
-        self.k = k
+        super().__init__(k, index, num, name, callback, notify, event_idx)
         # vq->indirect: VIRTIO_RING_F_INDIRECT_DESC and no per-buffer context (virtio_net's RX
         # queues have one; the model posts RX buffers as one segment, which never goes indirect).
         self.indirect = indirect
-        self.index = index
-        self.num = num
-        self.name = name
-        self.callback = callback
-        self.notify = notify
-        self.event_idx = event_idx  # vq->event
-        self.broken = False
         ring_bytes = num * ring.PACKED_DESC_SIZE
         self.desc = k.pages.alloc(ring_bytes)
         k.memory.write(self.desc, bytes(ring_bytes))
@@ -219,23 +229,16 @@ class PackedVringVirtqueue:
         self.avail_used_flags = ring.DESC_F_AVAIL
         self.event_flags_shadow = ring.VRING_PACKED_EVENT_FLAG_ENABLE
         self.last_used_idx = 1 << ring.VRING_PACKED_EVENT_F_WRAP_CTR  # position 0, wrap 1
-        self.num_added = 0
         self.num_free = num
         # desc_extra[].next: the free list of buffer ids; desc_state[id]: (token, descriptors,
         # last id of the buffer, indirect table or 0).
         self.free_next = [i + 1 for i in range(num)]
         self.free_head = 0
         self.state: dict[int, tuple[Any, int, int, int]] = {}
-        self.priv: int = 0  # notify address
-        self.msix_vector = VIRTIO_MSI_NO_VECTOR
         if callback is None:
             # "No callback? Tell other side not to bother us."
             self.event_flags_shadow = ring.VRING_PACKED_EVENT_FLAG_DISABLE
             self._write_driver_flags()
-
-    @property
-    def short(self) -> str:
-        return self.name
 
     @property
     def free(self) -> bool:
