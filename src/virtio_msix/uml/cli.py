@@ -188,7 +188,8 @@ def render(res: BootResult) -> str:
     if res.host is not None:
         s = res.host.stats
         out.append("")
-        out.append(f"virt-pci messages: {s.cfg_reads} config reads, {s.cfg_writes} config writes, "
+        out.append(f"virt-pci messages over the whole run: {s.cfg_reads} config reads, "
+                   f"{s.cfg_writes} config writes, "
                    f"{s.mmio_reads} BAR reads, {s.mmio_writes} BAR writes; sent {s.msi_sent} MSI, "
                    f"{s.int_sent} INT")  # fmt: skip
     out.append("")
