@@ -10,6 +10,7 @@ never an endless walk.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 # size (§2.7.5.3: a chain cannot be longer than the ring it lives in without a loop).
 VIRTQUEUE_MAX_SIZE = 1024
 _AVAIL_RING = ring.AVAIL_RING
+_AVAIL_IDX = ring.AVAIL_IDX
+_U16 = struct.Struct("<H")
 _USED_RING = ring.USED_RING
 _F_NEXT_OR_INDIRECT = VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT
 SNAPSHOT_MIN_CHAINS = 2  # available chains from which the ring and table are read whole
@@ -207,10 +210,14 @@ def walk_chain(
     if head >= table_size:
         raise VirtqueueError(f"{where}: head {head} ≥ queue size {table_size}")
     # The common chain, one plain descriptor, checked as the loop below would check it.
-    try:
-        addr, length, flags, nxt = _DESC.unpack(mem.read(table + DESC_SIZE * head, DESC_SIZE))
-    except GuestMemoryError as e:
-        raise VirtqueueError(f"{where}: descriptor table: {e}") from None
+    a = table + DESC_SIZE * head
+    if type(mem) is GuestMemory and 0 <= a and a + DESC_SIZE <= mem.size:
+        addr, length, flags, nxt = _DESC.unpack_from(mem.buf, a)  # in place, bounds checked
+    else:
+        try:
+            addr, length, flags, nxt = _DESC.unpack(mem.read(a, DESC_SIZE))
+        except GuestMemoryError as e:
+            raise VirtqueueError(f"{where}: descriptor table: {e}") from None
     if not flags & _F_NEXT_OR_INDIRECT and length and addr + length <= mem.size:
         if flags & VRING_DESC_F_WRITE:
             return Element(head, [], [(addr, length)]), 1
@@ -427,7 +434,11 @@ class VirtQueue:
         if not (self.enabled and self.size > 0 and self.desc_addr != 0):
             return None
         if not self.shadow_pending:
-            avail = self.avail_idx(mem)
+            a = self.avail_addr + _AVAIL_IDX
+            if type(mem) is GuestMemory and 0 <= a and a + 2 <= mem.size:
+                avail = _U16.unpack_from(mem.buf, a)[0]  # in place: the common case
+            else:
+                avail = self._u16(mem, a)
             pending = (avail - self.last_avail_idx) & 0xFFFF
             if pending == 0:
                 if not self._write_avail_event(mem):
@@ -449,7 +460,11 @@ class VirtQueue:
             head = snap.head(slot)
             walked: Memory = snap
         else:
-            head = self._u16(mem, self.avail_addr + _AVAIL_RING + 2 * slot)
+            a = self.avail_addr + _AVAIL_RING + 2 * slot
+            if type(mem) is GuestMemory and 0 <= a and a + 2 <= mem.size:
+                head = _U16.unpack_from(mem.buf, a)[0]
+            else:
+                head = self._u16(mem, a)
             walked = mem
         self.walks += 1
         elem, reads = walk_chain(walked, self.desc_addr, size, head, self._where)
@@ -535,7 +550,10 @@ class VirtQueue:
         packed: §2.8.10)."""
         if self._packed is not None:
             return self._packed.should_notify(mem)
-        self.publish_used(mem)
+        if self._used_elems or self.published_used != self.used_idx or (
+            self._avail_event_due is not None and self._avail_event_due != self._avail_event
+        ):
+            self.publish_used(mem)  # the same test publish_used makes, without its frame
         if not self.event_idx:
             return not self.avail_flags(mem) & VRING_AVAIL_F_NO_INTERRUPT
         was_valid = self.signalled_used_valid
