@@ -350,22 +350,23 @@ class VirtQueue:
         self._packed = self._new_packed()
 
     # -- raw ring access -------------------------------------------------------------------------
-    # GuestMemory (the simulator's) reads and writes a u16 in place, bounds checked the same;
-    # other memories (a vhost-user peer's shared regions) go through read/write.
+    # GuestMemory (the simulator's) is read and written in place after the same bounds test
+    # it makes itself; an access outside it, and other memories (a vhost-user peer's shared
+    # regions, a counting test memory), go through read/write and their errors.
     def _u16(self, mem: Memory, addr: int) -> int:
+        if type(mem) is GuestMemory and 0 <= addr and addr + 2 <= mem.size:
+            return _U16.unpack_from(mem.buf, addr)[0]
         try:
-            if type(mem) is GuestMemory:
-                return mem.read_u16(addr)
             return int.from_bytes(mem.read(addr, 2), "little")
         except GuestMemoryError as e:
             raise VirtqueueError(f"queue {self.index}: {e}") from None
 
     def _w16(self, mem: Memory, addr: int, value: int) -> None:
+        if type(mem) is GuestMemory and 0 <= addr and addr + 2 <= mem.size:
+            _U16.pack_into(mem.buf, addr, value & 0xFFFF)
+            return
         try:
-            if type(mem) is GuestMemory:
-                mem.write_u16(addr, value)
-            else:
-                mem.write(addr, (value & 0xFFFF).to_bytes(2, "little"))
+            mem.write(addr, (value & 0xFFFF).to_bytes(2, "little"))
         except GuestMemoryError as e:
             raise VirtqueueError(f"queue {self.index}: {e}") from None
 
