@@ -67,11 +67,17 @@ class Element:
 
     @property
     def readable_len(self) -> int:
-        return sum(n for _, n in self.readable)
+        r = self.readable
+        if len(r) == 1:  # the usual chain: no generator for one segment
+            return r[0][1]
+        return sum(n for _, n in r)
 
     @property
     def writable_len(self) -> int:
-        return sum(n for _, n in self.writable)
+        w = self.writable
+        if len(w) == 1:
+            return w[0][1]
+        return sum(n for _, n in w)
 
     def read(self, mem: Memory, limit: int | None = None) -> bytes:
         """The device-readable bytes, or only the first ``limit`` of them (so that a header
