@@ -187,7 +187,9 @@ def test_fuzz_walker_returns_only_offered_segments_with_bounded_work(case):
     event("error" if elem is None else f"{len(elem.segments) > 1 and 'multi' or 'single'}")
     if elem is None:
         return
-    assert reads == mem.desc_reads
+    # The walker counts every descriptor it looked at; an indirect table is copied in one
+    # read (not one per entry), so memory sees at most that many 16-byte reads.
+    assert mem.desc_reads <= reads <= size + MAX_SEGMENTS
     offered_w = set(writable_oracle(mem, [(0x1000, size)]))
     segs = elem.segments
     assert 0 < len(segs) <= MAX_SEGMENTS

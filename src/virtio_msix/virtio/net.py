@@ -191,6 +191,8 @@ VIRTIO_NET_ERR = 1
 CTRL_RX, CTRL_MAC, CTRL_VLAN, CTRL_ANNOUNCE, CTRL_MQ, CTRL_GUEST_OFFLOADS = 0, 1, 2, 3, 4, 5
 CTRL_CLASS_NAMES = {0: "RX", 1: "MAC", 2: "VLAN", 3: "ANNOUNCE", 4: "MQ", 5: "GUEST_OFFLOADS"}
 
+_U16 = struct.Struct("<H")
+_ZERO10 = bytes(10)
 RX_QUEUE_SIZE = 256
 TX_QUEUE_SIZE = 256
 CTRL_QUEUE_SIZE = 64
@@ -517,27 +519,30 @@ class VirtioNet(VirtioDevice):
     def _tx_burst(self, q: VirtQueue, mem: Memory, index: int, budget: int) -> int:
         done = 0
         hdr_len = self.hdr_len
-        while done < budget and (elem := q.pop(mem)) is not None:
-            if elem.readable_len < hdr_len:
+        vnet = self.vnet
+        pair = index // 2
+        pop, push, send = q.pop, q.push, self._send
+        while done < budget and (elem := pop(mem)) is not None:
+            readable_len = elem.readable_len
+            if readable_len < hdr_len:
                 # QEMU virtio_net_flush_tx: "virtio-net header incorrect" is a device error.
                 raise VirtqueueError(
-                    f"queue {index}: TX chain of {elem.readable_len} bytes is shorter than "
+                    f"queue {index}: TX chain of {readable_len} bytes is shorter than "
                     f"the {hdr_len}-byte virtio-net header"
                 )
-            if elem.readable_len > MAX_FRAME + hdr_len:
+            if readable_len > MAX_FRAME + hdr_len:
                 # Not read at all (it could be gigabytes); the buffer goes back, the frame
                 # is counted as dropped.
                 frame = None
                 self._drop("tx_oversize")
             else:
                 frame = elem.read(mem)
-            q.push(mem, elem, 0, publish=False)
+            push(mem, elem, 0, publish=False)
             done += 1
             if frame is not None and len(frame) > hdr_len:
                 # A vnet-header peer takes the guest's header (checksum and GSO requests) with
                 # the frame, as QEMU passes it to the TAP; others get the bare frame.
-                self._send(frame if self.vnet else frame[hdr_len:], len(frame) - hdr_len,
-                           index // 2)  # fmt: skip
+                send(frame if vnet else frame[hdr_len:], len(frame) - hdr_len, pair)
             elif frame is not None:
                 self._drop("tx_empty")
         return done
@@ -621,6 +626,12 @@ class VirtioNet(VirtioDevice):
     def _rx_burst(self, q: VirtQueue, mem: Memory) -> int:
         delivered = 0
         mergeable = self.has_feature(VIRTIO_NET_F_MRG_RXBUF)
+        # Per-burst constants, looked up once rather than per frame.
+        vnet = self.vnet
+        hdr_len = self.hdr_len
+        peer_hdr = hdr_len if vnet else 0
+        stats = self.stats
+        take_frame = self._take_frame
         # Each delivered frame uses at least one chain, so at most q.size are delivered per
         # call; but a frame that does not fit gives its chains back, and the next one walks
         # them again. So one call takes at most 2 × q.size frames and walks about as many
@@ -631,21 +642,21 @@ class VirtioNet(VirtioDevice):
             if q.walks >= budget:
                 break
             waited = self._held is not None
-            if (frame := self._take_frame()) is None:
+            if (frame := take_frame()) is None:
                 break
-            if len(frame) > MAX_FRAME + (self.hdr_len if self.vnet else 0):
+            if len(frame) > MAX_FRAME + peer_hdr:
                 self._drop("rx_oversize")
                 continue
-            if self.vnet and len(frame) <= self.hdr_len:
+            if vnet and len(frame) <= hdr_len:
                 self._drop("rx_short")  # no frame behind the peer's header
                 continue
             if not q.has_available(mem):
                 self._held = frame
-                self.stats["rx_no_buffer"] += not waited
+                stats["rx_no_buffer"] += not waited
                 break
             try:
                 if mergeable:
-                    outcome = self._rx_mergeable(q, mem, frame)
+                    outcome = self._rx_mergeable(q, mem, frame, hdr_len)
                 else:
                     outcome = self._rx_single(q, mem, frame)
             except (VirtqueueError, GuestMemoryError):
@@ -653,30 +664,32 @@ class VirtioNet(VirtioDevice):
                 # delivered, so it waits for the next driver rather than vanishing.
                 self._held = frame
                 raise
-            if outcome == "wait":
-                self._held = frame
-                self.stats["rx_no_buffer"] += not waited
-                break
             if outcome == "ok":
                 delivered += 1
-                self.stats["rx_frames"] += 1
-                self.stats["rx_bytes"] += len(frame) - (self.hdr_len if self.vnet else 0)
+                stats["rx_frames"] += 1
+                stats["rx_bytes"] += len(frame) - peer_hdr
+            elif outcome == "wait":
+                self._held = frame
+                stats["rx_no_buffer"] += not waited
+                break
             else:
                 self._drop(outcome)
         return delivered
 
-    def _packet(self, frame: bytes, num_buffers: int) -> bytes:
+    def _packet(self, frame: bytes, num_buffers: int, hdr_len: int | None = None) -> bytes:
         """Header and frame as the guest receives them. From a vnet-header peer the header is
         the peer's (checksum state, GSO type and sizes); otherwise flags 0, GSO_NONE. The device
         sets num_buffers, which exists in the 12-byte header; without MRG_RXBUF it is 1
         (§5.1.6.4.1)."""
+        if hdr_len is None:
+            hdr_len = self.hdr_len
         if self.vnet:
-            if self.hdr_len != HDR_LEN:
+            if hdr_len != HDR_LEN:
                 return frame
-            return frame[:10] + struct.pack("<H", num_buffers) + frame[HDR_LEN:]
-        if self.hdr_len == HDR_LEN:
-            return b"\0" * 10 + struct.pack("<H", num_buffers) + frame
-        return b"\0" * self.hdr_len + frame
+            return frame[:10] + _U16.pack(num_buffers) + frame[HDR_LEN:]
+        if hdr_len == HDR_LEN:
+            return _ZERO10 + _U16.pack(num_buffers) + frame
+        return b"\0" * hdr_len + frame
 
     def _rx_single(self, q: VirtQueue, mem: Memory, frame: bytes) -> str:
         elem = q.pop(mem)
@@ -694,25 +707,35 @@ class VirtioNet(VirtioDevice):
         q.push(mem, elem, written, publish=False)
         return "ok"
 
-    def _rx_mergeable(self, q: VirtQueue, mem: Memory, frame: bytes) -> str:
+    def _rx_mergeable(self, q: VirtQueue, mem: Memory, frame: bytes,
+                      hdr_len: int | None = None) -> str:  # fmt: skip
         """§5.1.6.4: spread the packet over as many chains as it needs, num_buffers in the
         header of the first. Chains are popped until the packet fits; if the driver has not
         offered enough, they are given back and the frame waits (QEMU checks
         virtqueue_avail_bytes first, to the same effect)."""
-        need = len(frame) + (0 if self.vnet else self.hdr_len)
+        if hdr_len is None:
+            hdr_len = self.hdr_len
+        need = len(frame) + (0 if self.vnet else hdr_len)
         elems: list[Element] = []
         room = 0
+        first_room = 0
+        pop = q.pop
+        size = q.size
         # At most a ring's worth of chains for one packet (the guest may keep adding while we
         # pop), so unpop never gives back more than this call took.
-        while room < need and len(elems) < q.size:
-            elem = q.pop(mem)
+        while room < need and len(elems) < size:
+            elem = pop(mem)
             if elem is None:
                 break
+            if not elems:
+                first_room = elem.writable_len
+                room = first_room
+            else:
+                room += elem.writable_len
             elems.append(elem)
-            room += elem.writable_len
         if room < need:
             q.unpop(len(elems))
-            if len(elems) >= q.size:
+            if len(elems) >= size:
                 # The whole ring cannot hold it: waiting would stall reception for ever.
                 return "rx_ring_too_small"
             return "wait"
@@ -723,15 +746,19 @@ class VirtioNet(VirtioDevice):
                 raise VirtqueueError(
                     f"queue {q.index}: RX chain {elem.head} has no writable buffer"
                 )
-            if n == 0 and elem.writable_len < self.hdr_len:
+            if n == 0 and first_room < hdr_len:
                 # §5.1.6.3.1: with MRG_RXBUF every buffer holds at least the header, and
                 # num_buffers lives in the first one.
                 raise VirtqueueError(
-                    f"queue {q.index}: RX buffer of {elem.writable_len} bytes is smaller than "
-                    f"the {self.hdr_len}-byte virtio-net header"
+                    f"queue {q.index}: RX buffer of {first_room} bytes is smaller than "
+                    f"the {hdr_len}-byte virtio-net header"
                 )
         # A view: slicing a 64 KiB TSO packet per buffer would copy it once per buffer.
-        packet = memoryview(self._packet(frame, len(elems)))
+        packet = memoryview(self._packet(frame, len(elems), hdr_len))
+        if len(elems) == 1:
+            elem = elems[0]
+            q.push(mem, elem, elem.write(mem, packet), publish=False)
+            return "ok"
         lens = scatter_chains(mem, elems, packet)  # adjacent buffers in one write
         for elem, n in zip(elems, lens, strict=True):
             q.push(mem, elem, n, publish=False)

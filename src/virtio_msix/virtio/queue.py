@@ -10,6 +10,7 @@ never an endless walk.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,7 @@ from ..abi.ring import (
 )
 from ..abi.ring import USED_ELEM as _USED_ELEM
 from ..abi.virtio import VIRTIO_MSI_NO_VECTOR as NO_VECTOR
-from .memory import GuestMemoryError, Memory
+from .memory import GuestMemory, GuestMemoryError, Memory
 
 if TYPE_CHECKING:
     from .packed import PackedRing
@@ -36,6 +37,11 @@ if TYPE_CHECKING:
 # table's length claims (virtqueue_map_desc). A direct chain is further capped at the queue
 # size (§2.7.5.3: a chain cannot be longer than the ring it lives in without a loop).
 VIRTQUEUE_MAX_SIZE = 1024
+_AVAIL_RING = ring.AVAIL_RING
+_AVAIL_IDX = ring.AVAIL_IDX
+_U16 = struct.Struct("<H")
+_USED_RING = ring.USED_RING
+_F_NEXT_OR_INDIRECT = VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT
 SNAPSHOT_MIN_CHAINS = 2  # available chains from which the ring and table are read whole
 
 
@@ -43,7 +49,7 @@ class VirtqueueError(Exception):
     """The driver broke a ring rule; the device must enter DEVICE_NEEDS_RESET."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Element:
     """One available descriptor chain as a scatter-gather list: device-readable segments first,
     then device-writable ones (§2.7.4.2). The device reads only ``readable`` and writes only
@@ -61,11 +67,17 @@ class Element:
 
     @property
     def readable_len(self) -> int:
-        return sum(n for _, n in self.readable)
+        r = self.readable
+        if len(r) == 1:  # the usual chain: no generator for one segment
+            return r[0][1]
+        return sum(n for _, n in r)
 
     @property
     def writable_len(self) -> int:
-        return sum(n for _, n in self.writable)
+        w = self.writable
+        if len(w) == 1:
+            return w[0][1]
+        return sum(n for _, n in w)
 
     def read(self, mem: Memory, limit: int | None = None) -> bytes:
         """The device-readable bytes, or only the first ``limit`` of them (so that a header
@@ -203,6 +215,19 @@ def walk_chain(
     """
     if head >= table_size:
         raise VirtqueueError(f"{where}: head {head} ≥ queue size {table_size}")
+    # The common chain, one plain descriptor, checked as the loop below would check it.
+    a = table + DESC_SIZE * head
+    if type(mem) is GuestMemory and 0 <= a and a + DESC_SIZE <= mem.size:
+        addr, length, flags, nxt = _DESC.unpack_from(mem.buf, a)  # in place, bounds checked
+    else:
+        try:
+            addr, length, flags, nxt = _DESC.unpack(mem.read(a, DESC_SIZE))
+        except GuestMemoryError as e:
+            raise VirtqueueError(f"{where}: descriptor table: {e}") from None
+    if not flags & _F_NEXT_OR_INDIRECT and length and addr + length <= mem.size:
+        if flags & VRING_DESC_F_WRITE:
+            return Element(head, [], [(addr, length)]), 1
+        return Element(head, [(addr, length)], []), 1
     elem = Element(head)
     limit, i = table_size, head
     indirect = False
@@ -213,12 +238,13 @@ def walk_chain(
         visited += 1
         if visited > limit:
             raise VirtqueueError(f"{where}: descriptor chain loops or is too long")
-        try:
-            raw = mem.read(table + DESC_SIZE * i, DESC_SIZE)
-        except GuestMemoryError as e:
-            raise VirtqueueError(f"{where}: descriptor table: {e}") from None
+        if reads:  # the head's descriptor was read above
+            try:
+                raw = mem.read(table + DESC_SIZE * i, DESC_SIZE)
+            except GuestMemoryError as e:
+                raise VirtqueueError(f"{where}: descriptor table: {e}") from None
+            addr, length, flags, nxt = _DESC.unpack(raw)
         reads += 1
-        addr, length, flags, nxt = _DESC.unpack(raw)
         if flags & VRING_DESC_F_INDIRECT:
             # §2.7.5.3.1: no indirect table inside an indirect table, no NEXT with INDIRECT.
             if indirect:
@@ -276,6 +302,7 @@ def walk_chain(
 class VirtQueue:
     def __init__(self, index: int, max_size: int) -> None:
         self.index = index
+        self._where = f"queue {index}"  # what a walker error names
         self.max_size = max_size  # 0 = the queue does not exist
         self.event_idx = False  # VIRTIO_F_EVENT_IDX negotiated (set by the device)
         self.packed = False  # VIRTIO_F_RING_PACKED negotiated (set by the device: set_packed)
@@ -329,13 +356,21 @@ class VirtQueue:
         self._packed = self._new_packed()
 
     # -- raw ring access -------------------------------------------------------------------------
+    # GuestMemory (the simulator's) is read and written in place after the same bounds test
+    # it makes itself; an access outside it, and other memories (a vhost-user peer's shared
+    # regions, a counting test memory), go through read/write and their errors.
     def _u16(self, mem: Memory, addr: int) -> int:
+        if type(mem) is GuestMemory and 0 <= addr and addr + 2 <= mem.size:
+            return _U16.unpack_from(mem.buf, addr)[0]
         try:
             return int.from_bytes(mem.read(addr, 2), "little")
         except GuestMemoryError as e:
             raise VirtqueueError(f"queue {self.index}: {e}") from None
 
     def _w16(self, mem: Memory, addr: int, value: int) -> None:
+        if type(mem) is GuestMemory and 0 <= addr and addr + 2 <= mem.size:
+            _U16.pack_into(mem.buf, addr, value & 0xFFFF)
+            return
         try:
             mem.write(addr, (value & 0xFFFF).to_bytes(2, "little"))
         except GuestMemoryError as e:
@@ -360,9 +395,24 @@ class VirtQueue:
             return False
         if self.shadow_pending:
             return True
-        if self.avail_idx(mem) != self.last_avail_idx:
-            return True
-        return self._write_avail_event(mem) and self.avail_idx(mem) != self.last_avail_idx
+        avail = self.avail_idx(mem)
+        if avail == self.last_avail_idx:
+            if not self._write_avail_event(mem):
+                return False
+            avail = self.avail_idx(mem)
+            if avail == self.last_avail_idx:
+                return False
+        # Remember what was found, so that the pop that follows need not read it again (a
+        # count past the queue size stays unremembered: that pop reads it and reports it).
+        pending = (avail - self.last_avail_idx) & 0xFFFF
+        if pending <= self.size:
+            self._take_pending(mem, pending)
+        return True
+
+    def _take_pending(self, mem: Memory, pending: int) -> None:
+        self.shadow_pending = pending
+        # A burst is copied in two reads; a chain or two is cheaper read in place.
+        self._snap = _RingSnapshot(self, mem) if pending >= SNAPSHOT_MIN_CHAINS else None
 
     def _write_avail_event(self, mem: Memory) -> bool:
         """Write the avail_event owed, if any; True if it was written."""
@@ -391,7 +441,11 @@ class VirtQueue:
         if not (self.enabled and self.size > 0 and self.desc_addr != 0):
             return None
         if not self.shadow_pending:
-            avail = self.avail_idx(mem)
+            a = self.avail_addr + _AVAIL_IDX
+            if type(mem) is GuestMemory and 0 <= a and a + 2 <= mem.size:
+                avail = _U16.unpack_from(mem.buf, a)[0]  # in place: the common case
+            else:
+                avail = self._u16(mem, a)
             pending = (avail - self.last_avail_idx) & 0xFFFF
             if pending == 0:
                 if not self._write_avail_event(mem):
@@ -405,17 +459,23 @@ class VirtQueue:
                     f"queue {self.index}: avail idx {avail} is {pending} ahead of "
                     f"{self.last_avail_idx}, more than the queue size {self.size}"
                 )
-            self.shadow_pending = pending
-            # A burst is copied in two reads; a chain or two is cheaper read in place.
-            self._snap = _RingSnapshot(self, mem) if pending >= SNAPSHOT_MIN_CHAINS else None
-        slot = self.last_avail_idx % self.size
+            self._take_pending(mem, pending)
+        size = self.size
+        slot = self.last_avail_idx % size
         snap = self._snap
         if snap is not None and snap.valid_for(self):
             head = snap.head(slot)
-            elem = self._walk(snap, head)
+            walked: Memory = snap
         else:
-            head = self._u16(mem, self.avail_addr + ring.avail_entry(slot))
-            elem = self._walk(mem, head)
+            a = self.avail_addr + _AVAIL_RING + 2 * slot
+            if type(mem) is GuestMemory and 0 <= a and a + 2 <= mem.size:
+                head = _U16.unpack_from(mem.buf, a)[0]
+            else:
+                head = self._u16(mem, a)
+            walked = mem
+        self.walks += 1
+        elem, reads = walk_chain(walked, self.desc_addr, size, head, self._where)
+        self.desc_reads += reads
         self.last_avail_idx = (self.last_avail_idx + 1) & 0xFFFF
         self.shadow_pending -= 1
         self.pops += 1
@@ -423,12 +483,6 @@ class VirtQueue:
             # avail_event: ask for a kick as soon as anything new is added (§2.7.10); written
             # at the end of the burst (publish_used) or when the ring is found empty.
             self._avail_event_due = self.last_avail_idx
-        return elem
-
-    def _walk(self, mem: Memory, head: int) -> Element:
-        self.walks += 1
-        elem, reads = walk_chain(mem, self.desc_addr, self.size, head, f"queue {self.index}")
-        self.desc_reads += reads
         return elem
 
     def unpop(self, count: int = 1) -> None:
@@ -461,6 +515,10 @@ class VirtQueue:
         data, first = self._used_elems, self._used_first
         self._used_elems = bytearray()
         try:
+            if first * USED_ELEM_SIZE + len(data) <= self.size * USED_ELEM_SIZE:
+                # No wrap (a burst's usual case): one write of the whole run.
+                mem.write(self.used_addr + _USED_RING + USED_ELEM_SIZE * first, bytes(data))
+                return
             while data:
                 n = min(len(data), (self.size - first) * USED_ELEM_SIZE)
                 mem.write(self.used_addr + ring.used_entry(first), bytes(data[:n]))
@@ -499,7 +557,10 @@ class VirtQueue:
         packed: §2.8.10)."""
         if self._packed is not None:
             return self._packed.should_notify(mem)
-        self.publish_used(mem)
+        if self._used_elems or self.published_used != self.used_idx or (
+            self._avail_event_due is not None and self._avail_event_due != self._avail_event
+        ):
+            self.publish_used(mem)  # the same test publish_used makes, without its frame
         if not self.event_idx:
             return not self.avail_flags(mem) & VRING_AVAIL_F_NO_INTERRUPT
         was_valid = self.signalled_used_valid
