@@ -46,6 +46,7 @@ from typing import Any
 
 from ..host.phases import PhaseTagger
 from ..trace.recorder import trace_meta, write_jsonl
+from ..virtio.devspec import PROPERTY
 from .debian import (
     MODULES,
     DebianKernel,
@@ -302,6 +303,8 @@ def device_string(
                 raise ValueError(f"--device: {key} given twice ({seen[key]!r}, {value!r})")
             continue
         seen[key] = value
+        if key not in PROPERTY:  # QEMU would refuse it only after booting: say it now, its way
+            raise ValueError(f"Property '{DRIVER}.{key}' not found")
         fixed = FIXED_PROPS.get(key)
         if fixed is None:
             user.append(f"{key}={value}")

@@ -10,7 +10,14 @@ from .debian import PrerequisiteMissing
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
+    from ..host.devspec import property_help, wants_help
     from .capture import capture
+
+    if wants_help(args):
+        print(property_help())
+        return 0
+    if args.out is None:
+        return cliargs.fail("capture-qemu: the output trace file is required")
 
     try:
         meta = capture(args.out, args.machine, args.vectors, args.disable_legacy, args.timeout,
@@ -32,7 +39,11 @@ def _netdev(text: str) -> str:
 
 
 def _device(text: str) -> str:
+    from ..host.devspec import wants_help
     from .capture import device_string
+
+    if wants_help(argparse.Namespace(device=text)):
+        return text
 
     try:
         device_string(text)
@@ -50,7 +61,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "device, record every config and BAR access from QEMU's trace events, and write them "
         "in our trace format (docs/DESIGN.md 'Access trace format').",
     )
-    p.add_argument("out", type=cliargs.output_file,
+    p.add_argument("out", type=cliargs.output_file, nargs="?",  # not needed for --device help
                    help="output trace (JSON lines); the console goes to OUT.console.txt")  # fmt: skip
     p.add_argument("--kernel", choices=("6.1", "6.12"), default="6.1",
                    help="Debian's 6.1 (default) or 6.12 kernel image")  # fmt: skip
