@@ -8,8 +8,9 @@ import json
 import pytest
 
 from virtio_msix.cli import main
-from virtio_msix.devcli import device_from_meta
-from virtio_msix.qemu.capture import device_string, parse_netdev, trace_config
+from virtio_msix.devcli import spec_for_records
+from virtio_msix.qemu.capture import device_string, parse_netdev
+from virtio_msix.trace import trace_meta
 
 
 def test_device_string_adds_the_fixed_properties_first():
@@ -74,10 +75,11 @@ def test_cli_refuses_in_one_line(capsys, tmp_path, argv, words):
 def test_replay_takes_the_device_from_the_meta_record(tmp_path, capsys):
     meta = {"space": "meta", "device": "virtio-net-pci,netdev=n0,mq=on,vectors=6",
             "netdev": "tap,queues=2,vnet_hdr=on"}  # fmt: skip
-    assert device_from_meta(meta) == (6, 2, False)
-    assert device_from_meta({"space": "cfg", "op": "r"}) == (None, 1, False)
-    assert trace_config([meta, {"space": "cfg"}]) is meta
-    assert trace_config([{"space": "cfg"}, meta]) is None
+    spec = spec_for_records([meta])
+    assert (spec.vectors, spec.queue_pairs, spec.disable_legacy) == (6, 2, False)
+    assert spec_for_records([{"space": "cfg", "op": "r"}]) is None
+    assert trace_meta([meta, {"space": "cfg"}]) is meta
+    assert trace_meta([{"space": "cfg"}, meta]) is None
     # a trace whose max_virtqueue_pairs read (device config, virtio 1.2 §5.1.4) says 2 pairs
     # replays only as that device (num_queues would say 3 here: QEMU adds the second pair only
     # when the driver accepts MQ)

@@ -19,7 +19,7 @@ from .host.devspec import (
     wants_help,
 )
 from .pci.function import PciFunction
-from .trace import EVENT_SPACES, SPACES, load_jsonl_lines
+from .trace import EVENT_SPACES, SPACES, load_jsonl_lines, trace_meta
 from .virtio import VirtioPciDevice, make_virtio_net_pci
 from .virtio.describe import describe
 from .virtio.devspec import DeviceSpec, parse_device
@@ -292,19 +292,10 @@ def compile_records(
     return ops, bad
 
 
-def trace_meta(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The trace's configuration line (``{"space": "meta", "device": ..., "netdev": ...}``,
-    capture-qemu writes it first), or None for a trace without one."""
-    for rec in records[:8]:
-        if rec.get("space") == "meta" and isinstance(rec.get("device"), str):
-            return rec
-    return None
-
-
 def spec_for_records(records: list[dict[str, Any]]) -> DeviceSpec | None:
     """The device the trace's meta line describes (SpecError if QEMU would refuse it)."""
     meta = trace_meta(records)
-    if meta is None:
+    if meta is None or not isinstance(meta.get("device"), str):
         return None
     netdev = meta.get("netdev")
     return parse_device(meta["device"], netdev if isinstance(netdev, str) else None)
@@ -348,25 +339,6 @@ def replay_spec(args: argparse.Namespace, records: list[dict[str, Any]]) -> tupl
 
 def count_reads(records: list[dict[str, Any]]) -> int:
     return sum(1 for r in records if is_access(r) and r.get("op") == "r")
-
-
-def device_from_meta(rec: dict[str, Any]) -> tuple[int | None, int, bool]:
-    """(vectors, queue pairs, disable-legacy) from a trace's ``meta`` record (capture-qemu's
-    ``device``/``netdev`` strings, QEMU's syntax); the defaults for any other record. Only what
-    this model can express is taken: the other properties are not modelled here yet."""
-    if rec.get("space") != "meta" or not isinstance(rec.get("device"), str):
-        return None, 1, False
-    props = dict(p.split("=", 1) for p in rec["device"].split(",")[1:] if "=" in p)
-    on = ("on", "yes", "true", "y")
-    vectors = props.get("vectors")
-    netdev = str(rec.get("netdev", "user"))
-    peers = dict(p.split("=", 1) for p in netdev.split(",")[1:] if "=" in p)
-    try:
-        pairs = int(peers.get("queues", "1")) if props.get("mq", "off").lower() in on else 1
-        nvec = int(vectors, 0) if vectors is not None else None
-    except ValueError:
-        raise ValueError(f"meta record: bad vectors or queues in {rec['device']!r}") from None
-    return nvec, max(pairs, 1), props.get("disable-legacy", "off").lower() in on
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ a private network namespace (``unshare --net``) holding a TAP (multi-queue for q
 the host side at 10.0.2.2, QEMU user networking's gateway address, so the guest script is the
 same for both. The trace's first record is the configuration: ``{"space": "meta", "device",
 "netdev", "machine", "smp", "kernel", "kernel_version", "teardown", "qemu"}``; readers skip it
-(its space is not a register space) or take the configuration from it (``trace_config``).
+(its space is not a register space) or take the configuration from it (``trace.trace_meta``).
 
 6.12: Debian builds virtio, virtio_ring and virtio_pci into the kernel (only failover,
 net_failover and virtio_net are modules, ``.ko.xz``), so virtio_pci binds the device at boot,
@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from ..host.phases import PhaseTagger
-from ..trace.recorder import trace_meta, write_jsonl
+from ..trace.recorder import write_jsonl
 from ..virtio.devspec import PROPERTY
 from .debian import (
     MODULES,
@@ -550,9 +550,3 @@ def capture(
     if teardown:
         meta["teardown_ok"] = "VMSIX-TEARDOWN-OK" in console
     return meta
-
-
-def trace_config(records: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
-    """The capture's configuration (its first record, ``space: meta``), or None for a trace
-    recorded before captures carried it (trace/recorder.py ``trace_meta``)."""
-    return trace_meta(records)
