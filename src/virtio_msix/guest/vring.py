@@ -27,6 +27,13 @@ from .errnos import EIO, ENOMEM, ENOSPC
 from .kernel import Kernel
 
 SMP_CACHE_BYTES = 64
+_DESC_SIZE = ring.DESC_SIZE
+_USED_ELEM_SIZE = ring.USED_ELEM_SIZE
+_DESC_PACK_INTO = DESC.pack_into
+_USED_ELEM_UNPACK_FROM = USED_ELEM.unpack_from
+_U16 = struct.Struct("<H")
+_U16_PACK_INTO = _U16.pack_into
+_U16_UNPACK_FROM = _U16.unpack_from
 
 
 class Virtqueue:
@@ -97,27 +104,52 @@ class VringVirtqueue(Virtqueue):
         self.last_used_idx = 0
 
     # -- adding buffers ---------------------------------------------------------------------------
+    # The hot methods below store into and load from the simulator's memory in place
+    # (``pack_into``/``unpack_from`` on its buffer) after the bounds test GuestMemory makes
+    # itself; an address outside it goes through GuestMemory, which raises as before.
     def add_sgs(self, out: list[tuple[int, int]], inb: list[tuple[int, int]], token: Any) -> int:
         total = len(out) + len(inb)
         free = self.free
         if total == 0 or total > len(free):
             return -ENOSPC
         mem = self.k.memory
-        descs = [free.popleft() for _ in range(total)]
-        nout, last, base, pack = len(out), total - 1, self.desc, DESC.pack
-        for i, (addr, length) in enumerate(out + inb):
-            flags = VRING_DESC_F_WRITE if i >= nout else 0
-            if i < last:
-                mem.write(base + ring.DESC_SIZE * descs[i],
-                          pack(addr, length, flags | VRING_DESC_F_NEXT, descs[i + 1]))  # fmt: skip
+        buf, size, base = mem.buf, mem.size, self.desc
+        if total == 1:
+            # One segment (a TX skb with its header in front, a mergeable RX buffer): the
+            # loop below without its lists; the same descriptor, written the same way.
+            head = free.popleft()
+            addr, length = out[0] if out else inb[0]
+            a = base + _DESC_SIZE * head
+            if a + _DESC_SIZE <= size:
+                _DESC_PACK_INTO(buf, a, addr, length, 0 if out else VRING_DESC_F_WRITE, 0)
             else:
-                mem.write(base + ring.DESC_SIZE * descs[i], pack(addr, length, flags, 0))
-        head = descs[0]
+                mem.write(a, DESC.pack(addr, length, 0 if out else VRING_DESC_F_WRITE, 0))
+            self._chain[head] = [head]
+        else:
+            descs = [free.popleft() for _ in range(total)]
+            nout, last, pack = len(out), total - 1, DESC.pack
+            for i, (addr, length) in enumerate(out + inb):
+                flags = VRING_DESC_F_WRITE if i >= nout else 0
+                if i < last:
+                    mem.write(base + _DESC_SIZE * descs[i],
+                              pack(addr, length, flags | VRING_DESC_F_NEXT, descs[i + 1]))  # fmt: skip
+                else:
+                    mem.write(base + _DESC_SIZE * descs[i], pack(addr, length, flags, 0))
+            head = descs[0]
+            self._chain[head] = descs
         self.data[head] = (token, total)
-        self._chain[head] = descs
-        mem.write_u16(self._avail_ring + 2 * (self.avail_idx_shadow % self.num), head)
-        self.avail_idx_shadow = (self.avail_idx_shadow + 1) & 0xFFFF
-        mem.write_u16(self._avail_idx, self.avail_idx_shadow)
+        shadow = self.avail_idx_shadow
+        a = self._avail_ring + 2 * (shadow % self.num)
+        if a + 2 <= size:
+            _U16_PACK_INTO(buf, a, head)
+        else:
+            mem.write_u16(a, head)
+        self.avail_idx_shadow = shadow = (shadow + 1) & 0xFFFF
+        a = self._avail_idx
+        if a + 2 <= size:
+            _U16_PACK_INTO(buf, a, shadow)
+        else:
+            mem.write_u16(a, shadow)
         self.num_added += 1
         return 0
 
@@ -131,32 +163,53 @@ class VringVirtqueue(Virtqueue):
         return not mem.read_u16(self.used + ring.USED_FLAGS) & VRING_USED_F_NO_NOTIFY
 
     def kick(self) -> bool:
+        if self.event_idx:
+            # kick_prepare with EVENT_IDX, inline (one frame less per buffer posted).
+            new = self.avail_idx_shadow
+            old = (new - self.num_added) & 0xFFFF
+            self.num_added = 0
+            mem = self.k.memory
+            a = self._avail_event
+            event = _U16_UNPACK_FROM(mem.buf, a)[0] if a + 2 <= mem.size else mem.read_u16(a)
+            if ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF):  # vring_need_event
+                return self.notify(self)
+            return True
         if self.kick_prepare():
             return self.notify(self)
         return True
 
     # -- reaping -----------------------------------------------------------------------------------
     def more_used(self) -> bool:
-        return self.k.memory.read_u16(self._used_idx) != self.last_used_idx
+        mem = self.k.memory
+        a = self._used_idx
+        used = _U16_UNPACK_FROM(mem.buf, a)[0] if a + 2 <= mem.size else mem.read_u16(a)
+        return used != self.last_used_idx
 
     def get_buf(self) -> tuple[Any, int] | None:
         mem = self.k.memory
+        buf, size = mem.buf, mem.size
         last = self.last_used_idx
-        if mem.read_u16(self._used_idx) == last:  # more_used
-            return None
-        head, length = USED_ELEM.unpack(
-            mem.read(self._used_ring + ring.USED_ELEM_SIZE * (last % self.num), USED_ELEM.size)
-        )
+        a = self._used_idx
+        if (_U16_UNPACK_FROM(buf, a)[0] if a + 2 <= size else mem.read_u16(a)) == last:
+            return None  # more_used
+        a = self._used_ring + _USED_ELEM_SIZE * (last % self.num)
+        if a + _USED_ELEM_SIZE <= size:
+            head, length = _USED_ELEM_UNPACK_FROM(buf, a)
+        else:
+            head, length = USED_ELEM.unpack(mem.read(a, _USED_ELEM_SIZE))
         got = self.data.pop(head, None)
         if got is None:
             self.broken = True  # the device returned a buffer we never gave it
             return None
-        token = got[0]
         self.free.extend(self._chain.pop(head))
         self.last_used_idx = last = (last + 1) & 0xFFFF
         if self.event_idx:
-            mem.write_u16(self._used_event, last)
-        return token, length
+            a = self._used_event
+            if a + 2 <= size:
+                _U16_PACK_INTO(buf, a, last)
+            else:
+                mem.write_u16(a, last)
+        return got[0], length
 
     def detach_unused_buf(self) -> Any:
         """A buffer the device never used, taken back after reset (virtqueue_detach_unused_buf);
@@ -185,9 +238,7 @@ class VringVirtqueue(Virtqueue):
 
 def vring_interrupt(desc: Any, vq: VringVirtqueue | None = None) -> bool:
     """The per-queue MSI-X handler: nothing to do unless the device used buffers."""
-    if vq is None:
-        return False
-    if not vq.more_used():
+    if vq is None or not vq.more_used():
         return False
     if vq.callback is not None:
         vq.callback(vq)
