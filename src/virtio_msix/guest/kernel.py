@@ -9,6 +9,7 @@ address — exactly as a CPU would.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from ..abi.uml import UML_MSI_ADDRESS
 from ..irq.x86 import MANAGED_IRQ_SHUTDOWN_VECTOR, MsiMessage, X86Interrupts
@@ -57,7 +58,8 @@ class PageAllocator:
             self.next = addr + rounded
         self._live[addr] = (rounded, align)
         self.allocated += rounded
-        self.peak = max(self.peak, self.allocated)
+        if self.allocated > self.peak:
+            self.peak = self.allocated
         return addr
 
     def free(self, addr: int) -> None:
@@ -215,9 +217,12 @@ class Kernel:
                     # Messages that arrived together wait in the local APICs' IRR; each APIC
                     # serves its highest vector first (Intel SDM vol. 3 §11.8.3): on one CPU
                     # output.0 (0x28) before input.0 (0x27), as captured.
-                    self.pending_msi.sort(key=lambda m: self.x86.service_order(*m, self.this_cpu))
+                    self.pending_msi.sort(key=self.x86.service_key(self.this_cpu))
                 address, data = self.pending_msi.pop(0)
-                self.deliver_msi(address, data)
+                if self.x86 is not None:
+                    self.x86.msi(address, data)  # deliver_msi's x86 case, one frame less
+                else:
+                    self.deliver_msi(address, data)
             elif (
                 self.intx_level and self.intx_irq in self.irqs and self.irqs[self.intx_irq].actions
             ):
@@ -341,7 +346,8 @@ class Kernel:
             desc.move_in_progress = True
             desc.prev_cpu, desc.prev_vector = desc.cpu, desc.vector
         desc.cpu, desc.vector = cpu, vector
-        self.x86.apics[cpu].handlers[vector] = lambda d=desc, c=cpu, v=vector: self.handle_irq(d, c, v)
+        # A partial, not a lambda: no Python frame of its own between the APIC and handle_irq.
+        self.x86.apics[cpu].handlers[vector] = partial(self.handle_irq, desc, cpu, vector)
 
     def assign_vector_locked(self, desc: IrqDesc, dest: frozenset[int]) -> int:
         """apic_set_affinity's non-managed path: nothing moves while the current CPU is in the

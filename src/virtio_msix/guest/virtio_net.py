@@ -107,6 +107,7 @@ class VirtnetInfo:
     big_packets: bool = False
     big_packets_num_skbfrags: int = 0
     hdr_len: int = HDR_LEN
+    any_header_sg: bool | None = None  # virtnet_probe's vi->any_header_sg (None: not set yet)
     # Sees every frame the driver sends (outbound=True) or hands up: pcap writers hook here.
     capture: Callable[[bytes, bool], None] | None = None
 
@@ -142,6 +143,7 @@ def virtnet_probe(k: Kernel, vp: VpDev) -> int:
     if vp.has_feature(dev_net.VIRTIO_NET_F_MTU):
         vi.mtu = virtio_cread16(k, vp, CONFIG_OFFSET["mtu"])
     virtnet_set_rx_layout(vi)
+    vi.any_header_sg = vp_any_header_sg(vi)
     err = init_vqs(k, vi)
     if err:
         return err
@@ -327,9 +329,14 @@ def _rx_frame(k: Kernel, vi: VirtnetInfo, token: Any, length: int) -> bytes:
 def try_fill_recv(k: Kernel, vi: VirtnetInfo, i: int) -> int:
     rq = vi.rq[i]
     added = 0
+    mergeable, alloc = vi.mergeable_rx_bufs, k.pages.alloc
     while rq.free:
         try:
-            sgs, token = _rx_buffer(k, vi)
+            if mergeable:  # _rx_buffer's first case, inline
+                token = alloc(RX_BUF_SIZE, align=64)
+                sgs = [(token, RX_BUF_SIZE)]
+            else:
+                sgs, token = _rx_buffer(k, vi)
         except MemoryError:
             # -ENOMEM: post what we have; the kernel retries from its refill work later.
             vi.rx_oom += 1
@@ -396,18 +403,22 @@ def vp_any_header_sg(vi: VirtnetInfo) -> bool:
 def start_xmit(k: Kernel, vi: VirtnetInfo, frame: bytes, qp: int = 0) -> bool:
     sq = vi.sq[qp]
     free_old_xmit_skbs(k, vi, qp)
+    hdr_len = vi.hdr_len
     try:
-        buf = k.pages.alloc(vi.hdr_len + len(frame), align=64)
+        buf = k.pages.alloc(hdr_len + len(frame), align=64)
     except MemoryError:
         vi.tx_dropped += 1  # no memory for the skb: the stack drops the frame
         return False
-    k.memory.write(buf, bytes(vi.hdr_len) + frame)
+    k.memory.write(buf, bytes(hdr_len) + frame)
     # xmit_skb: the header pushed in front of the frame (one segment) when the device takes
     # any layout (ANY_LAYOUT or VERSION_1, vi->any_header_sg); else a segment of its own.
-    if vp_any_header_sg(vi):
-        out = [(buf, vi.hdr_len + len(frame))]
+    any_header_sg = vi.any_header_sg
+    if any_header_sg is None:  # a VirtnetInfo virtnet_probe did not set up
+        any_header_sg = vp_any_header_sg(vi)
+    if any_header_sg:
+        out = [(buf, hdr_len + len(frame))]
     else:
-        out = [(buf, vi.hdr_len), (buf + vi.hdr_len, len(frame))]
+        out = [(buf, hdr_len), (buf + hdr_len, len(frame))]
     if sq.add_sgs(out, [], buf):
         k.pages.free(buf)  # ring full: the stack keeps the skb (not modelled: dropped)
         return False
@@ -420,8 +431,9 @@ def start_xmit(k: Kernel, vi: VirtnetInfo, frame: bytes, qp: int = 0) -> bool:
 
 def free_old_xmit_skbs(k: Kernel, vi: VirtnetInfo, qp: int) -> None:
     """Free every skb the device has finished sending (napi_consume_skb)."""
-    while (used := vi.sq[qp].get_buf()) is not None:
-        k.pages.free(used[0])
+    get_buf, free = vi.sq[qp].get_buf, k.pages.free
+    while (used := get_buf()) is not None:
+        free(used[0])
         vi.tx_completed += 1
 
 
@@ -433,10 +445,16 @@ def skb_recv_done(k: Kernel, vi: VirtnetInfo, qp: int) -> None:
     """NAPI: take every used RX buffer, hand the frame up, post a fresh buffer."""
     rq = vi.rq[qp]
     got = 0
-    while (used := rq.get_buf()) is not None:
+    get_buf, read, free, hdr_len = rq.get_buf, k.memory.read, k.pages.free, vi.hdr_len
+    while (used := get_buf()) is not None:
         buf, length = used
-        frame = _rx_frame(k, vi, buf, length)
-        _free_rx(k, buf)  # the page goes with the skb up the stack and is freed there
+        if type(buf) is int:
+            # One buffer (mergeable or small): _rx_frame and _free_rx inline.
+            frame = read(buf, min(length, RX_BUF_SIZE))[hdr_len:]
+            free(buf)  # the page goes with the skb up the stack and is freed there
+        else:
+            frame = _rx_frame(k, vi, buf, length)
+            _free_rx(k, buf)
         vi.received.append(frame)
         vi.rx_packets += 1
         if vi.capture is not None:
