@@ -15,7 +15,7 @@ from typing import Any
 
 from ..trace import Recorder
 from .msix import Msix
-from .region import RegionMap
+from .region import Region, RegionMap
 from .regs import (
     HEADER,
     MSIX,
@@ -296,14 +296,24 @@ class PciFunction:
         return raw & ~0xF & ~(bar.size - 1)
 
     # -- BAR accesses (offset inside the BAR) -------------------------------------------------
+    # bar_read and bar_write look the access up once (RegionMap.lookup) for both the record
+    # and the handler: a one-handler access calls it directly, as RegionMap.read/write would;
+    # the record is made only when the recorder wants its space (Recorder.wanted).
     def bar_read(self, bar: int, offset: int, size: int) -> int:
         b = self._bar(bar, offset, size)
         if b is None:
             value = 0 if size in (1, 2, 4, 8) else 0
             self.recorder.access(f"bar{bar}", "r", offset, size, value)
             return value
-        value = b.regions.read(offset, size)
-        self._record_bar(b, "r", offset, size, value)
+        regions = b.regions
+        region, rel, direct = regions.lookup(offset, size)
+        if direct:
+            value = region.read_fn(rel, size) & ((1 << (8 * size)) - 1)  # type: ignore[union-attr]
+        else:
+            value = regions.read(offset, size)
+        wanted = self.recorder.wanted
+        if wanted is None or (region.name if region is not None else f"bar{b.index}") in wanted:
+            self._record_bar(b, "r", offset, size, value, region, rel)
         return value
 
     def bar_write(self, bar: int, offset: int, size: int, value: int) -> None:
@@ -312,8 +322,15 @@ class PciFunction:
         if b is None:
             self.recorder.access(f"bar{bar}", "w", offset, size, value)
             return
-        self._record_bar(b, "w", offset, size, value)
-        b.regions.write(offset, size, value)
+        regions = b.regions
+        region, rel, direct = regions.lookup(offset, size)
+        wanted = self.recorder.wanted
+        if wanted is None or (region.name if region is not None else f"bar{b.index}") in wanted:
+            self._record_bar(b, "w", offset, size, value, region, rel)
+        if direct:
+            region.write_fn(rel, size, value)  # type: ignore[union-attr]
+        else:
+            regions.write(offset, size, value)
 
     def _bar(self, bar: int, offset: int, size: int) -> Bar | None:
         if not 0 <= bar < len(self.bars):
@@ -323,11 +340,14 @@ class PciFunction:
             return None
         return b
 
-    def _record_bar(self, b: Bar, op: str, offset: int, size: int, value: int) -> None:
+    def _record_bar(self, b: Bar, op: str, offset: int, size: int, value: int,
+                    region: Region | None = None, rel: int = 0) -> None:  # fmt: skip
+        """The access's record; ``region``/``rel``: its lookup, when the caller made it."""
         rec = self.recorder
         if not rec.active:
             return
-        region, rel, _ = b.regions.lookup(offset, size)
+        if region is None:
+            region, rel, _ = b.regions.lookup(offset, size)
         if region is None:
             rec.access(f"bar{b.index}", op, offset, size, value)
         else:
@@ -360,7 +380,9 @@ class PciFunction:
             self.msi_dropped += 1
             self.record_event("msi-dropped", vector=vector, reason="bus master disabled")
             return
-        self.recorder.event("msi", vector=vector, address=address, data=data)
+        wanted = self.recorder.wanted
+        if wanted is None or "msi" in wanted:  # no record's fields built when none is made
+            self.recorder.event("msi", vector=vector, address=address, data=data)
         self.sink.msi(address, data)
 
     def function_reset(self) -> None:

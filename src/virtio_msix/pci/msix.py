@@ -231,12 +231,17 @@ class Msix:
         if not 0 <= v < self.table_size or not self.use_count[v]:
             self._record_event("msi-dropped", vector=v, reason="vector not in use")
             return
-        if self.function_masked or self._ctrl(v) & PCI_MSIX_ENTRY_CTRL_MASKBIT:  # is_masked
+        at = v * PCI_MSIX_ENTRY_SIZE
+        ctrl = _DWORD.unpack_from(self.table, at + PCI_MSIX_ENTRY_VECTOR_CTRL)[0]  # _ctrl(v)
+        if self.function_masked or ctrl & PCI_MSIX_ENTRY_CTRL_MASKBIT:  # is_masked
             if not self.pending(v):
                 self._record_event("msix-pending", vector=v)
             self._set_pending(v, True)
             return
-        self._send(v)
+        # _send(v), inline: the message, counted, to the function's MSI path.
+        address, data = _MESSAGE.unpack_from(self.table, at)
+        self.sent[v] += 1
+        self._send_msi(address, data, v)
 
     def _send(self, v: int) -> None:
         address, data = _MESSAGE.unpack_from(self.table, v * PCI_MSIX_ENTRY_SIZE)  # message(v)

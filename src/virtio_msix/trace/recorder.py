@@ -61,6 +61,9 @@ class Recorder:
         narrow = [self._narrow.get(id(fn)) for fn in self._listeners]
         self._all = self._enabled or any(n is None for n in narrow)
         self._spaces: frozenset[str] = frozenset().union(*(n for n in narrow if n is not None))
+        # For callers on a hot path, before they build a record's fields: None when every
+        # space is wanted, else the spaces whose records are made (empty: none).
+        self.wanted: frozenset[str] | None = None if self._all else self._spaces
 
     @property
     def active(self) -> bool:

@@ -380,7 +380,8 @@ class VirtioNet(VirtioDevice):
 
     @property
     def hdr_len(self) -> int:
-        if self.has_feature(VIRTIO_F_VERSION_1) or self.has_feature(VIRTIO_NET_F_MRG_RXBUF):
+        # has_feature(VERSION_1) or has_feature(MRG_RXBUF), as one test (it runs per burst)
+        if (self.driver_features >> VIRTIO_F_VERSION_1 | self.driver_features >> VIRTIO_NET_F_MRG_RXBUF) & 1:
             return HDR_LEN
         return HDR_LEN_LEGACY
 
@@ -468,7 +469,8 @@ class VirtioNet(VirtioDevice):
     def queue_notify(self, index: int) -> None:
         if not 0 <= index < len(self.queues) or not self.queues[index].max_size:
             return  # no such queue: nothing to do (§4.1.5.2 leaves it to the transport)
-        if not self.status & DRIVER_OK or not self._dma_allowed():
+        hooks = self.hooks
+        if not self.status & DRIVER_OK or hooks is None or not hooks.dma_allowed():  # _dma_allowed
             return
         try:
             self._service_queue(index)
@@ -476,7 +478,7 @@ class VirtioNet(VirtioDevice):
             self._error(str(e))
 
     def _service_queue(self, index: int) -> None:
-        if index == self.ctrl_index:
+        if self.has_ctrl_queue and index == 2 * self.active_pairs:  # ctrl_index
             self._handle_ctrl(index)
         elif index % 2 == 1:
             self._handle_tx(index)
@@ -523,7 +525,11 @@ class VirtioNet(VirtioDevice):
         pair = index // 2
         pop, push, send = q.pop, q.push, self._send
         while done < budget and (elem := pop(mem)) is not None:
-            readable_len = elem.readable_len
+            readable = elem.readable
+            # elem.readable_len and elem.read(mem) below, inline for one segment (a TX skb
+            # with its header in front): the same length, the same one read of memory.
+            one = readable[0] if len(readable) == 1 else None
+            readable_len = one[1] if one is not None else elem.readable_len
             if readable_len < hdr_len:
                 # QEMU virtio_net_flush_tx: "virtio-net header incorrect" is a device error.
                 raise VirtqueueError(
@@ -535,6 +541,11 @@ class VirtioNet(VirtioDevice):
                 # is counted as dropped.
                 frame = None
                 self._drop("tx_oversize")
+            elif one is not None:
+                try:
+                    frame = mem.read(one[0], readable_len)
+                except GuestMemoryError as e:
+                    raise VirtqueueError(str(e)) from None  # as Element.read
             else:
                 frame = elem.read(mem)
             push(mem, elem, 0, publish=False)
@@ -554,8 +565,10 @@ class VirtioNet(VirtioDevice):
         """Hand a transmitted frame to the backend. A backend reports a frame it could not
         send by returning False or raising OSError (a full disk under a pcap writer, a TAP
         queue full): the frame is counted as dropped, never as sent, and the device goes on."""
+        backend = self.backend
         try:
-            ok = self.backend.send(frame, pair) if self._mq_backend() else self.backend.send(frame)
+            # (getattr: _mq_backend, inline)
+            ok = backend.send(frame, pair) if getattr(backend, "queues", 1) > 1 else backend.send(frame)
         except OSError:
             self._drop("tx_backend_error")
             return
@@ -592,7 +605,7 @@ class VirtioNet(VirtioDevice):
     def _deliver_rx(self) -> int:
         """Move backend frames into posted receive buffers: receive queue 0, or with a
         multi-queue peer the receive queue of each active pair from its own peer queue."""
-        if not self._mq_backend():
+        if getattr(self.backend, "queues", 1) <= 1:  # not _mq_backend()
             return self._deliver_rx_pair(0)
         delivered = 0
         for pair in range(min(self.curr_queue_pairs, self.backend.queues)):
@@ -625,13 +638,16 @@ class VirtioNet(VirtioDevice):
 
     def _rx_burst(self, q: VirtQueue, mem: Memory) -> int:
         delivered = 0
-        mergeable = self.has_feature(VIRTIO_NET_F_MRG_RXBUF)
+        mergeable = bool(self.driver_features >> VIRTIO_NET_F_MRG_RXBUF & 1)
         # Per-burst constants, looked up once rather than per frame.
         vnet = self.vnet
         hdr_len = self.hdr_len
         peer_hdr = hdr_len if vnet else 0
         stats = self.stats
         take_frame = self._take_frame
+        # _take_frame's backend read, bound once per burst (the backend does not change
+        # during a burst); a held frame and a multi-queue backend still go through it.
+        backend_take = None if getattr(self.backend, "queues", 1) > 1 else self.backend.take_frame
         # Each delivered frame uses at least one chain, so at most q.size are delivered per
         # call; but a frame that does not fit gives its chains back, and the next one walks
         # them again. So one call takes at most 2 × q.size frames and walks about as many
@@ -642,7 +658,15 @@ class VirtioNet(VirtioDevice):
             if q.walks >= budget:
                 break
             waited = self._held is not None
-            if (frame := take_frame()) is None:
+            if waited or backend_take is None:
+                frame = take_frame()
+            else:
+                try:
+                    frame = backend_take()
+                except OSError:
+                    self._drop("rx_backend_error")  # as _take_frame
+                    frame = None
+            if frame is None:
                 break
             if len(frame) > MAX_FRAME + peer_hdr:
                 self._drop("rx_oversize")
@@ -650,7 +674,10 @@ class VirtioNet(VirtioDevice):
             if vnet and len(frame) <= hdr_len:
                 self._drop("rx_short")  # no frame behind the peer's header
                 continue
-            if not q.has_available(mem):
+            # has_available's first answer (chains known to be pending) inline, else the call
+            if not (
+                q.shadow_pending and not q.packed and q.enabled and q.size > 0 and q.desc_addr
+            ) and not q.has_available(mem):  # fmt: skip
                 self._held = frame
                 stats["rx_no_buffer"] += not waited
                 break
@@ -727,11 +754,13 @@ class VirtioNet(VirtioDevice):
             elem = pop(mem)
             if elem is None:
                 break
+            w = elem.writable
+            n = w[0][1] if len(w) == 1 else elem.writable_len  # writable_len, one segment inline
             if not elems:
-                first_room = elem.writable_len
+                first_room = n
                 room = first_room
             else:
-                room += elem.writable_len
+                room += n
             elems.append(elem)
         if room < need:
             q.unpop(len(elems))
@@ -753,6 +782,18 @@ class VirtioNet(VirtioDevice):
                     f"queue {q.index}: RX buffer of {first_room} bytes is smaller than "
                     f"the {hdr_len}-byte virtio-net header"
                 )
+        if len(elems) == 1 and len(elems[0].writable) == 1:
+            # One buffer of one segment (the usual case): elem.write's one store, inline.
+            elem = elems[0]
+            a, n = elem.writable[0]
+            raw = self._packet(frame, 1, hdr_len)
+            take = min(n, len(raw))
+            try:
+                mem.write(a, raw if take == len(raw) else raw[:take])
+            except GuestMemoryError as e:
+                raise VirtqueueError(str(e)) from None
+            q.push(mem, elem, take, publish=False)
+            return "ok"
         # A view: slicing a 64 KiB TSO packet per buffer would copy it once per buffer.
         packet = memoryview(self._packet(frame, len(elems), hdr_len))
         if len(elems) == 1:

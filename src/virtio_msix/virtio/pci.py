@@ -35,7 +35,7 @@ from typing import Any
 from ..pci.function import PciFunction
 from ..pci.msix import exclusive_bar_layout
 from ..pci.region import Region
-from ..pci.regs import PCI_CAP_ID_VNDR, PCI_COMMAND_MASTER
+from ..pci.regs import HEADER, PCI_CAP_ID_VNDR, PCI_COMMAND_MASTER, PCI_MSIX_FLAGS_ENABLE
 from ..pci.sink import InterruptSink
 from ..trace import Recorder
 from .device import (
@@ -76,6 +76,9 @@ from .regs import (
     VIRTIO_PCI_VENDOR_ID,
     VIRTIO_QUEUE_MAX,
 )
+
+_COMMAND = HEADER["command"].offset
+assert PCI_COMMAND_MASTER < 0x100  # _kick tests COMMAND's low byte
 
 MODERN_BAR = 4
 MSIX_BAR = 1
@@ -326,11 +329,17 @@ class VirtioPciDevice(CommonCfg, LegacyInterface, PciFunction):
 
     def notify_queue(self, index: int) -> None:
         """A used-buffer notification for queue ``index`` (§4.1.5.3 / §4.1.5.4)."""
-        if not self.driver_ok:
+        device = self.device
+        if not device.status & DRIVER_OK:  # driver_ok
             self.record_event("notify-suppressed", queue=index, reason="before DRIVER_OK")
             return
         self.isr |= VIRTIO_PCI_ISR_QUEUE
-        self._notify_vector(self.device.queues[index].vector)
+        vector = device.queues[index].vector
+        msix = self.msix
+        if msix is not None and msix.control & PCI_MSIX_FLAGS_ENABLE and vector != VIRTIO_MSI_NO_VECTOR:
+            msix.notify(vector)  # _notify_vector's MSI-X case, inline
+        else:
+            self._notify_vector(vector)
 
     def notify_config(self) -> None:
         """Device configuration changed (§4.1.5.3)."""
@@ -473,10 +482,12 @@ class VirtioPciDevice(CommonCfg, LegacyInterface, PciFunction):
         self._kick(offset // self.notify_multiplier)
 
     def _kick(self, index: int) -> None:
-        queues = self.device.queues
+        device = self.device
+        queues = device.queues
         if index >= len(queues) or not queues[index].enabled or self.broken:
             return
-        if not self.driver_ok or not self.bus_master:
+        # driver_ok and bus_master, inline (Bus Master is in COMMAND's low byte)
+        if not device.status & DRIVER_OK or not self.config[_COMMAND] & PCI_COMMAND_MASTER:
             # Served once DRIVER_OK is set and Bus Master is on (no DMA without it).
             self._deferred_kicks.add(index)
             return

@@ -10,6 +10,7 @@ never an endless walk.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -24,7 +25,6 @@ from ..abi.ring import (
     VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE,
     VRING_USED_F_NO_NOTIFY,
-    vring_need_event,
 )
 from ..abi.ring import USED_ELEM as _USED_ELEM
 from ..abi.virtio import VIRTIO_MSI_NO_VECTOR as NO_VECTOR
@@ -41,6 +41,7 @@ _AVAIL_RING = ring.AVAIL_RING
 _AVAIL_IDX = ring.AVAIL_IDX
 _U16 = struct.Struct("<H")
 _USED_RING = ring.USED_RING
+_USED_IDX = ring.USED_IDX
 _F_NEXT_OR_INDIRECT = VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT
 SNAPSHOT_MIN_CHAINS = 2  # available chains from which the ring and table are read whole
 
@@ -463,18 +464,43 @@ class VirtQueue:
         size = self.size
         slot = self.last_avail_idx % size
         snap = self._snap
-        if snap is not None and snap.valid_for(self):
-            head = snap.head(slot)
+        desc_addr = self.desc_addr
+        # Where the head's descriptor is read from: the burst's copy of the table, or the
+        # simulator's memory in place (the bounds tests below are walk_chain's and
+        # GuestMemory's); None: through walk_chain's reads.
+        table: bytes | bytearray | mmap.mmap | None = None
+        off = limit = 0  # the head descriptor's offset in ``table``, and the bytes it has
+        if (
+            snap is not None and snap.ring is not None and snap.base == desc_addr
+            and snap.avail_addr == self.avail_addr and snap.qsize == size
+        ):  # fmt: skip (snap.valid_for(self), inline)
+            head = _U16.unpack_from(snap.ring, 2 * slot)[0]  # snap.head(slot)
             walked: Memory = snap
+            table, off, limit = snap.table, DESC_SIZE * head, len(snap.table)
         else:
             a = self.avail_addr + _AVAIL_RING + 2 * slot
             if type(mem) is GuestMemory and 0 <= a and a + 2 <= mem.size:
                 head = _U16.unpack_from(mem.buf, a)[0]
+                table, off, limit = mem.buf, desc_addr + DESC_SIZE * head, mem.size
             else:
                 head = self._u16(mem, a)
             walked = mem
         self.walks += 1
-        elem, reads = walk_chain(walked, self.desc_addr, size, head, self._where)
+        # The usual chain, one plain descriptor, as walk_chain's first step finds it and with
+        # its tests (head in the table, the descriptor inside what is read, no NEXT or
+        # INDIRECT, a non-empty buffer inside memory); anything else is walk_chain's.
+        if table is not None and head < size and 0 <= off and off + DESC_SIZE <= limit:
+            addr, length, flags, _next = _DESC.unpack_from(table, off)
+            if not flags & _F_NEXT_OR_INDIRECT and length and addr + length <= mem.size:
+                if flags & VRING_DESC_F_WRITE:
+                    elem = Element(head, [], [(addr, length)])
+                else:
+                    elem = Element(head, [(addr, length)], [])
+                reads = 1
+            else:
+                elem, reads = walk_chain(walked, desc_addr, size, head, self._where)
+        else:
+            elem, reads = walk_chain(walked, desc_addr, size, head, self._where)
         self.desc_reads += reads
         self.last_avail_idx = (self.last_avail_idx + 1) & 0xFFFF
         self.shadow_pending -= 1
@@ -544,11 +570,26 @@ class VirtQueue:
         if self._packed is not None:
             self._packed.publish_used(mem)
             return
-        if self._used_elems:
-            self._write_used_elems(mem)
-        if self.published_used != self.used_idx:
-            self._w16(mem, self.used_addr + ring.USED_IDX, self.used_idx)
-            self.published_used = self.used_idx
+        data = self._used_elems
+        if data:
+            a = self.used_addr + _USED_RING + USED_ELEM_SIZE * self._used_first
+            if (
+                type(mem) is GuestMemory and 0 <= a and a + len(data) <= mem.size
+                and self._used_first * USED_ELEM_SIZE + len(data) <= self.size * USED_ELEM_SIZE
+            ):  # fmt: skip
+                # _write_used_elems' one-write case, in place: no wrap, inside memory.
+                self._used_elems = bytearray()
+                mem.buf[a : a + len(data)] = data
+            else:
+                self._write_used_elems(mem)
+        used_idx = self.used_idx
+        if self.published_used != used_idx:
+            a = self.used_addr + _USED_IDX
+            if type(mem) is GuestMemory and 0 <= a and a + 2 <= mem.size:
+                _U16.pack_into(mem.buf, a, used_idx)  # _w16, in place
+            else:
+                self._w16(mem, a, used_idx)
+            self.published_used = used_idx
         if self._avail_event_due is not None and self._avail_event_due != self._avail_event:
             self._write_avail_event(mem)
 
@@ -566,9 +607,13 @@ class VirtQueue:
         was_valid = self.signalled_used_valid
         old, new = self.signalled_used, self.used_idx
         self.signalled_used, self.signalled_used_valid = new, True
-        event = self.used_event(mem)
-        # Notify if used_event lies in (old, new].
-        return not was_valid or vring_need_event(event, new, old)
+        a = self.avail_addr + _AVAIL_RING + 2 * self.size  # used_event (§2.7.10)
+        if type(mem) is GuestMemory and 0 <= a and a + 2 <= mem.size:
+            event = _U16.unpack_from(mem.buf, a)[0]  # self.used_event(mem), in place
+        else:
+            event = self.used_event(mem)
+        # Notify if used_event lies in (old, new] (vring_need_event).
+        return not was_valid or ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
 
 
 class _TableCopy:
@@ -601,6 +646,7 @@ class _RingSnapshot:
 
     def __init__(self, q: VirtQueue, mem: Memory) -> None:
         self.key = (q.desc_addr, q.avail_addr, q.size)
+        self.avail_addr, self.qsize = q.avail_addr, q.size  # key's parts, for VirtQueue.pop
         self.mem = mem
         self.size = mem.size
         self.base = q.desc_addr
