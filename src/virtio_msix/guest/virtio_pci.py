@@ -786,11 +786,11 @@ def setup_vq(
     # vring_create_virtqueue: the packed layout when the device and driver took RING_PACKED.
     vq: VringVirtqueue | PackedVringVirtqueue
     if vp.has_feature(VIRTIO_F_RING_PACKED):
-        vq = PackedVringVirtqueue(k, index, num, name, callback, lambda q: vp_notify(k, q),
+        vq = PackedVringVirtqueue(k, index, num, name, callback, partial(vp_notify, k),
                                   vp.has_feature(VIRTIO_F_EVENT_IDX),
                                   indirect=vp.has_feature(VIRTIO_F_INDIRECT_DESC))  # fmt: skip
     else:
-        vq = VringVirtqueue(k, index, num, name, callback, lambda q: vp_notify(k, q),
+        vq = VringVirtqueue(k, index, num, name, callback, partial(vp_notify, k),
                             vp.has_feature(VIRTIO_F_EVENT_IDX))  # fmt: skip
     vp_modern_set_queue_size(k, vp, index, num)
     vp_modern_queue_address(k, vp, index, vq.desc, vq.avail, vq.used)

@@ -6,6 +6,7 @@ reached through LegacyTransport's hooks."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 from ..abi.virtio import VIRTIO_F_EVENT_IDX
@@ -175,7 +176,7 @@ class LegacyTransport(VpTransport):
             return -ENOMEM
         # vring_create_virtqueue with VIRTIO_PCI_VRING_ALIGN: the device finds avail and used
         # from the PFN alone. Split ring only (RING_PACKED is beyond 32 feature bits).
-        vq = VringVirtqueue(k, index, num, name, callback, lambda q: vp_notify(k, q),
+        vq = VringVirtqueue(k, index, num, name, callback, partial(vp_notify, k),
                             vp.has_feature(VIRTIO_F_EVENT_IDX),
                             vring_align=LEGACY_VRING_ALIGN)  # fmt: skip
         q_pfn = vq.desc >> LEGACY_PFN_SHIFT

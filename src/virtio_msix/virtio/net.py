@@ -193,6 +193,15 @@ CTRL_CLASS_NAMES = {0: "RX", 1: "MAC", 2: "VLAN", 3: "ANNOUNCE", 4: "MQ", 5: "GU
 
 _U16 = struct.Struct("<H")
 _ZERO10 = bytes(10)
+def _hdr_len(driver_features: int) -> int:
+    """The virtio-net header the driver uses: 12 bytes with VERSION_1 or MRG_RXBUF, else the
+    legacy 10 (§5.1.6)."""
+    if (driver_features >> VIRTIO_F_VERSION_1 | driver_features >> VIRTIO_NET_F_MRG_RXBUF) & 1:
+        return HDR_LEN
+    return HDR_LEN_LEGACY
+
+
+_HDR_ONE_BUFFER = _ZERO10 + _U16.pack(1)  # the 12-byte header: flags 0, GSO_NONE, num_buffers 1
 RX_QUEUE_SIZE = 256
 TX_QUEUE_SIZE = 256
 CTRL_QUEUE_SIZE = 64
@@ -380,10 +389,7 @@ class VirtioNet(VirtioDevice):
 
     @property
     def hdr_len(self) -> int:
-        # has_feature(VERSION_1) or has_feature(MRG_RXBUF), as one test (it runs per burst)
-        if (self.driver_features >> VIRTIO_F_VERSION_1 | self.driver_features >> VIRTIO_NET_F_MRG_RXBUF) & 1:
-            return HDR_LEN
-        return HDR_LEN_LEGACY
+        return _hdr_len(self.driver_features)
 
     # -- config space ------------------------------------------------------------------------------
     def _config_bytes(self) -> bytes:
@@ -512,7 +518,10 @@ class VirtioNet(VirtioDevice):
             done = self._tx_burst(q, mem, index, budget)
         finally:
             q.publish_used(mem)  # one used-index write per burst
-        self._note_backlog(index, done, budget)
+        if done >= budget:
+            self._note_backlog(index, done, budget)
+        else:
+            self.backlog.discard(index)  # what _note_backlog does below the bound
         if done and q.should_notify(mem) and self.hooks is not None:
             self.hooks.notify_queue(index)
         if done:
@@ -520,7 +529,8 @@ class VirtioNet(VirtioDevice):
 
     def _tx_burst(self, q: VirtQueue, mem: Memory, index: int, budget: int) -> int:
         done = 0
-        hdr_len = self.hdr_len
+        df = self.driver_features  # self.hdr_len (_hdr_len), inline
+        hdr_len = HDR_LEN if (df >> VIRTIO_F_VERSION_1 | df >> VIRTIO_NET_F_MRG_RXBUF) & 1 else HDR_LEN_LEGACY
         vnet = self.vnet
         pair = index // 2
         pop, push, send = q.pop, q.push, self._send
@@ -641,7 +651,8 @@ class VirtioNet(VirtioDevice):
         mergeable = bool(self.driver_features >> VIRTIO_NET_F_MRG_RXBUF & 1)
         # Per-burst constants, looked up once rather than per frame.
         vnet = self.vnet
-        hdr_len = self.hdr_len
+        df = self.driver_features  # self.hdr_len (_hdr_len), inline
+        hdr_len = HDR_LEN if (df >> VIRTIO_F_VERSION_1 | df >> VIRTIO_NET_F_MRG_RXBUF) & 1 else HDR_LEN_LEGACY
         peer_hdr = hdr_len if vnet else 0
         stats = self.stats
         take_frame = self._take_frame
@@ -786,7 +797,10 @@ class VirtioNet(VirtioDevice):
             # One buffer of one segment (the usual case): elem.write's one store, inline.
             elem = elems[0]
             a, n = elem.writable[0]
-            raw = self._packet(frame, 1, hdr_len)
+            if not self.vnet and hdr_len == HDR_LEN:
+                raw = _HDR_ONE_BUFFER + frame  # _packet(frame, 1, hdr_len), inline
+            else:
+                raw = self._packet(frame, 1, hdr_len)
             take = min(n, len(raw))
             try:
                 mem.write(a, raw if take == len(raw) else raw[:take])

@@ -288,7 +288,8 @@ class VirtioPciDevice(CommonCfg, LegacyInterface, PciFunction):
         """TransportHooks: the device may touch guest memory only while Bus Master is on, and
         not while it needs a reset (§2.1.2; QEMU's virtqueue_pop returns nothing while the
         device is broken), whatever the driver writes to device_status meanwhile."""
-        return self.bus_master and not self.broken
+        # (bus_master, inline: Bus Master is in COMMAND's low byte)
+        return bool(self.config[_COMMAND] & PCI_COMMAND_MASTER) and not self.broken
 
     # -- dispatch tables --------------------------------------------------------------------------
     def _handlers(

@@ -420,7 +420,11 @@ class VirtQueue:
         due = self._avail_event_due
         if not self.event_idx or due is None or due == self._avail_event:
             return False
-        self._w16(mem, self.used_addr + ring.avail_event(self.size), due)
+        a = self.used_addr + _USED_RING + USED_ELEM_SIZE * self.size  # ring.avail_event(size)
+        if type(mem) is GuestMemory and 0 <= a and a + 2 <= mem.size:
+            _U16.pack_into(mem.buf, a, due)  # _w16, in place
+        else:
+            self._w16(mem, a, due)
         self._avail_event = due
         return True
 
@@ -451,7 +455,11 @@ class VirtQueue:
             if pending == 0:
                 if not self._write_avail_event(mem):
                     return None
-                avail = self.avail_idx(mem)  # what came while the old avail_event stood
+                # what came while the old avail_event stood (avail_idx(mem), in place)
+                if type(mem) is GuestMemory and 0 <= a and a + 2 <= mem.size:
+                    avail = _U16.unpack_from(mem.buf, a)[0]
+                else:
+                    avail = self._u16(mem, a)
                 pending = (avail - self.last_avail_idx) & 0xFFFF
                 if pending == 0:
                     return None
@@ -460,7 +468,9 @@ class VirtQueue:
                     f"queue {self.index}: avail idx {avail} is {pending} ahead of "
                     f"{self.last_avail_idx}, more than the queue size {self.size}"
                 )
-            self._take_pending(mem, pending)
+            # _take_pending(mem, pending), inline
+            self.shadow_pending = pending
+            self._snap = _RingSnapshot(self, mem) if pending >= SNAPSHOT_MIN_CHAINS else None
         size = self.size
         slot = self.last_avail_idx % size
         snap = self._snap
