@@ -160,7 +160,8 @@ def handle_edge_irq(k: Kernel, desc: IrqDesc, cpu: int | None = None, vector: in
     """Count the interrupt on the CPU that took it, then the ack (apic_ack_edge): complete a
     finished move (free the old vector), do a pending one; then run the actions."""
     cpu = desc.cpu if cpu is None else cpu
-    desc.counts[cpu if cpu < len(desc.counts) else 0] += 1
+    counts = desc.counts
+    counts[cpu if cpu < len(counts) else 0] += 1
     start = time.monotonic_ns() if k.irq_hook is not None else 0
     k.in_interrupt += 1
     try:
@@ -170,8 +171,12 @@ def handle_edge_irq(k: Kernel, desc: IrqDesc, cpu: int | None = None, vector: in
                 k.irq_complete_move(desc, cpu, vector)
             if desc.move_pending:
                 irq_move_irq(k, desc)
-        for action in list(desc.actions):
-            action.handler(desc)
+        actions = desc.actions
+        if len(actions) == 1:
+            actions[0].handler(desc)  # the usual line: no copy of a one-entry list
+        else:
+            for action in list(actions):
+                action.handler(desc)
     finally:
         k.in_interrupt -= 1
         if k.irq_hook is not None:

@@ -211,16 +211,17 @@ class Kernel:
                 self.smp_irq_move_cleanup_interrupt()
 
     def _take_interrupts(self) -> None:
+        pending, x86 = self.pending_msi, self.x86
         for _ in range(10000):
-            if self.pending_msi:
-                if self.x86 is not None and len(self.pending_msi) > 1:
+            if pending:
+                if x86 is not None and len(pending) > 1:
                     # Messages that arrived together wait in the local APICs' IRR; each APIC
                     # serves its highest vector first (Intel SDM vol. 3 §11.8.3): on one CPU
                     # output.0 (0x28) before input.0 (0x27), as captured.
-                    self.pending_msi.sort(key=self.x86.service_key(self.this_cpu))
-                address, data = self.pending_msi.pop(0)
-                if self.x86 is not None:
-                    self.x86.msi(address, data)  # deliver_msi's x86 case, one frame less
+                    pending.sort(key=x86.service_key(self.this_cpu))
+                address, data = pending.pop(0)
+                if x86 is not None:
+                    x86.msi(address, data)  # deliver_msi's x86 case, one frame less
                 else:
                     self.deliver_msi(address, data)
             elif (

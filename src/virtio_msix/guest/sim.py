@@ -244,10 +244,13 @@ def teardown(res: SimResult, machine: Machine) -> None:
     res.command_after_teardown = device.config_word(PCI_COMMAND)  # not a bus access
 
 
+_ETHERTYPE = b"\x88\xb5"  # IEEE 802 local experimental
+_PAYLOAD_TAIL = bytes(range(56))
+
+
 def make_frame(mac: bytes, n: int) -> bytes:
     """An Ethernet frame to our own MAC (so the loopback delivers it back to us)."""
-    payload = struct.pack(">I", n) + bytes(range(56))
-    return mac + mac + b"\x88\xb5" + payload
+    return mac + mac + _ETHERTYPE + struct.pack(">I", n) + _PAYLOAD_TAIL
 
 
 def mask_demo(k: Kernel, vi: VirtnetInfo, device: VirtioPciDevice) -> dict[str, Any]:

@@ -479,7 +479,10 @@ class VirtioNet(VirtioDevice):
         if not self.status & DRIVER_OK or hooks is None or not hooks.dma_allowed():  # _dma_allowed
             return
         try:
-            self._service_queue(index)
+            if index % 2 == 1 and not (self.has_ctrl_queue and index == 2 * self.active_pairs):
+                self._handle_tx(index)  # _service_queue's TX case (a kick per packet), inline
+            else:
+                self._service_queue(index)
         except (VirtqueueError, GuestMemoryError) as e:
             self._error(str(e))
 
@@ -509,7 +512,7 @@ class VirtioNet(VirtioDevice):
 
     def _handle_tx(self, index: int) -> None:
         q = self.queues[index]
-        mem = self.memory
+        mem = self.hooks.memory  # self.memory (the caller checked hooks: dma_allowed)
         done = 0
         # At most a ring's worth of chains per call (QEMU stops at tx_burst and reschedules):
         # a guest that re-posts buffers while we walk must not keep one kick going for ever.
