@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import operator
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,6 +207,8 @@ def replay_records(
 _CFG_READ, _CFG_WRITE, _BAR_READ, _BAR_WRITE, _QUEUE_NOTIFY, _DIRECT_READ, _DIRECT_WRITE = range(7)
 _DIRECT_CFG_READ = 7
 _SIZES_CFG = (1, 2, 4)
+_EVENT_SPACES = frozenset(EVENT_SPACES)
+_ACCESS_FIELDS = operator.itemgetter("op", "offset", "size", "value")
 _SIZES_BAR = (1, 2, 4, 8)
 
 
@@ -233,17 +236,21 @@ def compile_records(
     # A trace repeats the same few registers: (space, op, offset, size) → (kind, target,
     # offset, largest value), decided once per compile; later records check only their value.
     seen: dict[tuple[str, str, int, int], tuple[int, Any, int, int]] = {}
+    append = ops.append
     for index, rec in enumerate(records):
         space = rec.get("space")
-        if space in EVENT_SPACES or "via" in rec:
+        if space in _EVENT_SPACES or "via" in rec:
             if space == "event" and rec.get("kind") == "queue-notify":
                 queue = rec.get("queue")
                 if type(queue) is int:  # noqa: E721 — bool is not a queue index
-                    ops.append((index, _QUEUE_NOTIFY, 0, 0, 0, queue))
+                    append((index, _QUEUE_NOTIFY, 0, 0, 0, queue))
                 elif isinstance(queue, int):
-                    ops.append((index, _QUEUE_NOTIFY, 0, 0, 0, int(queue)))
+                    append((index, _QUEUE_NOTIFY, 0, 0, 0, int(queue)))
             continue
-        op, offset, size, value = rec.get("op"), rec.get("offset"), rec.get("size"), rec.get("value")
+        try:
+            op, offset, size, value = _ACCESS_FIELDS(rec)  # the four gets below, in one call
+        except KeyError:
+            op, offset, size, value = rec.get("op"), rec.get("offset"), rec.get("size"), rec.get("value")
         exact = (
             type(offset) is int and type(size) is int and type(value) is int  # noqa: E721
             and type(space) is str and type(op) is str  # noqa: E721
@@ -251,7 +258,7 @@ def compile_records(
         if exact:
             hit = seen.get((space, op, offset, size))  # type: ignore[arg-type]
             if hit is not None and 0 <= value <= hit[3]:  # type: ignore[operator]
-                ops.append((index, hit[0], hit[1], hit[2], size, value))  # type: ignore[arg-type]
+                append((index, hit[0], hit[1], hit[2], size, value))  # type: ignore[arg-type]
                 continue
         # The common case checked inline; anything else gets check_record's full verdict.
         limit = sizes.get(space) if space in SPACES else None  # type: ignore[arg-type]

@@ -64,6 +64,7 @@ class Bar:
 
 ConfigHook = Callable[[int, int], None]
 _COMMAND = HEADER["command"].offset
+_COMMAND_SIZE = HEADER["command"].size
 _U16 = struct.Struct("<H")
 
 
@@ -239,7 +240,9 @@ class PciFunction:
     # -- config cycles ------------------------------------------------------------------------
     def cfg_read(self, offset: int, size: int) -> int:
         value = self._cfg_read(offset, size)
-        self.recorder.access("cfg", "r", offset, size, value)
+        wanted = self.recorder.wanted
+        if wanted is None or "cfg" in wanted:
+            self.recorder.access("cfg", "r", offset, size, value)
         return value
 
     def _cfg_read(self, offset: int, size: int) -> int:
@@ -251,18 +254,23 @@ class PciFunction:
         return int.from_bytes(self.config[offset : offset + size], "little")
 
     def cfg_write(self, offset: int, size: int, value: int) -> None:
-        self.recorder.access("cfg", "w", offset, size, value)
+        wanted = self.recorder.wanted
+        if wanted is None or "cfg" in wanted:
+            self.recorder.access("cfg", "w", offset, size, value)
         if size not in (1, 2, 4) or offset < 0 or offset + size > self.config_size:
             return
-        old_command = self.command
+        config = self.config
+        old_command = _U16.unpack_from(config, _COMMAND)[0]  # self.command
         self.cfg_space_generation += 1
-        for i in range(size):
-            b = (value >> (8 * i)) & 0xFF
-            o = offset + i
-            wm, w1c = self.wmask[o], self.w1cmask[o]
-            self.config[o] = ((self.config[o] & ~wm) | (b & wm)) & ~(b & w1c) & 0xFF
-        cmd = HEADER["command"]
-        if offset < cmd.offset + cmd.size and cmd.offset < offset + size:
+        # Every byte as (old & ~wmask | new & wmask) & ~(new & w1cmask): the masks are per
+        # bit, so the bytes of the access are computed together as one little-endian int.
+        end = offset + size
+        b = value & ((1 << (8 * size)) - 1)
+        old = int.from_bytes(config[offset:end], "little")
+        wm = int.from_bytes(self.wmask[offset:end], "little")
+        w1c = int.from_bytes(self.w1cmask[offset:end], "little")
+        config[offset:end] = (((old & ~wm) | (b & wm)) & ~(b & w1c)).to_bytes(size, "little")
+        if offset < _COMMAND + _COMMAND_SIZE and _COMMAND < end:
             self._command_written(old_command)
         for hoff, hsize, hook in self._write_hooks:
             if offset < hoff + hsize and hoff < offset + size:

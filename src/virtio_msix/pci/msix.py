@@ -261,9 +261,13 @@ class Msix:
 
     def _table_write(self, offset: int, size: int, value: int) -> None:
         v = offset // PCI_MSIX_ENTRY_SIZE
-        was_masked = self.is_masked(v)
+        ctrl_at = v * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL
+        # is_masked(v) before and after, inline; _mask_update only when it changed.
+        fm = self.function_masked
+        was_masked = fm or bool(_DWORD.unpack_from(self.table, ctrl_at)[0] & PCI_MSIX_ENTRY_CTRL_MASKBIT)
         self.table[offset : offset + size] = value.to_bytes(size, "little")
-        self._mask_update(v, was_masked)
+        if was_masked != (fm or bool(_DWORD.unpack_from(self.table, ctrl_at)[0] & PCI_MSIX_ENTRY_CTRL_MASKBIT)):
+            self._mask_update(v, was_masked)
 
     def _pba_read(self, offset: int, size: int) -> int:
         return int.from_bytes(self.pba[offset : offset + size], "little")
