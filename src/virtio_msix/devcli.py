@@ -173,8 +173,11 @@ def replay_records(
         )
     out = []
     cfg_read, cfg_write, bar_read, bar_write = dev.cfg_read, dev.cfg_write, dev.bar_read, dev.bar_write
+    from_bytes = int.from_bytes
     for index, kind, bar, offset, size, value in ops:
-        if kind == _DIRECT_CFG_READ:
+        if kind == _CONFIG_BYTES:
+            got = from_bytes(bar[offset : offset + size], "little")
+        elif kind == _DIRECT_CFG_READ:
             got = bar(offset, size)
         elif kind == _DIRECT_READ:
             got = bar(offset, size) & ((1 << (8 * size)) - 1)
@@ -206,6 +209,9 @@ def replay_records(
 # _DIRECT_*: BAR is the region's handler itself, called with the offset inside the region.
 _CFG_READ, _CFG_WRITE, _BAR_READ, _BAR_WRITE, _QUEUE_NOTIFY, _DIRECT_READ, _DIRECT_WRITE = range(7)
 _DIRECT_CFG_READ = 7
+# BAR is the function's config bytes: a config read no hook watches is those bytes, as
+# PciFunction._cfg_read returns them (PciFunction.cfg_read_is_plain).
+_CONFIG_BYTES = 8
 _SIZES_CFG = (1, 2, 4)
 _EVENT_SPACES = frozenset(EVENT_SPACES)
 _ACCESS_FIELDS = operator.itemgetter("op", "offset", "size", "value")
@@ -278,7 +284,9 @@ def compile_records(
             offset, size, value = int(offset), int(size), int(value)  # type: ignore[arg-type]
         target: Any
         if space == "cfg":
-            if op == "r" and direct_cfg:
+            if op == "r" and direct_cfg and dev.cfg_read_is_plain(offset, size):  # type: ignore[union-attr]
+                kind, target, at = _CONFIG_BYTES, dev.config, offset  # type: ignore[union-attr]
+            elif op == "r" and direct_cfg:
                 kind, target, at = _DIRECT_CFG_READ, dev._cfg_read, offset
             else:
                 kind, target, at = (_CFG_READ if op == "r" else _CFG_WRITE), 0, offset

@@ -238,7 +238,16 @@ class VringVirtqueue(Virtqueue):
 
 def vring_interrupt(desc: Any, vq: VringVirtqueue | None = None) -> bool:
     """The per-queue MSI-X handler: nothing to do unless the device used buffers."""
-    if vq is None or not vq.more_used():
+    if vq is None:
+        return False
+    if type(vq) is VringVirtqueue:
+        # more_used(), inline for the split ring (an interrupt per used burst)
+        mem = vq.k.memory
+        a = vq._used_idx
+        used = _U16_UNPACK_FROM(mem.buf, a)[0] if a + 2 <= mem.size else mem.read_u16(a)
+        if used == vq.last_used_idx:
+            return False
+    elif not vq.more_used():
         return False
     if vq.callback is not None:
         vq.callback(vq)

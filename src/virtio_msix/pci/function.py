@@ -245,6 +245,14 @@ class PciFunction:
             self.recorder.access("cfg", "r", offset, size, value)
         return value
 
+    def cfg_read_is_plain(self, offset: int, size: int) -> bool:
+        """Whether ``_cfg_read(offset, size)`` is just the config bytes there: a valid access
+        no read hook watches. (Hooks are registered while the function is built.)"""
+        if size not in (1, 2, 4) or offset < 0 or offset + size > self.config_size:
+            return False
+        return not any(offset < hoff + hsize and hoff < offset + size
+                       for hoff, hsize, _ in self._read_hooks)  # fmt: skip
+
     def _cfg_read(self, offset: int, size: int) -> int:
         if size not in (1, 2, 4) or offset < 0 or offset + size > self.config_size:
             return (1 << (8 * size)) - 1 if size in (1, 2, 4) else 0xFFFFFFFF

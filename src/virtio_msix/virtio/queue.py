@@ -600,8 +600,15 @@ class VirtQueue:
             else:
                 self._w16(mem, a, used_idx)
             self.published_used = used_idx
-        if self._avail_event_due is not None and self._avail_event_due != self._avail_event:
-            self._write_avail_event(mem)
+        due = self._avail_event_due
+        if due is not None and due != self._avail_event and self.event_idx:
+            # _write_avail_event, inline (its tests are the three above)
+            a = self.used_addr + _USED_RING + USED_ELEM_SIZE * self.size  # ring.avail_event
+            if type(mem) is GuestMemory and 0 <= a and a + 2 <= mem.size:
+                _U16.pack_into(mem.buf, a, due)
+            else:
+                self._w16(mem, a, due)
+            self._avail_event = due
 
     def should_notify(self, mem: Memory) -> bool:
         """Whether the driver wants a used-buffer notification now (§2.7.7.2, §2.7.10;
