@@ -8,6 +8,7 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from ..virtio import net as dev_net
@@ -173,10 +174,8 @@ def virtnet_find_vqs(k: Kernel, vi: VirtnetInfo) -> int:
     callbacks: list = []
     for i in range(vi.max_queue_pairs):
         names += [f"input.{i}", f"output.{i}"]
-        callbacks += [
-            lambda q, i=i: skb_recv_done(k, vi, i),
-            lambda q, i=i: skb_xmit_done(k, vi, i),
-        ]
+        # partials called with the virtqueue (its ``vq``): no lambda frame per interrupt
+        callbacks += [partial(skb_recv_done, k, vi, i), partial(skb_xmit_done, k, vi, i)]
     if vp.has_feature(dev_net.VIRTIO_NET_F_CTRL_VQ):
         names.append("control")
         callbacks.append(None)  # the control queue is polled, it has no interrupt
@@ -437,11 +436,11 @@ def free_old_xmit_skbs(k: Kernel, vi: VirtnetInfo, qp: int) -> None:
         vi.tx_completed += 1
 
 
-def skb_xmit_done(k: Kernel, vi: VirtnetInfo, qp: int) -> None:
+def skb_xmit_done(k: Kernel, vi: VirtnetInfo, qp: int, vq: Any = None) -> None:
     free_old_xmit_skbs(k, vi, qp)
 
 
-def skb_recv_done(k: Kernel, vi: VirtnetInfo, qp: int) -> None:
+def skb_recv_done(k: Kernel, vi: VirtnetInfo, qp: int, vq: Any = None) -> None:
     """NAPI: take every used RX buffer, hand the frame up, post a fresh buffer."""
     rq = vi.rq[qp]
     got = 0

@@ -333,7 +333,10 @@ class PciFunction:
         return value
 
     def bar_write(self, bar: int, offset: int, size: int, value: int) -> None:
-        b = self._bar(bar, offset, size)
+        bars = self.bars
+        b = bars[bar] if 0 <= bar < len(bars) else None  # _bar(bar, offset, size), inline
+        if b is not None and (size not in (1, 2, 4, 8) or offset < 0 or offset + size > b.size):
+            b = None
         value &= (1 << (8 * size)) - 1 if 0 < size <= 8 else 0
         if b is None:
             self.recorder.access(f"bar{bar}", "w", offset, size, value)
