@@ -19,7 +19,7 @@ from .host.devspec import (
     spec_from_args,
     wants_help,
 )
-from .pci.function import PciFunction
+from .pci.function import CFG_LE, PciFunction
 from .trace import EVENT_SPACES, SPACES, load_jsonl_lines, trace_meta
 from .virtio import VirtioPciDevice, make_virtio_net_pci
 from .virtio.describe import describe
@@ -173,10 +173,10 @@ def replay_records(
         )
     out = []
     cfg_read, cfg_write, bar_read, bar_write = dev.cfg_read, dev.cfg_write, dev.bar_read, dev.bar_write
-    from_bytes = int.from_bytes
+    config = dev.config if isinstance(dev, PciFunction) else b""
     for index, kind, bar, offset, size, value in ops:
         if kind == _CONFIG_BYTES:
-            got = from_bytes(bar[offset : offset + size], "little")
+            got = bar(config, offset)[0]
         elif kind == _DIRECT_CFG_READ:
             got = bar(offset, size)
         elif kind == _DIRECT_READ:
@@ -209,8 +209,8 @@ def replay_records(
 # _DIRECT_*: BAR is the region's handler itself, called with the offset inside the region.
 _CFG_READ, _CFG_WRITE, _BAR_READ, _BAR_WRITE, _QUEUE_NOTIFY, _DIRECT_READ, _DIRECT_WRITE = range(7)
 _DIRECT_CFG_READ = 7
-# BAR is the function's config bytes: a config read no hook watches is those bytes, as
-# PciFunction._cfg_read returns them (PciFunction.cfg_read_is_plain).
+# BAR is the unpack_from of the access's size: a config read no hook watches is the function's
+# config bytes, as PciFunction._cfg_read returns them (PciFunction.cfg_read_is_plain).
 _CONFIG_BYTES = 8
 _SIZES_CFG = (1, 2, 4)
 _EVENT_SPACES = frozenset(EVENT_SPACES)
@@ -285,7 +285,7 @@ def compile_records(
         target: Any
         if space == "cfg":
             if op == "r" and direct_cfg and dev.cfg_read_is_plain(offset, size):  # type: ignore[union-attr]
-                kind, target, at = _CONFIG_BYTES, dev.config, offset  # type: ignore[union-attr]
+                kind, target, at = _CONFIG_BYTES, CFG_LE[size].unpack_from, offset
             elif op == "r" and direct_cfg:
                 kind, target, at = _DIRECT_CFG_READ, dev._cfg_read, offset
             else:

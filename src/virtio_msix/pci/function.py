@@ -66,6 +66,8 @@ ConfigHook = Callable[[int, int], None]
 _COMMAND = HEADER["command"].offset
 _COMMAND_SIZE = HEADER["command"].size
 _U16 = struct.Struct("<H")
+# A config access of each size as a little-endian integer, read and written in place.
+CFG_LE = {1: struct.Struct("<B"), 2: _U16, 4: struct.Struct("<I")}
 
 
 class PciFunction:
@@ -115,8 +117,8 @@ class PciFunction:
         for reg in TYPE0_HEADER:
             self._set_masks(reg.offset, reg.size, reg.wmask, reg.w1c)
         # Device-specific space above the header is plain storage until a capability claims it.
-        for i in range(PCI_CONFIG_HEADER_SIZE, self.config_size):
-            self.wmask[i] = 0xFF
+        above = self.config_size - PCI_CONFIG_HEADER_SIZE
+        self.wmask[PCI_CONFIG_HEADER_SIZE : self.config_size] = b"\xff" * above
         for name, value in self._defaults.items():
             self._set_field(name, value)
 
@@ -259,7 +261,7 @@ class PciFunction:
         for hoff, hsize, hook in self._read_hooks:
             if offset < hoff + hsize and hoff < offset + size:
                 hook(offset, size)
-        return int.from_bytes(self.config[offset : offset + size], "little")
+        return CFG_LE[size].unpack_from(self.config, offset)[0]
 
     def cfg_write(self, offset: int, size: int, value: int) -> None:
         wanted = self.recorder.wanted
@@ -274,10 +276,11 @@ class PciFunction:
         # bit, so the bytes of the access are computed together as one little-endian int.
         end = offset + size
         b = value & ((1 << (8 * size)) - 1)
-        old = int.from_bytes(config[offset:end], "little")
-        wm = int.from_bytes(self.wmask[offset:end], "little")
-        w1c = int.from_bytes(self.w1cmask[offset:end], "little")
-        config[offset:end] = (((old & ~wm) | (b & wm)) & ~(b & w1c)).to_bytes(size, "little")
+        le = CFG_LE[size]  # unpack_from/pack_into in place: no slice copies
+        old = le.unpack_from(config, offset)[0]
+        wm = le.unpack_from(self.wmask, offset)[0]
+        w1c = le.unpack_from(self.w1cmask, offset)[0]
+        le.pack_into(config, offset, ((old & ~wm) | (b & wm)) & ~(b & w1c))
         if offset < _COMMAND + _COMMAND_SIZE and _COMMAND < end:
             self._command_written(old_command)
         for hoff, hsize, hook in self._write_hooks:

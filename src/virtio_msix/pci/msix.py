@@ -257,6 +257,8 @@ class Msix:
 
     # -- MMIO handlers -----------------------------------------------------------------------
     def _table_read(self, offset: int, size: int) -> int:
+        if size == 4:  # the only size the region hands over (impl_max 4): read in place
+            return _DWORD.unpack_from(self.table, offset)[0]
         return int.from_bytes(self.table[offset : offset + size], "little")
 
     def _table_write(self, offset: int, size: int, value: int) -> None:
