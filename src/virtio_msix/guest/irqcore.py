@@ -157,12 +157,14 @@ def irq_move_masked_irq(k: Kernel, desc: IrqDesc) -> None:
 
 
 def handle_edge_irq(k: Kernel, desc: IrqDesc, cpu: int | None = None, vector: int | None = None) -> None:
-    """Count the interrupt on the CPU that took it, then the ack (apic_ack_edge): complete a
-    finished move (free the old vector), do a pending one; then run the actions."""
+    """Count the interrupt on the CPU that took it (``cpu``; the interrupt's own CPU if not
+    given), then the ack (apic_ack_edge): complete a finished move (free the old vector), do a
+    pending one; then run the actions. The model runs on that CPU meanwhile (``k.this_cpu``)."""
     cpu = desc.cpu if cpu is None else cpu
     counts = desc.counts
     counts[cpu if cpu < len(counts) else 0] += 1
     start = time.monotonic_ns() if k.irq_hook is not None else 0
+    saved_cpu, k.this_cpu = k.this_cpu, cpu
     k.in_interrupt += 1
     try:
         if desc.msix_entry is not None:
@@ -181,3 +183,4 @@ def handle_edge_irq(k: Kernel, desc: IrqDesc, cpu: int | None = None, vector: in
         k.in_interrupt -= 1
         if k.irq_hook is not None:
             k.irq_hook(desc, start, time.monotonic_ns())
+        k.this_cpu = saved_cpu

@@ -347,8 +347,9 @@ class Kernel:
             desc.move_in_progress = True
             desc.prev_cpu, desc.prev_vector = desc.cpu, desc.vector
         desc.cpu, desc.vector = cpu, vector
-        # A partial, not a lambda: no Python frame of its own between the APIC and handle_irq.
-        self.x86.apics[cpu].handlers[vector] = partial(self.handle_irq, desc, cpu, vector)
+        # A partial of the flow handler handle_irq runs, not a lambda: no Python frame of its
+        # own between the APIC and handle_edge_irq.
+        self.x86.apics[cpu].handlers[vector] = partial(handle_edge_irq, self, desc, cpu, vector)
 
     def assign_vector_locked(self, desc: IrqDesc, dest: frozenset[int]) -> int:
         """apic_set_affinity's non-managed path: nothing moves while the current CPU is in the
@@ -407,12 +408,7 @@ class Kernel:
     def handle_irq(self, desc: IrqDesc, cpu: int | None = None, vector: int | None = None) -> None:
         """The generic flow handler on the CPU whose APIC took it (``cpu``; the interrupt's
         own CPU if not given): count, run the actions (handle_edge_irq/fasteoi)."""
-        cpu = desc.cpu if cpu is None else cpu
-        saved, self.this_cpu = self.this_cpu, cpu
-        try:
-            handle_edge_irq(self, desc, cpu, vector)
-        finally:
-            self.this_cpu = saved
+        handle_edge_irq(self, desc, cpu, vector)  # it sets this_cpu while the handler runs
 
     def deliver_msi(self, address: int, data: int) -> None:
         """A message from the device: the APIC model on x86, the IRQ number itself on UML."""

@@ -345,7 +345,9 @@ class PciFunction:
             self.recorder.access(f"bar{bar}", "w", offset, size, value)
             return
         regions = b.regions
-        region, rel, direct = regions.lookup(offset, size)
+        # RegionMap.lookup's compiled answer taken here (its frame saved on every kick)
+        hit = regions._compiled.get((offset, size))
+        region, rel, direct = hit if hit is not None else regions.lookup(offset, size)
         wanted = self.recorder.wanted
         if wanted is None or (region.name if region is not None else f"bar{b.index}") in wanted:
             self._record_bar(b, "w", offset, size, value, region, rel)

@@ -528,7 +528,11 @@ class VirtioNet(VirtioDevice):
         if done and q.should_notify(mem) and self.hooks is not None:
             self.hooks.notify_queue(index)
         if done:
-            self._deliver_rx()  # a loopback backend may have frames now
+            # a loopback backend may have frames now: _deliver_rx (single-queue case inline)
+            if getattr(self.backend, "queues", 1) <= 1:
+                self._deliver_rx_pair(0)
+            else:
+                self._deliver_rx()
 
     def _tx_burst(self, q: VirtQueue, mem: Memory, index: int, budget: int) -> int:
         done = 0

@@ -480,10 +480,11 @@ class VirtQueue:
         # GuestMemory's); None: through walk_chain's reads.
         table: bytes | bytearray | mmap.mmap | None = None
         off = limit = 0  # the head descriptor's offset in ``table``, and the bytes it has
+        # snap.valid_for(self), inline
         if (
             snap is not None and snap.ring is not None and snap.base == desc_addr
             and snap.avail_addr == self.avail_addr and snap.qsize == size
-        ):  # fmt: skip (snap.valid_for(self), inline)
+        ):  # fmt: skip
             head = _U16.unpack_from(snap.ring, 2 * slot)[0]  # snap.head(slot)
             walked: Memory = snap
             table, off, limit = snap.table, DESC_SIZE * head, len(snap.table)
