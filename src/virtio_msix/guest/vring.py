@@ -91,7 +91,6 @@ class VringVirtqueue(Virtqueue):
         _, avail, used = vring_layout(num, vring_align)  # vring_init
         self.desc, self.avail, self.used = self.base, self.base + avail, self.base + used
         self.free: deque[int] = deque(range(num))
-        self._chain: dict[int, list[int]] = {}  # head → the descriptors of its chain
         # Ring addresses used on every buffer, computed once (abi/ring.py's offsets).
         self._avail_ring = self.avail + ring.avail_entry(0)
         self._avail_idx = self.avail + ring.AVAIL_IDX
@@ -99,7 +98,7 @@ class VringVirtqueue(Virtqueue):
         self._used_ring = self.used + ring.used_entry(0)
         self._used_idx = self.used + ring.USED_IDX
         self._avail_event = self.used + ring.avail_event(num)
-        self.data: dict[int, tuple[Any, int]] = {}  # head → (token, descriptor count)
+        self.data: dict[int, tuple[Any, list[int]]] = {}  # head → (token, its chain's descriptors)
         self.avail_idx_shadow = 0
         self.last_used_idx = 0
 
@@ -124,7 +123,7 @@ class VringVirtqueue(Virtqueue):
                 _DESC_PACK_INTO(buf, a, addr, length, 0 if out else VRING_DESC_F_WRITE, 0)
             else:
                 mem.write(a, DESC.pack(addr, length, 0 if out else VRING_DESC_F_WRITE, 0))
-            self._chain[head] = [head]
+            descs = [head]
         else:
             descs = [free.popleft() for _ in range(total)]
             nout, last, pack = len(out), total - 1, DESC.pack
@@ -136,8 +135,7 @@ class VringVirtqueue(Virtqueue):
                 else:
                     mem.write(base + _DESC_SIZE * descs[i], pack(addr, length, flags, 0))
             head = descs[0]
-            self._chain[head] = descs
-        self.data[head] = (token, total)
+        self.data[head] = (token, descs)
         shadow = self.avail_idx_shadow
         a = self._avail_ring + 2 * (shadow % self.num)
         if a + 2 <= size:
@@ -201,7 +199,7 @@ class VringVirtqueue(Virtqueue):
         if got is None:
             self.broken = True  # the device returned a buffer we never gave it
             return None
-        self.free.extend(self._chain.pop(head))
+        self.free.extend(got[1])
         self.last_used_idx = last = (last + 1) & 0xFFFF
         if self.event_idx:
             a = self._used_event
@@ -217,8 +215,8 @@ class VringVirtqueue(Virtqueue):
         if not self.data:
             return None
         head = next(iter(self.data))
-        token, _count = self.data.pop(head)
-        self.free.extend(self._chain.pop(head))
+        token, descs = self.data.pop(head)
+        self.free.extend(descs)
         return token
 
     def enable_cb(self) -> bool:
