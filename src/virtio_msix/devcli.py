@@ -256,7 +256,8 @@ def compile_records(
         try:
             op, offset, size, value = _ACCESS_FIELDS(rec)  # the four gets below, in one call
         except KeyError:
-            op, offset, size, value = rec.get("op"), rec.get("offset"), rec.get("size"), rec.get("value")
+            op, offset = rec.get("op"), rec.get("offset")
+            size, value = rec.get("size"), rec.get("value")
         exact = (
             type(offset) is int and type(size) is int and type(value) is int  # noqa: E721
             and type(space) is str and type(op) is str  # noqa: E721
@@ -284,7 +285,8 @@ def compile_records(
             offset, size, value = int(offset), int(size), int(value)  # type: ignore[arg-type]
         target: Any
         if space == "cfg":
-            if op == "r" and direct_cfg and dev.cfg_read_is_plain(offset, size):  # type: ignore[union-attr]
+            plain = op == "r" and direct_cfg and dev.cfg_read_is_plain(offset, size)  # type: ignore
+            if plain:
                 kind, target, at = _CONFIG_BYTES, CFG_LE[size].unpack_from, offset
             elif op == "r" and direct_cfg:
                 kind, target, at = _DIRECT_CFG_READ, dev._cfg_read, offset

@@ -98,7 +98,8 @@ class VringVirtqueue(Virtqueue):
         self._used_ring = self.used + ring.used_entry(0)
         self._used_idx = self.used + ring.USED_IDX
         self._avail_event = self.used + ring.avail_event(num)
-        self.data: dict[int, tuple[Any, list[int]]] = {}  # head → (token, its chain's descriptors)
+        # head → (token, the descriptors of its chain)
+        self.data: dict[int, tuple[Any, list[int]]] = {}
         self.avail_idx_shadow = 0
         self.last_used_idx = 0
 

@@ -265,10 +265,10 @@ class Msix:
         v = offset // PCI_MSIX_ENTRY_SIZE
         ctrl_at = v * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL
         # is_masked(v) before and after, inline; _mask_update only when it changed.
-        fm = self.function_masked
-        was_masked = fm or bool(_DWORD.unpack_from(self.table, ctrl_at)[0] & PCI_MSIX_ENTRY_CTRL_MASKBIT)
-        self.table[offset : offset + size] = value.to_bytes(size, "little")
-        if was_masked != (fm or bool(_DWORD.unpack_from(self.table, ctrl_at)[0] & PCI_MSIX_ENTRY_CTRL_MASKBIT)):
+        fm, table, maskbit = self.function_masked, self.table, PCI_MSIX_ENTRY_CTRL_MASKBIT
+        was_masked = fm or bool(_DWORD.unpack_from(table, ctrl_at)[0] & maskbit)
+        table[offset : offset + size] = value.to_bytes(size, "little")
+        if was_masked != (fm or bool(_DWORD.unpack_from(table, ctrl_at)[0] & maskbit)):
             self._mask_update(v, was_masked)
 
     def _pba_read(self, offset: int, size: int) -> int:

@@ -193,14 +193,6 @@ CTRL_CLASS_NAMES = {0: "RX", 1: "MAC", 2: "VLAN", 3: "ANNOUNCE", 4: "MQ", 5: "GU
 
 _U16 = struct.Struct("<H")
 _ZERO10 = bytes(10)
-def _hdr_len(driver_features: int) -> int:
-    """The virtio-net header the driver uses: 12 bytes with VERSION_1 or MRG_RXBUF, else the
-    legacy 10 (§5.1.6)."""
-    if (driver_features >> VIRTIO_F_VERSION_1 | driver_features >> VIRTIO_NET_F_MRG_RXBUF) & 1:
-        return HDR_LEN
-    return HDR_LEN_LEGACY
-
-
 _HDR_ONE_BUFFER = _ZERO10 + _U16.pack(1)  # the 12-byte header: flags 0, GSO_NONE, num_buffers 1
 RX_QUEUE_SIZE = 256
 TX_QUEUE_SIZE = 256
@@ -215,6 +207,14 @@ MAC_TABLE_ENTRIES = 64  # QEMU's filter table; more set the overflow flags (acce
 SPEED_UNKNOWN = -1  # config speed/duplex when not set (§5.1.4: 0xffffffff / 0xff)
 DUPLEX_UNKNOWN = 0xFF
 
+
+
+def _hdr_len(driver_features: int) -> int:
+    """The virtio-net header the driver uses: 12 bytes with VERSION_1 or MRG_RXBUF, else the
+    legacy 10 (§5.1.6)."""
+    if (driver_features >> VIRTIO_F_VERSION_1 | driver_features >> VIRTIO_NET_F_MRG_RXBUF) & 1:
+        return HDR_LEN
+    return HDR_LEN_LEGACY
 
 class VirtioNet(VirtioDevice):
     device_id = 1
@@ -537,7 +537,8 @@ class VirtioNet(VirtioDevice):
     def _tx_burst(self, q: VirtQueue, mem: Memory, index: int, budget: int) -> int:
         done = 0
         df = self.driver_features  # self.hdr_len (_hdr_len), inline
-        hdr_len = HDR_LEN if (df >> VIRTIO_F_VERSION_1 | df >> VIRTIO_NET_F_MRG_RXBUF) & 1 else HDR_LEN_LEGACY
+        modern_hdr = (df >> VIRTIO_F_VERSION_1 | df >> VIRTIO_NET_F_MRG_RXBUF) & 1
+        hdr_len = HDR_LEN if modern_hdr else HDR_LEN_LEGACY
         vnet = self.vnet
         pair = index // 2
         pop, push, send = q.pop, q.push, self._send
@@ -584,8 +585,10 @@ class VirtioNet(VirtioDevice):
         queue full): the frame is counted as dropped, never as sent, and the device goes on."""
         backend = self.backend
         try:
-            # (getattr: _mq_backend, inline)
-            ok = backend.send(frame, pair) if getattr(backend, "queues", 1) > 1 else backend.send(frame)
+            if getattr(backend, "queues", 1) > 1:  # _mq_backend(), inline
+                ok = backend.send(frame, pair)
+            else:
+                ok = backend.send(frame)
         except OSError:
             self._drop("tx_backend_error")
             return
@@ -659,7 +662,8 @@ class VirtioNet(VirtioDevice):
         # Per-burst constants, looked up once rather than per frame.
         vnet = self.vnet
         df = self.driver_features  # self.hdr_len (_hdr_len), inline
-        hdr_len = HDR_LEN if (df >> VIRTIO_F_VERSION_1 | df >> VIRTIO_NET_F_MRG_RXBUF) & 1 else HDR_LEN_LEGACY
+        modern_hdr = (df >> VIRTIO_F_VERSION_1 | df >> VIRTIO_NET_F_MRG_RXBUF) & 1
+        hdr_len = HDR_LEN if modern_hdr else HDR_LEN_LEGACY
         peer_hdr = hdr_len if vnet else 0
         stats = self.stats
         take_frame = self._take_frame

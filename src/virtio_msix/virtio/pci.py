@@ -337,8 +337,10 @@ class VirtioPciDevice(CommonCfg, LegacyInterface, PciFunction):
         self.isr |= VIRTIO_PCI_ISR_QUEUE
         vector = device.queues[index].vector
         msix = self.msix
-        if msix is not None and msix.control & PCI_MSIX_FLAGS_ENABLE and vector != VIRTIO_MSI_NO_VECTOR:
-            msix.notify(vector)  # _notify_vector's MSI-X case, inline
+        if msix is not None and msix.control & PCI_MSIX_FLAGS_ENABLE:
+            # _notify_vector's MSI-X case, inline (§4.1.5.3.1: NO_VECTOR means no interrupt)
+            if vector != VIRTIO_MSI_NO_VECTOR:
+                msix.notify(vector)
         else:
             self._notify_vector(vector)
 
