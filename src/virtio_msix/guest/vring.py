@@ -105,8 +105,9 @@ class VringVirtqueue(Virtqueue):
 
     # -- adding buffers ---------------------------------------------------------------------------
     # The hot methods below store into and load from the simulator's memory in place
-    # (``pack_into``/``unpack_from`` on its buffer) after the bounds test GuestMemory makes
-    # itself; an address outside it goes through GuestMemory, which raises as before.
+    # (``pack_into``/``unpack_from`` on its buffer) after GuestMemory's end-of-memory test
+    # (the ring addresses come from the page allocator: never negative); an address past the
+    # end goes through GuestMemory, which raises as before.
     def add_sgs(self, out: list[tuple[int, int]], inb: list[tuple[int, int]], token: Any) -> int:
         total = len(out) + len(inb)
         free = self.free
