@@ -117,6 +117,7 @@ class Kernel:
         self.in_interrupt = 0
         self.irqs_disabled = False
         self.pending_msi: list[tuple[int, int]] = []
+        self._service_keys: dict[int, Callable[[tuple[int, int]], tuple[int, int, int]]] = {}
         self.intx_level = False
         self.intx_irq = 0
         # Called after each handler run with (desc, start, end), monotonic ns: timelines.
@@ -218,7 +219,10 @@ class Kernel:
                     # Messages that arrived together wait in the local APICs' IRR; each APIC
                     # serves its highest vector first (Intel SDM vol. 3 §11.8.3): on one CPU
                     # output.0 (0x28) before input.0 (0x27), as captured.
-                    pending.sort(key=x86.service_key(self.this_cpu))
+                    key = self._service_keys.get(self.this_cpu)
+                    if key is None:  # x86.service_key, asked once per CPU
+                        key = self._service_keys[self.this_cpu] = x86.service_key(self.this_cpu)
+                    pending.sort(key=key)
                 address, data = pending.pop(0)
                 if x86 is not None:
                     x86.msi(address, data)  # deliver_msi's x86 case, one frame less

@@ -42,6 +42,18 @@ PCI_ROM_ADDRESS_ENABLE = 0x1
 PCI_ROM_SLOT = 6
 
 
+def _header_masks() -> tuple[bytes, bytes]:
+    """(wmask, w1cmask) of a 4 KiB config space holding only the type 0 header's registers."""
+    wmask, w1c = bytearray(PCIE_CONFIG_SPACE_SIZE), bytearray(PCIE_CONFIG_SPACE_SIZE)
+    for reg in TYPE0_HEADER:
+        wmask[reg.offset : reg.offset + reg.size] = reg.wmask.to_bytes(reg.size, "little")
+        w1c[reg.offset : reg.offset + reg.size] = reg.w1c.to_bytes(reg.size, "little")
+    return bytes(wmask), bytes(w1c)
+
+
+_HEADER_WMASK, _HEADER_W1CMASK = _header_masks()
+
+
 @dataclass
 class Bar:
     index: int  # 0..5, or 6 for the expansion ROM
@@ -95,8 +107,9 @@ class PciFunction:
         # Counts changes of config space that may move a BAR or turn decode on or off (stores
         # through cfg_write, set_config, _set_field): a bus remembers decodes until it changes.
         self.cfg_space_generation = 0
-        self.wmask = bytearray(PCIE_CONFIG_SPACE_SIZE)
-        self.w1cmask = bytearray(PCIE_CONFIG_SPACE_SIZE)
+        # The header's masks (TYPE0_HEADER's wmask and w1c), laid out once for every function.
+        self.wmask = bytearray(_HEADER_WMASK)
+        self.w1cmask = bytearray(_HEADER_W1CMASK)
         self.bars: list[Bar | None] = [None] * 7  # 0..5 and the ROM at index 6
         self.msix: Msix | None = None
         self.irq_level = False
@@ -114,8 +127,6 @@ class PciFunction:
             subsystem_id=subsystem_id,
             interrupt_pin=interrupt_pin,
         )
-        for reg in TYPE0_HEADER:
-            self._set_masks(reg.offset, reg.size, reg.wmask, reg.w1c)
         # Device-specific space above the header is plain storage until a capability claims it.
         above = self.config_size - PCI_CONFIG_HEADER_SIZE
         self.wmask[PCI_CONFIG_HEADER_SIZE : self.config_size] = b"\xff" * above
