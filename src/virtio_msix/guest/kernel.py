@@ -66,7 +66,10 @@ class PageAllocator:
         """Give a run back (kfree/put_page); freeing what is not allocated is a model bug."""
         rounded, align = self._live.pop(addr)
         self.allocated -= rounded
-        self._free.setdefault((rounded, align), []).append(addr)
+        pool = self._free.get((rounded, align))
+        if pool is None:
+            pool = self._free[(rounded, align)] = []
+        pool.append(addr)
 
 
 # lib/iomap.c: pci_iomap of an I/O BAR gives PIO_OFFSET + port; cookies below PIO_RESERVED
