@@ -57,12 +57,14 @@ dd if=/dev/zero bs=65536 count={blocks} 2>/dev/null | nc $HOST_IP {g2h}
 echo {mark} h2g; nc -l -p {h2g} | wc -c; echo {mark} end
 """
 
+# The boot marker is /init's first command in all three guests (UML's boot.py does the same):
+# boot → /init is the kernel's time to start init.
 QEMU_INIT = """#!/bin/sh
+echo {mark} init
 export PATH=/bin GUEST_IP={guest_ip} HOST_IP={host_ip}
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
-echo {mark} init
 for m in /modules/*.ko; do insmod $m; done
 {script}
 echo {mark} done

@@ -95,11 +95,13 @@ echo {MARK} interrupts-after; cat /proc/interrupts; echo {MARK} end
 
 INIT_TEMPLATE = """\
 #!/bin/sh
+# The marker first, before anything forks: "boot → /init" is the kernel's time to start init,
+# not the three mounts' (a fork and exec costs UML milliseconds each; measured: 125 ms).
+echo {mark} init
 export PATH=/bin GUEST_IP={guest_ip} HOST_IP={host_ip}
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
-echo {mark} init $(cat /proc/uptime)
 # The script sees the device bound: virt-pci's device and ours on the virtio bus, each with its
 # driver (a loaded machine was seen reaching this point before virtio_net had probed). Bounded:
 # after 10 s the script runs anyway, and a device without a driver in this kernel shows as such.
