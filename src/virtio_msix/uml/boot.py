@@ -473,8 +473,9 @@ class EventLoopStats:
     tap_watched: int = 0  # passes that selected on the TAP (the device could take a frame)
     kicks: int = 0
     # Microseconds from a wake-up (a kick drained, or the TAP readable) to writing the irq call
-    # it caused, per script section ("" outside one): the device's own share of a round trip
-    # (ping: once for the request's TX, once for the reply's RX). Bounded per section.
+    # it caused, per script section ("" outside one): the device's own share of a round trip.
+    # A ping is one sample, not two: the host kernel answers inside our TAP write, so the
+    # request's TX and the reply's RX are served in the same pass. Bounded per section.
     kick_to_call_us: dict[str, list[float]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -624,6 +625,8 @@ class BootSession:
         opts = self.opts
         result = BootResult(opts, self.device, self.recorder)
         work = Path(tempfile.mkdtemp(prefix="virtio-msix-uml-"))
+        # UML's memory file on a tmpfs when there is one (kernel.memory_dir says why).
+        memdir = uml_kernel.memory_dir(opts.memory_mb, work)
         proc: subprocess.Popen[bytes] | None = None
         reaper: procs.Reaper | None = None
         subreaper: procs.Subreaper | None = None
@@ -653,7 +656,7 @@ class BootSession:
                 script = work / "breakpoints.gdb"
                 script.write_text(gdb_script(gdb_log, opts.backtraces, opts.gdb_init))
                 cmd = [gdb, "-nx", "-batch", "-x", str(script), "--args", *cmd]
-            env = dict(os.environ, TMPDIR=str(work))
+            env = dict(os.environ, TMPDIR=str(memdir))
             self.times["start"] = time.monotonic()
             with sigs.deferred():  # the processes must be recorded before a signal can end us
                 subreaper = procs.Subreaper()
@@ -662,7 +665,7 @@ class BootSession:
                                         stderr=subprocess.STDOUT, env=env, cwd=work,
                                         start_new_session=True,
                                         preexec_fn=procs.die_with_parent())  # fmt: skip
-                reaper.arm(proc.pid, work)
+                reaper.arm(proc.pid, work, memdir)
             assert proc.stdout is not None
             self.proc = proc
             result.error = self._loop(srv, proc)
@@ -704,6 +707,7 @@ class BootSession:
                 hits = parse_gdb_log(gdb_log_text)
                 self.backtraces = pair_backtraces(hits, self.recorder.records)
             shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(memdir, ignore_errors=True)
             if reaper is not None:
                 reaper.close()
             if subreaper is not None:
@@ -809,26 +813,36 @@ class BootSession:
         net = self.device.device
         rx_ready = getattr(net, "rx_ready", None)
         stdout_open = True
+        # What select watches besides the TAP changes only with the connection, the console
+        # closing or a vhost-user message (SET_VRING_KICK, GET_VRING_BASE): built again then,
+        # not on every pass.
+        watch_key: tuple[Any, ...] | None = None
+        base: list[Any] = []
+        kicks: dict[int, int] = {}
         while True:
             self.loop.passes += 1
             now = time.monotonic()
             if now > deadline:
                 return f"timeout: the guest did not finish within {self.opts.timeout:.0f} s"
-            rl: list[Any] = [srv] if conn is None else [conn]
-            if stdout_open:
-                rl.append(out_fd)
-            kicks: dict[int, int] = {}
-            if self.vhost is not None:
-                for i, vr in enumerate(self.vhost.vrings):
-                    if vr.kick_fd >= 0:
-                        kicks[vr.kick_fd] = i
-                        rl.append(vr.kick_fd)
+            key = (conn, stdout_open, self.vhost, self.vhost.messages if self.vhost else 0)
+            if key != watch_key:
+                watch_key = key
+                base = [srv] if conn is None else [conn]
+                if stdout_open:
+                    base.append(out_fd)
+                kicks = {}
+                if self.vhost is not None:
+                    for i, vr in enumerate(self.vhost.vrings):
+                        if vr.kick_fd >= 0:
+                            kicks[vr.kick_fd] = i
+                            base.append(vr.kick_fd)
+            rl = base
             # The TAP is watched only while the device can take a frame: before DRIVER_OK, or
             # with no receive buffers posted, a readable TAP would wake every pass for nothing
             # (the loop spun). The guest's RX kick, when it posts buffers, wakes us instead, and
             # _service() then pulls what waits.
             if tap_fd is not None and (rx_ready is None or rx_ready()):
-                rl.append(tap_fd)
+                rl = [*base, tap_fd]
                 self.loop.tap_watched += 1
             elif hint:
                 self.netdev.readable = True  # not watched: nothing says it is empty
