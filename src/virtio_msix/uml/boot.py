@@ -494,8 +494,12 @@ class EventLoopStats:
 
 LATENCY_SAMPLES = 100_000  # per section
 # Polling the cmd queue after a read (BootSession._poll_cmds): how long without a new request
-# ends it, and the most one pass polls.
-POLL_IDLE_NS = 200_000
+# ends it, and the most one pass polls. Measured while polling during boots: the next request
+# came 3 / 6.5 / 29 µs after the answer (10th / 50th / 90th percentile), so 50 µs catches most;
+# a longer window (200 µs was tried) costs more than it saves when another process holds the
+# other CPU: the kernel then shares ours, and a task that never sleeps loses the wake-up
+# preference the scheduler gives a sleeper (boots took twice as long).
+POLL_IDLE_NS = 50_000
 POLL_PASS_NS = 20_000_000
 
 
