@@ -1,7 +1,8 @@
 """Side by side: the real Linux 6.1 under UML driving our device, against QEMU 7.2 (TCG) driving
 its own virtio-net-pci with Debian's 6.1 kernel — what a user runs here instead.
 
-    sudo .venv/bin/python bench/side_by_side.py [--rounds 3] [--mib 16] [--out bench/results.md]
+    sudo .venv/bin/python bench/side_by_side.py [--rounds 3] [--mib 16] [--bulk-mib 64]
+                                                [--no-bulk] [--no-qemu] [--out bench/results.md]
 
 Everything runs inside a private network namespace (the script re-executes itself under
 ``unshare --net``): the TAPs, their host addresses and the host-side sinks exist only there, so
@@ -12,7 +13,11 @@ device on a TAP, QEMU TCG + virtio-net-pci on a TAP (QEMU's default ``tap`` netd
 and offloads as QEMU negotiates them). The same busybox workload runs in both guests:
 ``ping -c 20 -i 0.2`` to the host side of the TAP, ``dd | nc`` of --mib MiB to a host sink
 (guest → host), and ``nc -l`` receiving --mib MiB from a host sender (host → guest; timed from
-connect to the guest's close). CPU is sampled at both ends of each transfer: for UML our device
+connect to the guest's close); then the same two transfers of --bulk-mib MiB with 64 KiB writes
+and reads (``bench/guest/tcpbulk.c``, built static here and put into both guests), because
+busybox nc copies 1 KiB per system call and so measures the guests' system calls (ptrace round
+trips under UML) more than the NIC. The host checks the MD5 of what each guest sent and the
+guests report the bytes they received. CPU is sampled at both ends of each transfer: for UML our device
 (the event loop's thread) and the kernel (the UML process group); for QEMU its vCPU thread
 (guest kernel) and its other threads (device model + VMM). Medians, min–max and per-round ratios
 go to --out (Markdown) and the same data as JSON next to it. Nothing here asserts on time.
