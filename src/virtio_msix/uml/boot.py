@@ -976,6 +976,12 @@ class BootSession:
         start = idle_from = now()
         st = host.stats
         cmd, mem = host.cmd, host.memory
+        # The console before any request that came after it: a marker the guest printed must be
+        # read before the accesses it made next (the views are snapshotted at "done"; _service
+        # says why the loop's order guarantees it), so console output ends the polling.
+        console = select.poll()
+        if self._out_fd is not None:
+            console.register(self._out_fd, select.POLLIN)
         self.loop.poll_passes += 1
         while True:
             t = now()
@@ -986,6 +992,8 @@ class BootSession:
                 # the kernel itself, whose next request we are waiting for).
                 os.sched_yield()
                 continue
+            if console.poll(0):
+                return
             reads = st.cfg_reads + st.mmio_reads
             if host.process_cmds():
                 self.loop.polled += 1
