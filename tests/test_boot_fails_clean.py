@@ -222,18 +222,31 @@ def test_signal_stops_everything_and_exits_128_plus_signal(linux, env, started, 
     assert not (Path(env["HOME"]) / ".uml").exists()
 
 
+def _kernel_tmpdir(boot_pid: int) -> str:
+    """The TMPDIR the boot gave its kernel: where UML's memory file is (kernel.memory_dir)."""
+    table = _proc_table()
+    kernel = next(p for p, i in table.items()
+                  if i["ppid"] == boot_pid and "uml_dir=" in i["cmdline"])  # fmt: skip
+    env = Path(f"/proc/{kernel}/environ").read_bytes().split(b"\0")
+    return next(v[7:].decode() for v in env if v.startswith(b"TMPDIR="))
+
+
 def test_sigkilled_boot_leaves_no_kernel(linux, env, started):
     """The Python process dies without running any code: the kernel (PR_SET_PDEATHSIG) and
-    the rest of its session (the reaper) must not outlive it, and the run's directory goes."""
+    the rest of its session (the reaper) must not outlive it, and the run's directory and
+    the kernel's memory directory (on a tmpfs, elsewhere than the run's) go."""
     p, procs, work, kernel_session = _start_running_guest(started, env)
     assert kernel_session >= 3
+    memdir = _kernel_tmpdir(p.pid)
+    assert Path(memdir).is_dir()
     p.kill()
     p.wait(timeout=10)
     _assert_all_gone(procs, work)
     deadline = time.monotonic() + 15
-    while Path(work).exists() and time.monotonic() < deadline:
+    while (Path(work).exists() or Path(memdir).exists()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not Path(work).exists()
+    assert not Path(memdir).exists()
 
 
 @pytest.mark.qemu

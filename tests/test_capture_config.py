@@ -4,6 +4,7 @@ the netdev, and the meta record that heads every new capture (read back by repla
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -52,6 +53,32 @@ def test_netdev_syntax():
     for bad in ("socket", "tap,queues=0", "tap,fd=3", "user,hostfwd=x", "tap,vnet_hdr=maybe"):
         with pytest.raises(ValueError):
             parse_netdev(bad)
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        # the one netdev parser (devspec's, as sim and boot use it), in QEMU's words
+        ("tap,queues=x", "Parameter 'queues' expects uint32_t"),
+        ("tap,fd=3", "Invalid parameter 'fd'"),
+        ("tap,queues=2000", "tap takes 1..1024 queues"),  # past QEMU's own limit
+        # then what a capture can run
+        ("tap,queues=300", "the host's tun opens at most 256"),  # QEMU takes it, tun does not
+        ("tap,ifname=mytap", "ifname is set by capture-qemu itself"),
+        ("user,id=net7", "id is set by capture-qemu itself"),
+        ("responder", "user or tap"),  # ours, not QEMU's
+    ],
+)
+def test_netdev_refusals_name_the_rule(text, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        parse_netdev(text)
+    assert parse_netdev("tap,queues=256").queues == 256
+
+
+def test_device_string_keeps_qemu_escaped_commas():
+    # ",," is a literal comma inside a value (QEMU's option syntax), passed on as written
+    out = device_string("virtio-net-pci,romfile=/tmp/a,,b.rom")
+    assert out.endswith(",romfile=/tmp/a,,b.rom")  # one value for QEMU, not romfile + b.rom
 
 
 @pytest.mark.parametrize(

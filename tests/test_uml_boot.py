@@ -62,6 +62,19 @@ def test_default_probe_uses_msix_and_passes_traffic(boots):
     assert sent >= counted > 0
 
 
+def test_reads_are_followed_by_polling_the_cmd_queue(boots):
+    """After serving a read the event loop polls the cmd queue (BootSession._poll_cmds):
+    virt-pci sends the next access microseconds after each answer, and a probe is hundreds of
+    config reads; some are served in the same pass rather than after a sleep and a wake-up."""
+    res = boots["default"]
+    assert res.error is None, res.error
+    stats = res.host.stats
+    assert stats.cfg_reads > 100  # the probe: enumeration and virtio_pci's capability walk
+    assert res.loop["poll_passes"] > 0 and res.loop["polled"] > 0, res.loop
+    assert res.loop["polled"] <= stats.cfg_reads + stats.cfg_writes + stats.mmio_reads + \
+        stats.mmio_writes
+
+
 def test_two_vectors_share_one_for_the_queues(boots):
     res = boots["vectors2"]
     assert res.error is None, res.error

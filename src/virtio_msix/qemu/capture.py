@@ -46,7 +46,8 @@ from typing import Any
 
 from ..host.phases import PhaseTagger
 from ..trace.recorder import write_jsonl
-from ..virtio.devspec import PROPERTY
+from ..virtio.devspec import PROPERTY, SpecError, split_opts
+from ..virtio.devspec import parse_netdev as parse_netdev_spec
 from .debian import (
     MODULES,
     DebianKernel,
@@ -260,16 +261,15 @@ _ON, _OFF = ("on", "yes", "true", "y"), ("off", "no", "false", "n")
 
 
 def _props(text: str, what: str) -> tuple[str, list[tuple[str, str]]]:
-    """QEMU's ``driver,key=value,...`` → (driver, [(key, value)]); ``,,`` is a literal comma."""
-    parts = [p.replace("\0", ",") for p in text.replace(",,", "\0").split(",")]
-    head, props = parts[0].strip(), []
-    for part in parts[1:]:
-        if not part:
-            continue
-        if "=" not in part:
-            raise ValueError(f"{what} {text!r}: property {part!r} needs a value (key=value)")
-        key, value = part.split("=", 1)
-        props.append((key.strip(), value.strip()))
+    """QEMU's ``driver,key=value,...`` → (driver, [(key, value)]), read by devspec's
+    ``split_opts`` (QEMU's rules: ``,,`` is a literal comma, nothing is stripped)."""
+    opts = split_opts(text)
+    head = opts[0][0] if opts and opts[0][1] is None else ""
+    props = []
+    for key, value in opts[1:] if head else opts:
+        if value is None:
+            raise ValueError(f"{what} {text!r}: property {key!r} needs a value (key=value)")
+        props.append((key, value))
     return head, props
 
 
@@ -307,7 +307,7 @@ def device_string(
             raise ValueError(f"Property '{DRIVER}.{key}' not found")
         fixed = FIXED_PROPS.get(key)
         if fixed is None:
-            user.append(f"{key}={value}")
+            user.append(f"{key}={value.replace(',', ',,')}")  # QEMU's escape, as it was given
             continue
         if key == "addr":
             same = _same_addr(value)
@@ -360,31 +360,32 @@ class Netdev:
                 f"queues={self.queues},vnet_hdr={'on' if self.vnet_hdr else 'off'}")  # fmt: skip
 
 
-MAX_TAP_QUEUES = 256  # Linux's MAX_TAP_QUEUES (DEFAULT_MAX_NUM_RSS_QUEUES ... tun.c)
+# QEMU takes queues up to its own MAX_TAP_QUEUES (1024, devspec checks that); the capture opens
+# the TAP's queues itself, and the host's tun opens at most 256 (Linux MAX_TAP_QUEUES, tun.c).
+MAX_TAP_QUEUES = 256
+# Netdev properties the capture sets itself (ifname, script and downscript: its own TAP).
+NETDEV_OWN = ("id", "ifname", "script", "downscript")
 
 
 def parse_netdev(text: str) -> Netdev:
-    kind, props = _props(text, "--netdev")
-    if kind not in ("user", "tap"):
-        raise ValueError(f"--netdev {text!r}: user or tap")
-    if kind == "user":
-        if props:
-            raise ValueError(f"--netdev user takes no properties here (got {props[0][0]!r})")
+    """``--netdev user`` or ``tap[,queues=N][,vnet_hdr=on|off]``, read by devspec's parser (the
+    one ``sim`` and ``boot`` use), then held to what a capture can run: QEMU's own netdevs (not
+    our responder), the capture's own id and TAP, and the host tun's queue limit."""
+    try:
+        spec = parse_netdev_spec(text)
+    except SpecError as e:
+        raise ValueError(f"--netdev {text!r}: {e}") from None
+    if spec.kind not in ("user", "tap"):
+        raise ValueError(f"--netdev {text!r}: user or tap (the capture runs QEMU's netdevs)")
+    for key, _ in split_opts(text)[1:]:
+        if key in NETDEV_OWN:
+            raise ValueError(f"--netdev {text!r}: {key} is set by capture-qemu itself")
+    if spec.kind == "user":
         return Netdev()
-    queues, vnet_hdr = 1, True
-    for key, value in props:
-        if key == "queues":
-            q = _int_or_none(value)
-            if q is None or not 1 <= q <= MAX_TAP_QUEUES:
-                raise ValueError(f"--netdev tap: queues={value}: an integer 1..{MAX_TAP_QUEUES}")
-            queues = q
-        elif key == "vnet_hdr":
-            if value.lower() not in _ON + _OFF:
-                raise ValueError(f"--netdev tap: vnet_hdr={value}: on or off")
-            vnet_hdr = value.lower() in _ON
-        else:
-            raise ValueError(f"--netdev tap: property {key!r} not supported (queues, vnet_hdr)")
-    return Netdev("tap", queues, vnet_hdr)
+    if spec.queues > MAX_TAP_QUEUES:
+        raise ValueError(f"--netdev tap: queues={spec.queues}: the host's tun opens at most "
+                         f"{MAX_TAP_QUEUES}")  # fmt: skip
+    return Netdev("tap", spec.queues, spec.vnet_hdr)
 
 
 def qemu_version(qemu: str) -> str:

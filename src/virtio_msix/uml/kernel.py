@@ -36,6 +36,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -439,6 +440,49 @@ def _check_config(config: Path) -> None:
     ]
     if lost:
         raise RuntimeError(f"kernel config lost options of uml.config: {', '.join(lost)}")
+
+
+# Where UML's physical memory file goes (its TMPDIR), before the run's own directory.
+MEMORY_TMPFS = ("/dev/shm",)
+
+
+def _tmpfs_mount(path: str) -> str | None:
+    """The options of ``path`` if it is a tmpfs mount point (the last mount there wins)."""
+    found = None
+    try:
+        mounts = Path("/proc/self/mounts").read_text()
+    except OSError:
+        return None
+    for line in mounts.splitlines():
+        f = line.split()
+        if len(f) >= 4 and f[1] == path:
+            found = f[3] if f[2] == "tmpfs" else None
+    return found
+
+
+def memory_dir(memory_mb: int, fallback: Path) -> Path:
+    """A new private directory for UML's TMPDIR, where it creates (and at once unlinks) the
+    file that is its physical memory and, over vhost-user, our device's view of guest memory.
+
+    On a tmpfs when one has room and allows PROT_EXEC mappings (UML checks that), else
+    ``fallback``: on a disk file system the host writes the guest's dirty pages back to the
+    disk for nothing, and each of our DMA writes into that memory is a journalled file write
+    (pwrite of 8 bytes: 5.8 µs on ext4, 2.2 µs on tmpfs, measured here). UML's own
+    documentation asks for a tmpfs TMPDIR. The caller removes the directory."""
+    for cand in MEMORY_TMPFS:
+        opts = _tmpfs_mount(cand)
+        if opts is None or "noexec" in opts.split(","):
+            continue
+        try:
+            st = os.statvfs(cand)
+            # tmpfs charges only the pages the guest touches; room for all of them twice over
+            if st.f_bavail * st.f_frsize < 2 * memory_mb << 20:
+                continue
+            return Path(tempfile.mkdtemp(prefix="virtio-msix-mem-", dir=cand))
+        except OSError:
+            continue
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
 
 
 def make_rootfs(root: Path, init_script: str, files: dict[str, Path] | None = None) -> Path:

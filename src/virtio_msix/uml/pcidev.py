@@ -47,6 +47,8 @@ class PcidevOp(IntEnum):
     PME = 8
 
 
+_OPS = {int(op): op for op in PcidevOp}
+
 # struct virtio_pcidev_msg: u8 op, u8 bar, u16 reserved, u32 size, u64 addr, u8 data[]
 MSG = struct.Struct("<BBHIQ")
 CMD_QUEUE = 0
@@ -193,10 +195,9 @@ class VirtPciHost:
         fn = self.function
         if fn is None:
             raise PcidevError("no function", "no PCI function attached")
-        try:
-            op = PcidevOp(op)
-        except ValueError:
-            raise PcidevError("unknown op", f"unknown virtio_pcidev op {op}") from None
+        op = _OPS.get(op, op)  # a dict, not the enum's constructor: this runs per request
+        if type(op) is int:
+            raise PcidevError("unknown op", f"unknown virtio_pcidev op {op}")
         if op is PcidevOp.CFG_READ:
             self.stats.cfg_reads += 1
             if size not in (1, 2, 4, 8) or out_len < size:

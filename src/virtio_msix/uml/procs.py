@@ -167,7 +167,7 @@ while not line.endswith(b"\n"):
     if not chunk:
         sys.exit(0)
     line += chunk
-sid, _, work = line.decode().strip().partition(" ")
+sid, _, dirs = line.decode().rstrip("\n").partition(" ")
 while os.read(0, 64):
     pass
 end = time.monotonic() + float(sys.argv[1])
@@ -189,8 +189,9 @@ while time.monotonic() < end:
         except OSError:
             pass
     time.sleep(0.01)
-if work:
-    shutil.rmtree(work, ignore_errors=True)
+for d in dirs.split("\0"):
+    if d:
+        shutil.rmtree(d, ignore_errors=True)
 """
 
 
@@ -207,9 +208,12 @@ class Reaper:
         # Our end must not leak into the kernel (it would keep the pipe open after we die).
         os.set_inheritable(self._w, False)
 
-    def arm(self, sid: int, work: Path) -> None:
-        """Watch session ``sid`` and directory ``work`` from now on."""
-        os.write(self._w, f"{sid} {work}\n".encode())
+    def arm(self, sid: int, *dirs: Path) -> None:
+        """Watch session ``sid`` and directories ``dirs`` (removed once it is dead) from now
+        on. The directories go NUL-separated: a path holds no NUL, nor here a newline."""
+        if any("\0" in str(d) or "\n" in str(d) for d in dirs):
+            raise ValueError(f"a directory name with NUL or newline: {dirs!r}")
+        os.write(self._w, f"{sid} {chr(0).join(map(str, dirs))}\n".encode())
 
     def close(self) -> None:
         """We are done (after stopping everything ourselves): let the reaper check and exit."""
