@@ -61,7 +61,10 @@ def test_guest_pinged_through_both_pairs_and_removed_the_modules(captured):
 def test_teardown_is_its_own_phase(captured):
     _, records, _, _ = captured
     down = phase(records, "teardown")
-    assert (down[0]["space"], down[0]["op"], down[0]["offset"], down[0]["value"]) == (
+    # virtnet_remove unregisters the netdev first, and a frame the stack sends meanwhile is
+    # still kicked: a TX notify (queue 3) was seen before the reset once in ~10 runs.
+    first = next(r for r in down if r["space"] != "notify")
+    assert (first["space"], first["op"], first["offset"], first["value"]) == (
         "common", "w", 0x14, 0)
     # MSI-X Enable cleared in the removal, Bus Master last
     assert any(r["space"] == "cfg" and r["op"] == "w" and r["offset"] == 0x9A

@@ -62,6 +62,17 @@ def test_default_probe_uses_msix_and_passes_traffic(boots):
     assert sent >= counted > 0
 
 
+def test_sim_as_um_names_and_numbers_interrupts_as_uml_does(boots):
+    """``sim --arch um`` against the real kernel: the device is virtio1 (virt-pci is virtio0)
+    at 0000:00:00.0, so its MSI hwirqs (devfn << 11 | index) are the bare indices 0, 1, 2."""
+    real = {n: (r["chip"], r["hwirq"]) for n, r in _irq_rows(boots["default"], "before").items()}
+    sim = run_sim(SimOptions(arch="um", packets=0))
+    model = {r["name"]: (r["chip"], r["hwirq"]) for r in sim.interrupts
+             if r["name"].startswith("virtio")}  # fmt: skip
+    assert model == real, (model, real)
+    assert "pci 0000:00:00.0: [1af4:1000]" in boots["default"].console
+
+
 def test_reads_are_followed_by_polling_the_cmd_queue(boots):
     """After serving a read the event loop polls the cmd queue (BootSession._poll_cmds):
     virt-pci sends the next access microseconds after each answer, and a probe is hundreds of

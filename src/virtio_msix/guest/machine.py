@@ -48,6 +48,13 @@ from .virtio_pci import (
 )
 
 SLOT = 3  # the slot the QEMU captures use (-device ...,addr=0x3)
+# Where the function sits per arch: x86 as in the QEMU captures; UML's virt-pci puts the device
+# of a vhost-user socket at 0000:00:00.0 (seen in the real boot's console), which also makes its
+# MSI hwirq (pci_msi_domain_calc_hwirq: devfn << 11 | index) the bare MSI-X index.
+SLOTS = {"x86": SLOT, "um": 0}
+# virtio devices before ours on the virtio bus: under UML virt-pci itself is the vhost-user
+# device virtio0, so the PCI function's virtio device is virtio1 (as the real boot shows).
+VIRTIO_INDEX = {"x86": 0, "um": 1}
 INTX_IRQ = {"x86": 23}  # q35 routes slot 3 INTA to GSI 23 (captured)
 
 
@@ -122,7 +129,8 @@ class Machine:
                                  memory=self.memory, recorder=self.recorder)  # fmt: skip
         self.function = fn
         bus = PciBus()
-        bus.attach(SLOT, self.bus_function if self.bus_function is not None else fn)
+        self.slot = SLOTS[self.arch]
+        bus.attach(self.slot, self.bus_function if self.bus_function is not None else fn)
         k = Kernel(bus, self.memory, cpus=self.cpus, arch=self.arch, backtraces=self.backtraces,
                    version=self.version)  # fmt: skip
         fn.sink = k
@@ -134,7 +142,7 @@ class Machine:
             k.intx_irq = INTX_IRQ[self.arch]
         self.kernel = k
         devs = Firmware(arch=self.arch).scan(k, intx_irq=k.intx_irq)
-        self.pci_dev = next(d for d in devs if d.slot == SLOT)
+        self.pci_dev = next(d for d in devs if d.slot == self.slot)
         pci_bus_add_device(k, self.pci_dev)  # before any driver (6.12 saves config space here)
         self.queue_names = queue_names(fn.device)
         if self.driver is None:
@@ -144,6 +152,7 @@ class Machine:
     def run_probe(self) -> int:
         """Run pci_device_probe → virtio_pci_probe → the driver's probe; the probe's errno."""
         vbus = VirtioBus()
+        vbus.next_index = VIRTIO_INDEX[self.arch]
         assert self.driver is not None
         vbus.drivers.append(self.driver)
         self.phases.phase = "probe"

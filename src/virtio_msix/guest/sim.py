@@ -34,9 +34,6 @@ from .virtio_net import (
 )
 from .virtio_pci import VpDev, irq_desc_of, virtio_dev_remove, virtio_pci_remove
 
-SLOT = 3  # the slot the QEMU captures use (-device ...,addr=0x3)
-INTX_IRQ = {"x86": 23}  # q35 routes slot 3 INTA to GSI 23 (captured); UML's PCI IRQ
-
 
 class VectorRefusal:
     """Fault injection on the host side of the bus: the device behaves as one that cannot map
