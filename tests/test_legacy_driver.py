@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from capture_sets import load
 
-from virtio_msix.abi.ring import DESC, VRING_DESC_F_NEXT
+from virtio_msix.abi.ring import DESC, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT
 from virtio_msix.abi.virtio import FEATURES_OK, VIRTIO_F_VERSION_1
 from virtio_msix.guest.compare import diff, virtio_phase
 from virtio_msix.guest.sim import SimOptions, run_sim
@@ -74,12 +74,15 @@ def test_legacy_header_layout_and_traffic(props, hdr_len, tx_segments):
     sent = [f for f, out in frames if out]
     received = [f for f, out in frames if not out]
     assert sent and received == sent
-    # The first transmit's chain starts at descriptor 0 of the TX ring.
+    # The first transmit's chain starts at descriptor 0 of the TX ring; two segments (header
+    # apart) go into an indirect table, as virtqueue_add_split puts them (INDIRECT_DESC).
     sq = res.net.sq[0]
-    _addr, length, flags, _next = DESC.unpack(res.kernel.memory.read(sq.desc, DESC.size))
+    addr, length, flags, _next = DESC.unpack(res.kernel.memory.read(sq.desc, DESC.size))
     if tx_segments == 1:
         assert length == hdr_len + len(sent[0]) and not flags & VRING_DESC_F_NEXT
     else:
+        assert flags == VRING_DESC_F_INDIRECT and length == 2 * DESC.size
+        _a, length, flags, _next = DESC.unpack(res.kernel.memory.read(addr, DESC.size))
         assert length == hdr_len and flags & VRING_DESC_F_NEXT
     assert not res.device.health().get("errors")
 

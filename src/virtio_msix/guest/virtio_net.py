@@ -184,6 +184,13 @@ def virtnet_find_vqs(k: Kernel, vi: VirtnetInfo) -> int:
         return vqs
     vi.rq = vqs[0 : 2 * vi.max_queue_pairs : 2]
     vi.sq = vqs[1 : 2 * vi.max_queue_pairs : 2]
+    if not vi.big_packets or vi.mergeable_rx_bufs:
+        # virtnet_find_vqs asks for a per-buffer context on the receive queues unless it posts
+        # big buffers (ctx[rxq2vq(i)] = true when !big_packets || mergeable_rx_bufs), and a queue
+        # with contexts never goes indirect (vq->indirect = INDIRECT_DESC && !context). The
+        # model's find_vqs takes no ctx list: the same decision, made here.
+        for rq in vi.rq:
+            rq.indirect = False
     vi.cvq = vqs[-1] if vp.has_feature(dev_net.VIRTIO_NET_F_CTRL_VQ) else None
     return 0
 
@@ -282,8 +289,8 @@ def virtnet_set_rx_layout(vi: VirtnetInfo) -> None:
 
 def _rx_buffer(k: Kernel, vi: VirtnetInfo) -> tuple[list[tuple[int, int]], Any]:
     """One receive buffer as (device-writable segments, token); MemoryError when out of RAM.
-    The model's ring has no indirect descriptors: a big buffer's segments are a direct chain
-    (Linux puts them in one indirect table when RING_INDIRECT_DESC is negotiated)."""
+    A big buffer's segments go into one indirect table when RING_INDIRECT_DESC is negotiated
+    (the ring's add_sgs decides, as virtqueue_add_split does), else a direct chain."""
     if vi.mergeable_rx_bufs:
         buf = k.pages.alloc(RX_BUF_SIZE, align=64)
         return [(buf, RX_BUF_SIZE)], buf

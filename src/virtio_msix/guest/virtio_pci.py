@@ -791,7 +791,8 @@ def setup_vq(
                                   indirect=vp.has_feature(VIRTIO_F_INDIRECT_DESC))  # fmt: skip
     else:
         vq = VringVirtqueue(k, index, num, name, callback, partial(vp_notify, k),
-                            vp.has_feature(VIRTIO_F_EVENT_IDX))  # fmt: skip
+                            vp.has_feature(VIRTIO_F_EVENT_IDX),
+                            indirect=vp.has_feature(VIRTIO_F_INDIRECT_DESC))  # fmt: skip
     vp_modern_set_queue_size(k, vp, index, num)
     vp_modern_queue_address(k, vp, index, vq.desc, vq.avail, vq.used)
     if msix_vec != VIRTIO_MSI_NO_VECTOR:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING
 
-from ..abi.virtio import VIRTIO_F_EVENT_IDX
+from ..abi.virtio import VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC
 from ..virtio.regs import (
     LEGACY,
     LEGACY_CONFIG_OFFSET,
@@ -178,7 +178,8 @@ class LegacyTransport(VpTransport):
         # from the PFN alone. Split ring only (RING_PACKED is beyond 32 feature bits).
         vq = VringVirtqueue(k, index, num, name, callback, partial(vp_notify, k),
                             vp.has_feature(VIRTIO_F_EVENT_IDX),
-                            vring_align=LEGACY_VRING_ALIGN)  # fmt: skip
+                            vring_align=LEGACY_VRING_ALIGN,
+                            indirect=vp.has_feature(VIRTIO_F_INDIRECT_DESC))  # fmt: skip
         q_pfn = vq.desc >> LEGACY_PFN_SHIFT
         if q_pfn >> 32:
             k.printk(f"virtio_pci {vp.pci_dev.short}: platform bug: legacy virtio-pci must not "

@@ -15,6 +15,7 @@ from ..abi.ring import (
     DESC,
     USED_ELEM,
     VRING_AVAIL_F_NO_INTERRUPT,
+    VRING_DESC_F_INDIRECT,
     VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE,
     VRING_USED_F_NO_NOTIFY,
@@ -81,8 +82,12 @@ class VringVirtqueue(Virtqueue):
         notify: Callable[[VringVirtqueue], bool],
         event_idx: bool,
         vring_align: int = SMP_CACHE_BYTES,
+        indirect: bool = False,
     ) -> None:
         super().__init__(k, index, num, name, callback, notify, event_idx)
+        # vq->indirect: VIRTIO_RING_F_INDIRECT_DESC and no per-buffer context (virtio_net gives
+        # its RX queues one only with mergeable buffers: big buffers go indirect).
+        self.indirect = indirect
         # vring_align: where the used ring starts (modern: a cache line; legacy: 4096, the
         # layout the device derives from the PFN alone).
         size = vring_size(num, vring_align)
@@ -100,6 +105,8 @@ class VringVirtqueue(Virtqueue):
         self._avail_event = self.used + ring.avail_event(num)
         # head → (token, the descriptors of its chain)
         self.data: dict[int, tuple[Any, list[int]]] = {}
+        # head → its indirect table (detach_buf_split kfrees it)
+        self.tables: dict[int, int] = {}
         self.avail_idx_shadow = 0
         self.last_used_idx = 0
 
@@ -111,6 +118,8 @@ class VringVirtqueue(Virtqueue):
     def add_sgs(self, out: list[tuple[int, int]], inb: list[tuple[int, int]], token: Any) -> int:
         total = len(out) + len(inb)
         free = self.free
+        if total > 1 and self.indirect and free:  # virtqueue_use_indirect
+            return self._add_indirect(out, inb, token)
         if total == 0 or total > len(free):
             return -ENOSPC
         mem = self.k.memory
@@ -150,6 +159,44 @@ class VringVirtqueue(Virtqueue):
             _U16_PACK_INTO(buf, a, shadow)
         else:
             mem.write_u16(a, shadow)
+        self.num_added += 1
+        return 0
+
+    def _add_indirect(self, out: list[tuple[int, int]], inb: list[tuple[int, int]],
+                      token: Any) -> int:  # fmt: skip
+        """virtqueue_add_split with an indirect table (alloc_indirect_split): the segments in a
+        table of their own, chained with NEXT (each entry's next is its index + 1, as the
+        allocation leaves it, the last one's too), and one ring descriptor with INDIRECT
+        pointing at it. A failed allocation falls back to a direct chain, as Linux's does."""
+        total = len(out) + len(inb)
+        try:
+            table = self.k.pages.alloc(total * _DESC_SIZE, align=_DESC_SIZE)
+        except MemoryError:
+            table = 0
+        if not table:
+            self.indirect, was = False, self.indirect  # this buffer only
+            try:
+                return self.add_sgs(out, inb, token)
+            finally:
+                self.indirect = was
+        nout, last = len(out), total - 1
+        entries = b"".join(
+            DESC.pack(addr, length,
+                      (VRING_DESC_F_WRITE if i >= nout else 0) | (VRING_DESC_F_NEXT if i < last else 0),
+                      i + 1)
+            for i, (addr, length) in enumerate(out + inb)
+        )  # fmt: skip
+        mem = self.k.memory
+        mem.write(table, entries)
+        head = self.free.popleft()
+        mem.write(self.desc + _DESC_SIZE * head,
+                  DESC.pack(table, len(entries), VRING_DESC_F_INDIRECT, 0))  # fmt: skip
+        self.data[head] = (token, [head])
+        self.tables[head] = table
+        shadow = self.avail_idx_shadow
+        mem.write_u16(self._avail_ring + 2 * (shadow % self.num), head)
+        self.avail_idx_shadow = shadow = (shadow + 1) & 0xFFFF
+        mem.write_u16(self._avail_idx, shadow)
         self.num_added += 1
         return 0
 
@@ -202,6 +249,10 @@ class VringVirtqueue(Virtqueue):
             self.broken = True  # the device returned a buffer we never gave it
             return None
         self.free.extend(got[1])
+        if self.tables:
+            table = self.tables.pop(head, 0)
+            if table:
+                self.k.pages.free(table)  # detach_buf_split: the indirect table, kfree'd
         self.last_used_idx = last = (last + 1) & 0xFFFF
         if self.event_idx:
             a = self._used_event
@@ -219,6 +270,9 @@ class VringVirtqueue(Virtqueue):
         head = next(iter(self.data))
         token, descs = self.data.pop(head)
         self.free.extend(descs)
+        table = self.tables.pop(head, 0)
+        if table:
+            self.k.pages.free(table)
         return token
 
     def enable_cb(self) -> bool:
@@ -272,8 +326,8 @@ class PackedVringVirtqueue(Virtqueue):
         indirect: bool = False,
     ) -> None:
         super().__init__(k, index, num, name, callback, notify, event_idx)
-        # vq->indirect: VIRTIO_RING_F_INDIRECT_DESC and no per-buffer context (virtio_net's RX
-        # queues have one; the model posts RX buffers as one segment, which never goes indirect).
+        # vq->indirect: VIRTIO_RING_F_INDIRECT_DESC and no per-buffer context (virtio_net gives
+        # its RX queues one only with mergeable buffers: virtnet_find_vqs clears it there).
         self.indirect = indirect
         ring_bytes = num * ring.PACKED_DESC_SIZE
         self.desc = k.pages.alloc(ring_bytes)
