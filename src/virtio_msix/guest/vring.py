@@ -50,6 +50,7 @@ class Virtqueue:
         callback: Callable[[Any], None] | None,
         notify: Callable[[Any], bool],
         event_idx: bool,
+        indirect: bool = False,
     ) -> None:
         self.k = k
         self.index = index
@@ -58,6 +59,9 @@ class Virtqueue:
         self.callback = callback
         self.notify = notify
         self.event_idx = event_idx  # vq->event: VIRTIO_RING_F_EVENT_IDX negotiated
+        # vq->indirect: VIRTIO_RING_F_INDIRECT_DESC and no per-buffer context (virtio_net gives
+        # its receive queues one unless they post big buffers: virtnet_find_vqs clears it).
+        self.indirect = indirect
         self.broken = False
         self.num_added = 0
         self.priv: int = 0  # notify address
@@ -84,10 +88,7 @@ class VringVirtqueue(Virtqueue):
         vring_align: int = SMP_CACHE_BYTES,
         indirect: bool = False,
     ) -> None:
-        super().__init__(k, index, num, name, callback, notify, event_idx)
-        # vq->indirect: VIRTIO_RING_F_INDIRECT_DESC and no per-buffer context (virtio_net gives
-        # its RX queues one only with mergeable buffers: big buffers go indirect).
-        self.indirect = indirect
+        super().__init__(k, index, num, name, callback, notify, event_idx, indirect)
         # vring_align: where the used ring starts (modern: a cache line; legacy: 4096, the
         # layout the device derives from the PFN alone).
         size = vring_size(num, vring_align)
@@ -118,13 +119,21 @@ class VringVirtqueue(Virtqueue):
     def add_sgs(self, out: list[tuple[int, int]], inb: list[tuple[int, int]], token: Any) -> int:
         total = len(out) + len(inb)
         free = self.free
-        if total > 1 and self.indirect and free:  # virtqueue_use_indirect
-            return self._add_indirect(out, inb, token)
-        if total == 0 or total > len(free):
+        # virtqueue_use_indirect; a table that cannot be allocated falls back to a direct
+        # chain, as Linux's alloc_indirect_split failing does.
+        table = self._indirect_table(out, inb) if total > 1 and self.indirect and free else 0
+        if not table and (total == 0 or total > len(free)):
             return -ENOSPC
         mem = self.k.memory
         buf, size, base = mem.buf, mem.size, self.desc
-        if total == 1:
+        if table:
+            # One ring descriptor pointing at the table (virtqueue_add_desc_split, INDIRECT).
+            head = free.popleft()
+            mem.write(base + _DESC_SIZE * head,
+                      DESC.pack(table, total * _DESC_SIZE, VRING_DESC_F_INDIRECT, 0))  # fmt: skip
+            descs = [head]
+            self.tables[head] = table
+        elif total == 1:
             # One segment (a TX skb with its header in front, a mergeable RX buffer): the
             # loop below without its lists; the same descriptor, written the same way.
             head = free.popleft()
@@ -162,43 +171,23 @@ class VringVirtqueue(Virtqueue):
         self.num_added += 1
         return 0
 
-    def _add_indirect(self, out: list[tuple[int, int]], inb: list[tuple[int, int]],
-                      token: Any) -> int:  # fmt: skip
-        """virtqueue_add_split with an indirect table (alloc_indirect_split): the segments in a
-        table of their own, chained with NEXT (each entry's next is its index + 1, as the
-        allocation leaves it, the last one's too), and one ring descriptor with INDIRECT
-        pointing at it. A failed allocation falls back to a direct chain, as Linux's does."""
+    def _indirect_table(self, out: list[tuple[int, int]], inb: list[tuple[int, int]]) -> int:
+        """alloc_indirect_split and the loop that fills it: the segments in a table of their
+        own, chained with NEXT (each entry's next is its index + 1, as the allocation leaves
+        it, the last one's too); its address, or 0 when it cannot be allocated."""
         total = len(out) + len(inb)
         try:
             table = self.k.pages.alloc(total * _DESC_SIZE, align=_DESC_SIZE)
         except MemoryError:
-            table = 0
-        if not table:
-            self.indirect, was = False, self.indirect  # this buffer only
-            try:
-                return self.add_sgs(out, inb, token)
-            finally:
-                self.indirect = was
+            return 0
         nout, last = len(out), total - 1
-        entries = b"".join(
+        self.k.memory.write(table, b"".join(
             DESC.pack(addr, length,
                       (VRING_DESC_F_WRITE if i >= nout else 0) | (VRING_DESC_F_NEXT if i < last else 0),
                       i + 1)
             for i, (addr, length) in enumerate(out + inb)
-        )  # fmt: skip
-        mem = self.k.memory
-        mem.write(table, entries)
-        head = self.free.popleft()
-        mem.write(self.desc + _DESC_SIZE * head,
-                  DESC.pack(table, len(entries), VRING_DESC_F_INDIRECT, 0))  # fmt: skip
-        self.data[head] = (token, [head])
-        self.tables[head] = table
-        shadow = self.avail_idx_shadow
-        mem.write_u16(self._avail_ring + 2 * (shadow % self.num), head)
-        self.avail_idx_shadow = shadow = (shadow + 1) & 0xFFFF
-        mem.write_u16(self._avail_idx, shadow)
-        self.num_added += 1
-        return 0
+        ))  # fmt: skip
+        return table
 
     def kick_prepare(self) -> bool:
         mem = self.k.memory
@@ -325,10 +314,7 @@ class PackedVringVirtqueue(Virtqueue):
         event_idx: bool,
         indirect: bool = False,
     ) -> None:
-        super().__init__(k, index, num, name, callback, notify, event_idx)
-        # vq->indirect: VIRTIO_RING_F_INDIRECT_DESC and no per-buffer context (virtio_net gives
-        # its RX queues one only with mergeable buffers: virtnet_find_vqs clears it there).
-        self.indirect = indirect
+        super().__init__(k, index, num, name, callback, notify, event_idx, indirect)
         ring_bytes = num * ring.PACKED_DESC_SIZE
         self.desc = k.pages.alloc(ring_bytes)
         k.memory.write(self.desc, bytes(ring_bytes))
