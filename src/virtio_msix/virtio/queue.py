@@ -487,7 +487,7 @@ class VirtQueue:
         ):  # fmt: skip
             head = _U16.unpack_from(snap.ring, 2 * slot)[0]  # snap.head(slot)
             walked: Memory = snap
-            table, off, limit = snap.table, DESC_SIZE * head, len(snap.table)
+            table, off, limit = snap.data, DESC_SIZE * head, len(snap.data)
         else:
             a = self.avail_addr + _AVAIL_RING + 2 * slot
             if type(mem) is GuestMemory and 0 <= a and a + 2 <= mem.size:
@@ -654,7 +654,7 @@ class _TableCopy:
         self.mem.write(addr, data)
 
 
-class _RingSnapshot:
+class _RingSnapshot(_TableCopy):
     """The avail ring and the descriptor table, each read whole when the avail index is read
     (one read each instead of one per head and per descriptor). The driver wrote every
     descriptor and ring entry of a chain before publishing the avail index (§2.7.13), and may
@@ -665,20 +665,18 @@ class _RingSnapshot:
     def __init__(self, q: VirtQueue, mem: Memory) -> None:
         self.key = (q.desc_addr, q.avail_addr, q.size)
         self.avail_addr, self.qsize = q.avail_addr, q.size  # key's parts, for VirtQueue.pop
-        self.mem = mem
-        self.size = mem.size
-        self.base = q.desc_addr
         self.ring: bytes | None = None
-        self.table = b""
         try:
             self.ring = mem.read(q.avail_addr + ring.AVAIL_RING, 2 * q.size)
         except GuestMemoryError:
             pass  # read entry by entry (and fail where the walk would)
         n = min(DESC_SIZE * q.size, max(0, mem.size - q.desc_addr))
+        table = b""
         try:
-            self.table = mem.read(q.desc_addr, n) if n else b""
+            table = mem.read(q.desc_addr, n) if n else b""
         except GuestMemoryError:
             pass
+        super().__init__(mem, q.desc_addr, table)  # the table: data at desc_addr
 
     def valid_for(self, q: VirtQueue) -> bool:
         return self.ring is not None and self.key == (q.desc_addr, q.avail_addr, q.size)
@@ -686,12 +684,3 @@ class _RingSnapshot:
     def head(self, slot: int) -> int:
         assert self.ring is not None
         return self.ring[2 * slot] | self.ring[2 * slot + 1] << 8
-
-    def read(self, addr: int, length: int) -> bytes:
-        off = addr - self.base
-        if 0 <= off and off + length <= len(self.table):
-            return self.table[off : off + length]
-        return self.mem.read(addr, length)
-
-    def write(self, addr: int, data: bytes) -> None:
-        self.mem.write(addr, data)
