@@ -88,10 +88,12 @@ def process_table() -> dict[int, tuple[int, str]]:
     return {pid: (int(fields[1]), fields[0]) for pid, fields in proc_stats() if len(fields) > 1}
 
 
-def descendants(root: int, skip: set[int] | frozenset[int] = frozenset()) -> dict[int, str]:
+def descendants(root: int, skip: set[int] | frozenset[int] = frozenset(),
+                table: dict[int, tuple[int, str]] | None = None) -> dict[int, str]:  # fmt: skip
     """The processes below ``root`` (children, theirs, ...) → state letter, leaving out the
-    subtrees of the pids in ``skip``."""
-    table = process_table()
+    subtrees of the pids in ``skip``; from ``table`` (``process_table()``) if given."""
+    if table is None:
+        table = process_table()
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in table.items():
         children.setdefault(ppid, []).append(pid)
@@ -131,17 +133,19 @@ class Subreaper:
                 if state != "Z":
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
+            table = process_table()  # after the kills: who is our child now
             for pid in found:
-                if pid not in waited_by_others and process_table().get(pid, (0, ""))[0] == me:
+                if pid not in waited_by_others and table.get(pid, (0, ""))[0] == me:
                     with contextlib.suppress(ChildProcessError):
                         os.waitpid(pid, os.WNOHANG)
-            left = descendants(me, frozenset(skip))
+            table = process_table()
+            left = descendants(me, frozenset(skip), table)
             alive = [p for p, st in left.items() if st != "Z" and p not in waited_by_others]
             # A process killed above may become a zombie only after the waitpid: one that is
             # our child is waited for on the next round, not left behind (seen: a test found
             # the escaped process still a zombie of ours after the boot had returned).
             ours = [p for p, st in left.items() if st == "Z" and p not in waited_by_others
-                    and process_table().get(p, (0, ""))[0] == me]  # fmt: skip
+                    and table[p][0] == me]  # fmt: skip
             if (not alive and not ours) or time.monotonic() > end:
                 return alive
             time.sleep(0.01)
