@@ -44,8 +44,15 @@ def test_memory_dir_falls_back_when_no_tmpfs_has_room(tmp_path, monkeypatch):
         assert uml_kernel.memory_dir(too_big, fallback) == fallback
 
 
-def test_tmpfs_mount_reads_only_tmpfs_mount_points():
-    assert uml_kernel._tmpfs_mount("/") is None or Path("/").is_dir()
+@pytest.mark.parametrize("path", ["/", "/dev/shm", "/proc"])
+def test_tmpfs_mount_agrees_with_statfs(path):
+    # coreutils' stat reads the file system type with statfs(2), not /proc/self/mounts
+    fstype = subprocess.run(["stat", "-f", "-c", "%T", path], capture_output=True,
+                            text=True, check=True).stdout.strip()  # fmt: skip
+    assert (uml_kernel._tmpfs_mount(path) is not None) == (fstype == "tmpfs"), fstype
+
+
+def test_tmpfs_mount_of_a_path_that_is_no_mount_point():
     assert uml_kernel._tmpfs_mount("/no/such/mount") is None
 
 
