@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -85,6 +86,23 @@ def test_reads_are_followed_by_polling_the_cmd_queue(boots):
     assert res.loop["polled"] <= stats.cfg_reads + stats.cfg_writes + stats.mmio_reads + \
         stats.mmio_writes
 
+
+
+def test_the_kernels_memory_is_a_sealed_memfd_and_is_mapped(boots):
+    """patches/*/uml-sealed-memfd.patch: UML's memory file is a memfd sealed against shrinking,
+    so our device maps it (vhost_user.unmappable) instead of a pread/pwrite per ring access.
+    A host whose vm.memfd_noexec forbids an executable memfd gives UML its old temporary file:
+    then the region is read with pread, and the reason says so."""
+    res = boots["default"]
+    assert res.error is None, res.error
+    vu = res.vhost.summary()
+    noexec = Path("/proc/sys/vm/memfd_noexec")
+    if noexec.is_file() and noexec.read_text().strip() == "2":
+        assert vu["memory_regions_mapped"] == 0 and vu["memory_not_mapped"], vu
+        return
+    assert vu["memory_regions_mapped"] >= 1 and vu["memory_not_mapped"] == [], vu
+    # Kicks are watched edge-triggered and never read (BootSession._loop), and still seen.
+    assert res.loop["kicks"] > 0, res.loop
 
 def test_two_vectors_share_one_for_the_queues(boots):
     res = boots["vectors2"]

@@ -26,9 +26,10 @@ def test_versions_and_default():
 def test_each_version_has_its_patches_with_a_header_saying_why(version):
     patches = uml_kernel.kernel_version(version).patches
     # 6.12 has virt-pci's reply wait as a boot parameter (virt_pci.max_delay_us); 6.1 patches it.
-    expected = {"6.1": ["uml-host-xstate-size.patch", "virt-pci-intx-chip.patch",
-                        "virt-pci-reply-wait.patch"],
-                "6.12": ["uml-host-xstate-size.patch", "virt-pci-intx-chip.patch"]}  # fmt: skip
+    expected = {"6.1": ["uml-host-xstate-size.patch", "uml-sealed-memfd.patch",
+                        "virt-pci-intx-chip.patch", "virt-pci-reply-wait.patch"],
+                "6.12": ["uml-host-xstate-size.patch", "uml-sealed-memfd.patch",
+                         "virt-pci-intx-chip.patch"]}  # fmt: skip
     assert [p.name for p in patches] == expected[version]
     for p in patches:
         text = p.read_text()

@@ -41,6 +41,7 @@ from __future__ import annotations
 import array
 import contextlib
 import fcntl
+import mmap
 import os
 import select
 import signal as signals
@@ -53,7 +54,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 
-from ..virtio.memory import GuestMemoryError
+from ..virtio.memory import GuestMemoryError, Windowed, windowed
 from ..virtio.queue import VirtQueue
 
 
@@ -268,22 +269,72 @@ class MemRegion:
     user_addr: int
     file_offset: int
     fd: int
+    mapping: mmap.mmap | None = None  # the region mapped (mappable(): only a sealed memfd)
 
 
-class SharedMemory:
-    """The peer's memory, read and written through its file descriptors; addressed by
-    guest-physical address (UML gives guest_addr == user_addr). Same interface as
-    ``virtio.memory.GuestMemory``. Owns the descriptors of its regions."""
+TMPFS_MAGIC = 0x01021994  # statfs(2) f_type of shmem: tmpfs and memfd_create's files
+_STATFS_BYTES = 120  # sizeof(struct statfs) on x86-64
+
+
+def _fs_type(fd: int) -> int | None:
+    """The f_type of the file system ``fd`` lives on (fstatfs(2)); None if it cannot be read.
+    Python's os.fstatvfs does not report it."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(_STATFS_BYTES)
+    if libc.fstatfs(fd, buf) != 0:
+        return None
+    return int(struct.unpack_from("<q", buf.raw)[0])
+
+
+def unmappable(fd: int, offset: int, size: int) -> str | None:
+    """Why the region [offset, +size) of ``fd`` must not be mapped, or None if it may be.
+
+    An access to a shared mapping past its file's end is SIGBUS, which kills the process, and
+    the front-end holds the same file and may truncate it at any time. Only a memfd sealed
+    against shrinking (F_SEAL_SHRINK: memfd_create(2), fcntl(2) "File Sealing") cannot be
+    truncated, and only shmem's (not hugetlbfs', whose faults SIGBUS when the huge-page pool
+    runs out; memfd_create's files live on an internal shmem mount without a size limit)."""
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:
+        return "not a memfd (F_GET_SEALS refused)"
+    if not seals & fcntl.F_SEAL_SHRINK:
+        return "a memfd not sealed against shrinking (F_SEAL_SHRINK)"
+    if _fs_type(fd) != TMPFS_MAGIC:
+        return "not a shmem memfd (hugetlbfs, or its file system unknown)"
+    if offset % mmap.ALLOCATIONGRANULARITY:
+        return f"its file offset {offset:#x} is not page-aligned"
+    if offset + size > os.fstat(fd).st_size:  # add() checked it; sealed, it stays so
+        return "it extends past the end of its file"
+    return None
+
+
+@windowed
+class SharedMemory(Windowed):
+    """The peer's memory, addressed by guest-physical address (UML gives guest_addr ==
+    user_addr). Same interface as ``virtio.memory.GuestMemory``. Owns the descriptors of its
+    regions.
+
+    A region whose file is a sealed memfd (``unmappable`` says why only that) is mapped, and
+    the largest such region is the window the ring code reads in place; every other region is
+    read and written with pread/pwrite, whole buffers or ring areas per call (issue 8: a
+    mapping of a file the peer can truncate could SIGBUS). ``mapped`` counts the regions
+    mapped so far; ``unmapped_why`` keeps why others were not (the last few)."""
 
     def __init__(self) -> None:
         self.regions: list[MemRegion] = []
         self.size = 0
+        self.mapped = 0
+        self.unmapped_why: list[str] = []
         self._last: MemRegion | None = None  # the region the last access hit
         # That region as plain numbers, for the per-access fast path (UML shares one region,
-        # so almost every ring and buffer access is one comparison and one pread/pwrite):
-        # [lo, hi) guest-physical, its fd, and file offset minus guest address.
+        # so almost every ring and buffer access is one comparison and one copy or system
+        # call): [lo, hi) guest-physical, its fd and mapping, and file offset minus address.
         self._lo = self._hi = 0
         self._fd = -1
+        self._map: mmap.mmap | None = None
         self._delta = 0
 
     def add(self, guest_addr: int, size: int, user_addr: int, mmap_offset: int, fd: int) -> None:
@@ -300,44 +351,74 @@ class SharedMemory:
                 f"[{mmap_offset:#x}, +{size:#x}) extends past the end of its file "
                 f"({file_size:#x} bytes)"
             )
-        self.regions.append(MemRegion(guest_addr, size, user_addr, mmap_offset, fd))
+        region = MemRegion(guest_addr, size, user_addr, mmap_offset, fd)
+        why = unmappable(fd, mmap_offset, size)
+        if why is None:
+            try:
+                region.mapping = mmap.mmap(fd, size, mmap.MAP_SHARED,
+                                           mmap.PROT_READ | mmap.PROT_WRITE, offset=mmap_offset)  # fmt: skip
+            except (OSError, ValueError, OverflowError) as e:  # e.g. a read-only descriptor
+                why = f"mmap: {e}"
+        if why is None:
+            self.mapped += 1
+        else:
+            self.unmapped_why.append(f"[{guest_addr:#x}, +{size:#x}): {why}")
+            del self.unmapped_why[:-MAX_ERRORS_KEPT]
+        self.regions.append(region)
         self.size = max(self.size, guest_addr + size)
+        window = max((r for r in self.regions if r.mapping is not None), key=lambda r: r.size,
+                     default=None)  # fmt: skip
+        if window is not None:
+            self.buf, self.lo, self.hi = (window.mapping, window.guest_addr,
+                                          window.guest_addr + window.size)
 
     def close(self) -> None:
+        for r in self.regions:
+            if r.mapping is not None:
+                r.mapping.close()  # nothing keeps a view of it: slices are copies
+                r.mapping = None
         close_fds([r.fd for r in self.regions])
         self.regions.clear()
         self.size = 0
-        self._last = None
+        self.buf, self.lo, self.hi = None, 0, 0
+        self._last = self._map = None
         self._lo = self._hi = self._delta = 0
         self._fd = -1
 
-    def _find(self, addr: int, length: int) -> tuple[int, int]:
+    def _find(self, addr: int, length: int) -> MemRegion:
         if addr < 0 or length < 0:
             raise GuestMemoryError(f"DMA [{addr:#x}, +{length:#x}) is negative")
         r = self._last
         if r is not None and r.guest_addr <= addr and addr + length <= r.guest_addr + r.size:
-            return r.fd, r.file_offset + addr - r.guest_addr  # UML shares one region
+            return r  # UML shares one region
         for r in self.regions:
             if r.guest_addr <= addr and addr + length <= r.guest_addr + r.size:
                 self._last = r
                 self._lo, self._hi, self._fd = r.guest_addr, r.guest_addr + r.size, r.fd
-                self._delta = r.file_offset - r.guest_addr
-                return r.fd, r.file_offset + addr - r.guest_addr
+                self._map = r.mapping
+                # mapped: the index into the mapping; else the file offset (for pread)
+                self._delta = -r.guest_addr if r.mapping is not None else r.file_offset - r.guest_addr
+                return r
         raise GuestMemoryError(f"DMA [{addr:#x}, +{length:#x}) outside the peer's shared memory")
 
     def read(self, addr: int, length: int) -> bytes:
-        # pread, not a mapping (issue 8): UML's memory file is an unlinked temporary file, not
-        # a sealed memfd, so F_SEAL_SHRINK cannot be checked and a mapping could SIGBUS. The
-        # cost is kept down by reading a whole ring area or buffer per call, not per field.
         if self._lo <= addr and addr + length <= self._hi and length >= 0:
             # The region of the last access: no lookup (the common case, one region).
+            m = self._map
+            if m is not None:
+                a = addr + self._delta
+                return m[a : a + length]
             try:
                 data = os.pread(self._fd, length, addr + self._delta)
             except OSError:
                 data = b""
             if len(data) == length:
                 return data
-        fd, off = self._find(addr, length)
+        r = self._find(addr, length)
+        if r.mapping is not None:
+            a = addr - r.guest_addr
+            return r.mapping[a : a + length]
+        fd, off = r.fd, r.file_offset + addr - r.guest_addr
         try:
             data = os.pread(fd, length, off)  # whole at once, almost always
         except OSError:
@@ -363,16 +444,26 @@ class SharedMemory:
     def write(self, addr: int, data: bytes) -> None:
         length = len(data)
         if self._lo <= addr and addr + length <= self._hi:
+            m = self._map
+            if m is not None:
+                a = addr + self._delta
+                m[a : a + length] = data
+                return
             try:
                 if os.pwrite(self._fd, data, addr + self._delta) == length:
                     return  # whole at once, almost always
             except OSError:
                 pass  # retried below, where the error is reported
-        fd, off = self._find(addr, length)
+        r = self._find(addr, length)
+        if r.mapping is not None:
+            a = addr - r.guest_addr
+            r.mapping[a : a + length] = data
+            return
+        off = r.file_offset + addr - r.guest_addr
         view = memoryview(data)
         while view:
             try:
-                n = os.pwrite(fd, view, off)
+                n = os.pwrite(r.fd, view, off)
             except InterruptedError:
                 continue
             except OSError as e:
@@ -750,7 +841,9 @@ class VhostUserBackend:
         return U64.unpack(data)[0]
 
     def summary(self) -> dict[str, object]:
-        return dict(vars(self.stats), last_errors=list(self.errors))
+        return dict(vars(self.stats), last_errors=list(self.errors),
+                    memory_regions_mapped=self.memory.mapped,
+                    memory_not_mapped=list(self.memory.unmapped_why))  # fmt: skip
 
     def close(self) -> None:
         for vr in self.vrings:

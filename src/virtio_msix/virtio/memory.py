@@ -1,17 +1,24 @@
 """Guest memory as the device sees it: DMA reads and writes by guest-physical address.
 
-The simulator uses a bytearray; the UML host maps the kernel's memory file descriptors and
-provides an object with the same three members. Every access is bounds-checked: a guest may put
-any address in a descriptor, and that must become a device error, never an exception elsewhere.
+The simulator uses an anonymous mapping; the UML host reads and writes the kernel's memory file
+descriptors (mapping the one it can map safely) and provides an object with the same members.
+Every access is bounds-checked: a guest may put any address in a descriptor, and that must become
+a device error, never an exception elsewhere.
+
+A memory whose class derives from ``Windowed`` has a window of plain bytes, ``buf``, holding the
+guest-physical range [lo, hi) at ``buf[addr - lo]``: the ring code reads and writes indexes and
+descriptors there in place (``struct.unpack_from``), without a call per field; an access outside
+the window (or any access to another memory) goes through ``read``/``write``.
 """
 
 from __future__ import annotations
 
 import mmap
 import struct
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 _U16 = struct.Struct("<H")
+_W = TypeVar("_W", bound="Windowed")
 
 
 class GuestMemoryError(Exception):
@@ -26,8 +33,30 @@ class Memory(Protocol):
     def write(self, addr: int, data: bytes) -> None: ...
 
 
-class GuestMemory:
-    """Flat guest-physical memory starting at address 0.
+class Windowed:
+    """A memory with a window of plain bytes (the module's docstring); lo == hi: none now."""
+
+    buf: mmap.mmap | bytearray | None = None
+    lo = 0
+    hi = 0
+
+
+# The classes whose instances the ring code reads in place: ``type(mem) in WINDOWED`` is the
+# hot paths' test (a set lookup, cheaper than isinstance). Exact classes, registered with
+# ``windowed``: a subclass that overrides read/write (a test's counting memory) must see every
+# access, so it is not in the set unless it says so.
+WINDOWED: set[type] = set()
+
+
+def windowed(cls: type[_W]) -> type[_W]:
+    """Class decorator: ``cls``'s instances have a window the ring code may use in place."""
+    WINDOWED.add(cls)
+    return cls
+
+
+@windowed
+class GuestMemory(Windowed):
+    """Flat guest-physical memory starting at address 0: all of it is the window.
 
     The bytes are an anonymous mapping (zero pages the host kernel provides on first touch: a
     64 MiB guest costs nothing until used): a slice of it is the bytes read (one copy), and
@@ -38,6 +67,7 @@ class GuestMemory:
         self.buf: mmap.mmap | bytearray = mmap.mmap(-1, size) if size > 0 else bytearray(0)
         self._view = memoryview(self.buf)
         self._small = size <= 0  # no mapping (a bytearray: its slice is not bytes)
+        self.lo, self.hi = 0, max(size, 0)
 
     def _check(self, addr: int, length: int) -> None:
         if addr < 0 or length < 0 or addr + length > self.size:

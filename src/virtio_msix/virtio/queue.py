@@ -28,7 +28,7 @@ from ..abi.ring import (
 )
 from ..abi.ring import USED_ELEM as _USED_ELEM
 from ..abi.virtio import VIRTIO_MSI_NO_VECTOR as NO_VECTOR
-from .memory import GuestMemory, GuestMemoryError, Memory
+from .memory import WINDOWED, GuestMemoryError, Memory
 
 if TYPE_CHECKING:
     from .packed import PackedRing
@@ -218,8 +218,8 @@ def walk_chain(
         raise VirtqueueError(f"{where}: head {head} ≥ queue size {table_size}")
     # The common chain, one plain descriptor, checked as the loop below would check it.
     a = table + DESC_SIZE * head
-    if type(mem) is GuestMemory and 0 <= a and a + DESC_SIZE <= mem.size:
-        addr, length, flags, nxt = _DESC.unpack_from(mem.buf, a)  # in place, bounds checked
+    if type(mem) in WINDOWED and mem.lo <= a and a + DESC_SIZE <= mem.hi:
+        addr, length, flags, nxt = _DESC.unpack_from(mem.buf, a - mem.lo)  # in place, checked
     else:
         try:
             addr, length, flags, nxt = _DESC.unpack(mem.read(a, DESC_SIZE))
@@ -357,20 +357,21 @@ class VirtQueue:
         self._packed = self._new_packed()
 
     # -- raw ring access -------------------------------------------------------------------------
-    # GuestMemory (the simulator's) is read and written in place after the same bounds test
-    # it makes itself; an access outside it, and other memories (a vhost-user peer's shared
-    # regions, a counting test memory), go through read/write and their errors.
+    # A memory's window (memory.Windowed: the simulator's memory, a vhost-user peer's mapped
+    # region) is read and written in place after the same bounds test the memory makes
+    # itself; an access outside it, and other memories (a peer's region read with pread, a
+    # counting test memory), go through read/write and their errors.
     def _u16(self, mem: Memory, addr: int) -> int:
-        if type(mem) is GuestMemory and 0 <= addr and addr + 2 <= mem.size:
-            return _U16.unpack_from(mem.buf, addr)[0]
+        if type(mem) in WINDOWED and mem.lo <= addr and addr + 2 <= mem.hi:
+            return _U16.unpack_from(mem.buf, addr - mem.lo)[0]
         try:
             return int.from_bytes(mem.read(addr, 2), "little")
         except GuestMemoryError as e:
             raise VirtqueueError(f"queue {self.index}: {e}") from None
 
     def _w16(self, mem: Memory, addr: int, value: int) -> None:
-        if type(mem) is GuestMemory and 0 <= addr and addr + 2 <= mem.size:
-            _U16.pack_into(mem.buf, addr, value & 0xFFFF)
+        if type(mem) in WINDOWED and mem.lo <= addr and addr + 2 <= mem.hi:
+            _U16.pack_into(mem.buf, addr - mem.lo, value & 0xFFFF)
             return
         try:
             mem.write(addr, (value & 0xFFFF).to_bytes(2, "little"))
@@ -421,8 +422,8 @@ class VirtQueue:
         if not self.event_idx or due is None or due == self._avail_event:
             return False
         a = self.used_addr + _USED_RING + USED_ELEM_SIZE * self.size  # ring.avail_event(size)
-        if type(mem) is GuestMemory and 0 <= a and a + 2 <= mem.size:
-            _U16.pack_into(mem.buf, a, due)  # _w16, in place
+        if type(mem) in WINDOWED and mem.lo <= a and a + 2 <= mem.hi:
+            _U16.pack_into(mem.buf, a - mem.lo, due)  # _w16, in place
         else:
             self._w16(mem, a, due)
         self._avail_event = due
@@ -447,8 +448,8 @@ class VirtQueue:
             return None
         if not self.shadow_pending:
             a = self.avail_addr + _AVAIL_IDX
-            if type(mem) is GuestMemory and 0 <= a and a + 2 <= mem.size:
-                avail = _U16.unpack_from(mem.buf, a)[0]  # in place: the common case
+            if type(mem) in WINDOWED and mem.lo <= a and a + 2 <= mem.hi:
+                avail = _U16.unpack_from(mem.buf, a - mem.lo)[0]  # in place: the common case
             else:
                 avail = self._u16(mem, a)
             pending = (avail - self.last_avail_idx) & 0xFFFF
@@ -456,8 +457,8 @@ class VirtQueue:
                 if not self._write_avail_event(mem):
                     return None
                 # what came while the old avail_event stood (avail_idx(mem), in place)
-                if type(mem) is GuestMemory and 0 <= a and a + 2 <= mem.size:
-                    avail = _U16.unpack_from(mem.buf, a)[0]
+                if type(mem) in WINDOWED and mem.lo <= a and a + 2 <= mem.hi:
+                    avail = _U16.unpack_from(mem.buf, a - mem.lo)[0]
                 else:
                     avail = self._u16(mem, a)
                 pending = (avail - self.last_avail_idx) & 0xFFFF
@@ -476,8 +477,8 @@ class VirtQueue:
         snap = self._snap
         desc_addr = self.desc_addr
         # Where the head's descriptor is read from: the burst's copy of the table, or the
-        # simulator's memory in place (the bounds tests below are walk_chain's and
-        # GuestMemory's); None: through walk_chain's reads.
+        # memory's window in place (the bounds tests below are walk_chain's and the
+        # memory's); None: through walk_chain's reads.
         table: bytes | bytearray | mmap.mmap | None = None
         off = limit = 0  # the head descriptor's offset in ``table``, and the bytes it has
         # snap.valid_for(self), inline
@@ -490,9 +491,10 @@ class VirtQueue:
             table, off, limit = snap.data, DESC_SIZE * head, len(snap.data)
         else:
             a = self.avail_addr + _AVAIL_RING + 2 * slot
-            if type(mem) is GuestMemory and 0 <= a and a + 2 <= mem.size:
-                head = _U16.unpack_from(mem.buf, a)[0]
-                table, off, limit = mem.buf, desc_addr + DESC_SIZE * head, mem.size
+            if type(mem) in WINDOWED and mem.lo <= a and a + 2 <= mem.hi:
+                head = _U16.unpack_from(mem.buf, a - mem.lo)[0]
+                lo = mem.lo
+                table, off, limit = mem.buf, desc_addr + DESC_SIZE * head - lo, mem.hi - lo
             else:
                 head = self._u16(mem, a)
             walked = mem
@@ -585,19 +587,20 @@ class VirtQueue:
         if data:
             a = self.used_addr + _USED_RING + USED_ELEM_SIZE * self._used_first
             if (
-                type(mem) is GuestMemory and 0 <= a and a + len(data) <= mem.size
+                type(mem) in WINDOWED and mem.lo <= a and a + len(data) <= mem.hi
                 and self._used_first * USED_ELEM_SIZE + len(data) <= self.size * USED_ELEM_SIZE
             ):  # fmt: skip
                 # _write_used_elems' one-write case, in place: no wrap, inside memory.
                 self._used_elems = bytearray()
+                a -= mem.lo
                 mem.buf[a : a + len(data)] = data
             else:
                 self._write_used_elems(mem)
         used_idx = self.used_idx
         if self.published_used != used_idx:
             a = self.used_addr + _USED_IDX
-            if type(mem) is GuestMemory and 0 <= a and a + 2 <= mem.size:
-                _U16.pack_into(mem.buf, a, used_idx)  # _w16, in place
+            if type(mem) in WINDOWED and mem.lo <= a and a + 2 <= mem.hi:
+                _U16.pack_into(mem.buf, a - mem.lo, used_idx)  # _w16, in place
             else:
                 self._w16(mem, a, used_idx)
             self.published_used = used_idx
@@ -605,8 +608,8 @@ class VirtQueue:
         if due is not None and due != self._avail_event and self.event_idx:
             # _write_avail_event, inline (its tests are the three above)
             a = self.used_addr + _USED_RING + USED_ELEM_SIZE * self.size  # ring.avail_event
-            if type(mem) is GuestMemory and 0 <= a and a + 2 <= mem.size:
-                _U16.pack_into(mem.buf, a, due)
+            if type(mem) in WINDOWED and mem.lo <= a and a + 2 <= mem.hi:
+                _U16.pack_into(mem.buf, a - mem.lo, due)
             else:
                 self._w16(mem, a, due)
             self._avail_event = due
@@ -626,8 +629,8 @@ class VirtQueue:
         old, new = self.signalled_used, self.used_idx
         self.signalled_used, self.signalled_used_valid = new, True
         a = self.avail_addr + _AVAIL_RING + 2 * self.size  # used_event (§2.7.10)
-        if type(mem) is GuestMemory and 0 <= a and a + 2 <= mem.size:
-            event = _U16.unpack_from(mem.buf, a)[0]  # self.used_event(mem), in place
+        if type(mem) in WINDOWED and mem.lo <= a and a + 2 <= mem.hi:
+            event = _U16.unpack_from(mem.buf, a - mem.lo)[0]  # self.used_event(mem), in place
         else:
             event = self.used_event(mem)
         # Notify if used_event lies in (old, new] (vring_need_event).

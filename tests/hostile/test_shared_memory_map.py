@@ -1,0 +1,162 @@
+"""The peer's memory is mapped only when no truncation can make the mapping SIGBUS: a shmem memfd
+sealed against shrinking (vhost_user.unmappable). Every other file is read and written with
+pread/pwrite, as before; both ways give the same bytes, and the ring code reads a mapped
+region in place. No kernel needed."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+import struct
+
+import pytest
+
+from virtio_msix.abi.ring import VRING_DESC_F_WRITE
+from virtio_msix.uml.vhost_user import SharedMemory, unmappable
+from virtio_msix.virtio.memory import WINDOWED, GuestMemoryError
+from virtio_msix.virtio.queue import VirtQueue
+
+BASE = 0x6000_0000  # UML's memory sits at a high guest address (guest_addr == user_addr)
+SIZE = 1 << 20
+
+
+def sealed_memfd(size: int = SIZE, seals: int = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW) -> int:
+    fd = os.memfd_create("vmsix-test", os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, size)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    return fd
+
+
+def test_a_sealed_memfd_is_mapped_and_is_the_window():
+    mem = SharedMemory()
+    fd = sealed_memfd()
+    mem.add(BASE, SIZE - 0x1000, BASE, 0x1000, fd)
+    try:
+        assert mem.mapped == 1 and mem.unmapped_why == []
+        assert type(mem) in WINDOWED and (mem.lo, mem.hi) == (BASE, BASE + SIZE - 0x1000)
+        # The mapping is the peer's file: what we write is in it, what it writes we read.
+        mem.write(BASE + 0x10, b"device")
+        assert os.pread(fd, 6, 0x1000 + 0x10) == b"device"
+        os.pwrite(fd, b"driver", 0x1000 + 0x100)
+        assert mem.read(BASE + 0x100, 6) == b"driver"
+        assert mem.buf is not None and mem.buf[0x100:0x106] == b"driver"
+        # Outside the region (before it, past it, across its end) is a DMA error, not a crash.
+        for addr, n in ((BASE - 1, 2), (BASE + SIZE - 0x1000, 1), (BASE + SIZE - 0x1001, 2)):
+            with pytest.raises(GuestMemoryError):
+                mem.read(addr, n)
+            with pytest.raises(GuestMemoryError):
+                mem.write(addr, b"\0" * n)
+    finally:
+        mem.close()
+    assert mem.buf is None and mem.lo == mem.hi == 0
+    with pytest.raises(GuestMemoryError):
+        mem.read(BASE, 1)
+
+
+def test_the_seal_is_what_makes_the_mapping_safe():
+    """The property relied on: a peer holding the same memfd cannot shrink it."""
+    fd = sealed_memfd()
+    try:
+        with pytest.raises(OSError) as e:
+            os.ftruncate(fd, 0)
+        assert e.value.errno == errno.EPERM
+    finally:
+        os.close(fd)
+
+
+def _unsealed_memfd() -> int:
+    fd = os.memfd_create("vmsix-test")  # no MFD_ALLOW_SEALING: F_SEAL_SEAL set at birth
+    os.ftruncate(fd, SIZE)
+    return fd
+
+
+def _sealable_but_unsealed() -> int:
+    fd = os.memfd_create("vmsix-test", os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, SIZE)
+    return fd
+
+
+def _grow_sealed_only() -> int:
+    return sealed_memfd(seals=fcntl.F_SEAL_GROW)
+
+
+def _tmp_file(tmp_path) -> int:
+    fd = os.open(tmp_path / "mem", os.O_RDWR | os.O_CREAT, 0o600)
+    os.ftruncate(fd, SIZE)
+    return fd
+
+
+def _read_only_sealed(tmp_path) -> int:
+    fd = sealed_memfd()
+    ro = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+    os.close(fd)
+    return ro
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda tmp: _unsealed_memfd(), "not sealed against shrinking"),
+        (lambda tmp: _sealable_but_unsealed(), "not sealed against shrinking"),
+        (lambda tmp: _grow_sealed_only(), "not sealed against shrinking"),
+        (_tmp_file, "not a memfd"),
+        (_read_only_sealed, "mmap:"),
+    ],
+    ids=["memfd", "sealable-memfd", "grow-seal-only", "tmp-file", "read-only-sealed"],
+)
+def test_other_files_are_read_with_pread_and_say_why(tmp_path, make, why):
+    fd = make(tmp_path)
+    mem = SharedMemory()
+    mem.add(BASE, SIZE, BASE, 0, fd)
+    try:
+        assert mem.mapped == 0 and len(mem.unmapped_why) == 1 and why in mem.unmapped_why[0]
+        assert mem.buf is None and mem.lo == mem.hi == 0  # no window: the ring code reads
+        assert mem.read(BASE + 8, 4) == b"\0" * 4
+        if why != "mmap:":  # a read-only descriptor cannot be written either way
+            mem.write(BASE + 8, b"abcd")
+            assert mem.read(BASE + 8, 4) == b"abcd"
+    finally:
+        mem.close()
+
+
+def test_an_unaligned_file_offset_is_not_mapped():
+    fd = sealed_memfd()
+    try:
+        assert "not page-aligned" in (unmappable(fd, 0x800, 0x1000) or "")
+        assert unmappable(fd, mmap.PAGESIZE, 0x1000) is None
+        assert "past the end" in (unmappable(fd, 0, SIZE + 1) or "")
+    finally:
+        os.close(fd)
+
+
+def _offer_chain(write, base: int) -> None:
+    """A ring at ``base`` (desc, avail, used: 16 entries) offering one write-only buffer."""
+    write(base + 0x000, struct.pack("<QIHH", base + 0x800, 64, VRING_DESC_F_WRITE, 0))
+    write(base + 0x100 + 4, struct.pack("<H", 0))  # avail ring[0] = head 0
+    write(base + 0x100 + 2, struct.pack("<H", 1))  # avail idx 1
+
+
+@pytest.mark.parametrize("sealed", [True, False], ids=["mapped", "pread"])
+def test_a_queue_over_the_peer_memory_pops_and_pushes_the_same_either_way(sealed):
+    fd = sealed_memfd() if sealed else _unsealed_memfd()
+    mem = SharedMemory()
+    mem.add(BASE, SIZE, BASE, 0, fd)
+    try:
+        assert mem.mapped == int(sealed)
+        q = VirtQueue(0, 16)
+        q.size, q.desc_addr, q.avail_addr, q.used_addr = 16, BASE, BASE + 0x100, BASE + 0x200
+        q.enabled = True
+        _offer_chain(mem.write, BASE)
+        elem = q.pop(mem)
+        assert elem is not None and elem.head == 0 and elem.writable == [(BASE + 0x800, 64)]
+        assert elem.write(mem, b"x" * 10) == 10
+        q.push(mem, elem, 10)
+        # The used element and index are in the file, whichever way they were written.
+        assert struct.unpack("<IIH", os.pread(fd, 10, 0x204)[:8] + os.pread(fd, 2, 0x202)) == (
+            0, 10, 1)  # fmt: skip
+        assert os.pread(fd, 10, 0x800) == b"x" * 10
+        assert q.pop(mem) is None
+    finally:
+        mem.close()
