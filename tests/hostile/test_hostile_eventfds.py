@@ -95,3 +95,36 @@ def test_the_last_guard_ends_a_read_that_blocks_anyway(backend, watchdog, monkey
         os.read(r, 8)
     os.close(r)
     os.close(w)
+
+
+def test_an_unread_kick_eventfd_wakes_an_edge_triggered_epoll_on_every_write():
+    """What the boot loop relies on (BootSession._loop): kick eventfds are watched with
+    EPOLLET and never read, so every write by the peer must be one event even though the count
+    is never drained, and nothing between writes. A host kernel that woke only on the count
+    going from zero would lose every kick after the first; this checks the one we run on."""
+    import select
+
+    efd = os.eventfd(0, os.EFD_NONBLOCK)
+    ep = select.epoll()
+    try:
+        ep.register(efd, select.EPOLLIN | select.EPOLLET)
+        assert ep.poll(0) == []
+        for n in range(1, 5):
+            os.eventfd_write(efd, 1)  # the peer's kick
+            assert ep.poll(0) == [(efd, select.EPOLLIN)], n
+            assert ep.poll(0) == []  # reported once, not again until the next write
+        # A peer that made the shared descriptor blocking changes nothing: we never read it.
+        make_blocking(efd)
+        os.eventfd_write(efd, 1)
+        assert ep.poll(0) == [(efd, select.EPOLLIN)]
+        assert os.eventfd_read(efd) == 5  # the count grew, unread
+    finally:
+        ep.close()
+        os.close(efd)
+
+
+def test_kicked_counts_kicks_on_stopped_rings_without_reading(backend):
+    vu, _a = backend
+    vu.kicked(0)  # no ring started yet
+    vu.kicked(99)  # out of range: ignored, not an IndexError
+    assert vu.stats.kicks_on_stopped_rings == 1

@@ -824,84 +824,110 @@ class BootSession:
         net = self.device.device
         rx_ready = getattr(net, "rx_ready", None)
         stdout_open = True
-        # What select watches besides the TAP changes only with the connection, the console
-        # closing or a vhost-user message (SET_VRING_KICK, GET_VRING_BASE): built again then,
-        # not on every pass.
+        # One epoll set, built again only when what it watches changes: the connection, the
+        # console closing, or a vhost-user message (SET_VRING_KICK, GET_VRING_BASE). It is
+        # rebuilt whole, not edited: a kick descriptor that vhost-user closed has its file
+        # description still open in the peer, and epoll would keep reporting it (under a number
+        # that may be reused) until removed, which a closed number no longer can be.
+        # Kick descriptors are watched edge-triggered and never read: an eventfd wakes its
+        # waiters on every write (eventfd_write), so each kick is one event, and draining it
+        # would cost three system calls (a peer can clear O_NONBLOCK on the shared descriptor;
+        # drain_kick says why it takes three). The count only grows; the peer's writes would
+        # block at 2^64 - 2 kicks, its own concern.
+        ep: select.epoll | None = None
         watch_key: tuple[Any, ...] | None = None
-        base: list[Any] = []
-        kicks: dict[int, int] = {}
-        while True:
-            self.loop.passes += 1
-            now = time.monotonic()
-            if now > deadline:
-                return f"timeout: the guest did not finish within {self.opts.timeout:.0f} s"
-            key = (conn, stdout_open, self.vhost, self.vhost.messages if self.vhost else 0)
-            if key != watch_key:
-                watch_key = key
-                base = [srv] if conn is None else [conn]
-                if stdout_open:
-                    base.append(out_fd)
-                kicks = {}
-                if self.vhost is not None:
-                    for i, vr in enumerate(self.vhost.vrings):
-                        if vr.kick_fd >= 0:
-                            kicks[vr.kick_fd] = i
-                            base.append(vr.kick_fd)
-            rl = base
-            # The TAP is watched only while the device can take a frame: before DRIVER_OK, or
-            # with no receive buffers posted, a readable TAP would wake every pass for nothing
-            # (the loop spun). The guest's RX kick, when it posts buffers, wakes us instead, and
-            # _service() then pulls what waits.
-            if tap_fd is not None and (rx_ready is None or rx_ready()):
-                rl = [*base, tap_fd]
-                self.loop.tap_watched += 1
-            elif hint:
-                self.netdev.readable = True  # not watched: nothing says it is empty
-            if not stdout_open and proc.poll() is not None:
-                if "done" in self.times:
-                    return None
-                return self._death_reason(proc, VhostUserError("no connection"))
-            # A queue left with work at its per-call bound is served on the next pass at once.
-            busy = getattr(self.device.device, "backlog", None) or (
-                self.host is not None and self.host.backlog)
-            wait = 0.0 if busy else 0.05
-            ready, _, _ = select.select(rl, [], [], wait)
-            for r in ready:
-                if r is srv:
-                    srv.setblocking(False)  # a connection that went away must not block us
-                    try:
-                        conn, _ = srv.accept()
-                    except (BlockingIOError, ConnectionAbortedError):
-                        continue
-                    self._connect(conn)
-                elif r is conn:
-                    assert self.vhost is not None
-                    try:
-                        self.vhost.handle_one()
-                    except VhostUserError as e:
-                        if proc.poll() is not None or "closed" in str(e):
-                            # The kernel went away (power-off closes the socket too).
-                            conn.close()
-                            conn = None
-                            self._drain(out_fd)
-                            if "done" in self.times:
-                                return None
-                            return self._death_reason(proc, e)
-                        raise
-                elif r == out_fd:
-                    stdout_open = self._drain(out_fd)
-                elif r in kicks:
-                    assert self.vhost is not None
-                    self.vhost.drain_kick(kicks[r])
-                    self.loop.kicks += 1
-                    if not self._kick_ns:
-                        self._kick_ns = time.perf_counter_ns()
-                elif r == tap_fd:
-                    if hint:
-                        self.netdev.readable = True
-                    if not self._kick_ns:
-                        self._kick_ns = time.perf_counter_ns()  # a frame for the guest
-            self._service()
+        what: dict[int, Any] = {}  # fd -> srv / conn / "console" / "tap" / a vring index
+        tap_watched = False
+        try:
+            while True:
+                self.loop.passes += 1
+                now = time.monotonic()
+                if now > deadline:
+                    return f"timeout: the guest did not finish within {self.opts.timeout:.0f} s"
+                key = (conn, stdout_open, self.vhost, self.vhost.messages if self.vhost else 0)
+                if key != watch_key:
+                    watch_key = key
+                    if ep is not None:
+                        ep.close()
+                    ep, what, tap_watched = select.epoll(), {}, False
+                    sock = srv if conn is None else conn
+                    ep.register(sock.fileno(), select.EPOLLIN)
+                    what[sock.fileno()] = sock
+                    if stdout_open:
+                        ep.register(out_fd, select.EPOLLIN)
+                        what[out_fd] = "console"
+                    if self.vhost is not None:
+                        for i, vr in enumerate(self.vhost.vrings):
+                            if vr.kick_fd >= 0 and vr.kick_fd not in what:
+                                ep.register(vr.kick_fd, select.EPOLLIN | select.EPOLLET)
+                                what[vr.kick_fd] = i
+                assert ep is not None
+                # The TAP is watched only while the device can take a frame: before DRIVER_OK,
+                # or with no receive buffers posted, a readable TAP would wake every pass for
+                # nothing (the loop spun). The guest's RX kick, when it posts buffers, wakes us
+                # instead, and _service() then pulls what waits.
+                if tap_fd is not None:
+                    want = rx_ready is None or rx_ready()
+                    if want != tap_watched:
+                        if want:
+                            ep.register(tap_fd, select.EPOLLIN)
+                            what[tap_fd] = "tap"
+                        else:
+                            ep.unregister(tap_fd)
+                            del what[tap_fd]
+                        tap_watched = want
+                    if want:
+                        self.loop.tap_watched += 1
+                    elif hint:
+                        self.netdev.readable = True  # not watched: nothing says it is empty
+                if not stdout_open and proc.poll() is not None:
+                    if "done" in self.times:
+                        return None
+                    return self._death_reason(proc, VhostUserError("no connection"))
+                # A queue left with work at its per-call bound is served on the next pass at
+                # once.
+                busy = getattr(self.device.device, "backlog", None) or (
+                    self.host is not None and self.host.backlog)
+                for fd, _events in ep.poll(0.0 if busy else 0.05):
+                    r = what.get(fd)
+                    if r is srv:
+                        srv.setblocking(False)  # a connection that went away must not block us
+                        try:
+                            conn, _ = srv.accept()
+                        except (BlockingIOError, ConnectionAbortedError):
+                            continue
+                        self._connect(conn)
+                    elif r is conn and conn is not None:
+                        assert self.vhost is not None
+                        try:
+                            self.vhost.handle_one()
+                        except VhostUserError as e:
+                            if proc.poll() is not None or "closed" in str(e):
+                                # The kernel went away (power-off closes the socket too).
+                                conn.close()
+                                conn = None
+                                self._drain(out_fd)
+                                if "done" in self.times:
+                                    return None
+                                return self._death_reason(proc, e)
+                            raise
+                    elif r == "console":
+                        stdout_open = self._drain(out_fd, short_read_ends=True)
+                    elif type(r) is int:
+                        assert self.vhost is not None
+                        self.vhost.kicked(r)
+                        self.loop.kicks += 1
+                        if not self._kick_ns:
+                            self._kick_ns = time.perf_counter_ns()
+                    elif r == "tap":
+                        if hint:
+                            self.netdev.readable = True
+                        if not self._kick_ns:
+                            self._kick_ns = time.perf_counter_ns()  # a frame for the guest
+                self._service()
+        finally:
+            if ep is not None:
+                ep.close()
 
     def _death_reason(self, proc: subprocess.Popen[bytes], e: Exception) -> str:
         """The kernel closed the connection before the script finished; ``run`` words the
@@ -909,9 +935,12 @@ class BootSession:
         self._went_away = str(e)
         return f"the kernel went away before the guest script finished (vhost-user: {e})"
 
-    def _drain(self, fd: int) -> bool:
+    def _drain(self, fd: int, short_read_ends: bool = False) -> bool:
         """Take what the console has (bounded: a guest printing without pause must not keep
-        the loop from its deadline); False once it is closed."""
+        the loop from its deadline); False once it is closed. With ``short_read_ends`` a read
+        that did not fill its buffer ends it: the pipe held less than that, so it is empty but
+        for what came since, which wakes the loop again (the console is watched
+        level-triggered) — not one more read per pass to be told EAGAIN."""
         for _ in range(CONSOLE_READS_PER_PASS):
             try:
                 data = os.read(fd, 65536)
@@ -922,6 +951,8 @@ class BootSession:
             if not data:
                 return False
             self._console_data(data)
+            if short_read_ends and len(data) < 65536:
+                return True
         return True
 
     def _service(self) -> None:
@@ -933,8 +964,8 @@ class BootSession:
         # nothing): a marker the guest printed must be seen before the accesses it made after
         # printing it (the views are snapshotted at the "done" marker), and it is, because the
         # kernel writes the console before the guest goes on; so when the accesses wake us the
-        # console is readable in the same select, and the loop read it above. What this pass
-        # cannot see is a marker printed after select returned, and the accesses after it
+        # console is readable in the same wait, and the loop read it above. What this pass
+        # cannot see is a marker printed after the wait returned, and the accesses after it
         # come a shell command later, past the few system calls between there and here.
         try:
             st = host.stats

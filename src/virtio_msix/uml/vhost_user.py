@@ -813,6 +813,12 @@ class VhostUserBackend:
         except (OSError, ValueError) as e:
             raise VhostUserError(f"{what}: {e}") from None
 
+    def kicked(self, index: int) -> None:
+        """A kick the event loop saw without reading it (it watches kick descriptors
+        edge-triggered: boot.BootSession._loop says why); counted like drain_kick's."""
+        if 0 <= index < len(self.vrings) and not self.vrings[index].started:
+            self.stats.kicks_on_stopped_rings += 1
+
     def drain_kick(self, index: int) -> int:
         """Consume a kick; returns how many were pending (0 if none)."""
         vr = self.vrings[index]
