@@ -30,6 +30,7 @@ import errno
 import fcntl
 import functools
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -41,6 +42,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..host.env import PrerequisiteMissing, cache_dir, require
 from .procs import die_with_parent, kill_session
@@ -390,8 +392,8 @@ def _build_steps(top: Path, tree: Path, progress: bool, jobs: int, *, kv: Kernel
                              f"{tree_dir(kv.name)}\n")  # fmt: skip
         if not (tree / UNPACKED).is_file():
             _unpack(tree, log, progress, tarball, kv)
-        for patch in kv.patches:
-            _apply_patch(tree, patch, log)
+            (tree / APPLIED).write_text("[]\n")  # pristine: nothing applied
+        sync_patches(tree, kv.patches, tarball, log, progress)
         frag = tree / "virtio-msix.config"
         frag.write_text(config_fragment())
         _run(["make", "ARCH=um", "defconfig"], tree, log, progress, "defconfig")
@@ -415,12 +417,69 @@ def _unpack(tree: Path, log, progress: bool, tarball: Path, kv: KernelVersion) -
     (tree / UNPACKED).touch()
 
 
+# What the tree's sources have applied: one entry per patch (name, SHA-256 of its text, the
+# files it changes), in order. Written after the patches applied; absent in a tree patched by
+# a version of this code from before the record existed.
+APPLIED = ".virtio-msix-patches.json"
+
+
+def patched_files(text: str) -> list[str]:
+    """The files a unified diff changes, relative to the tree (its "+++ b/..." lines)."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("+++ ") and not line.startswith("+++ /dev/null"):
+            path = line[4:].split("\t")[0].strip()
+            out.append(path.split("/", 1)[1] if "/" in path else path)
+    return sorted(set(out))
+
+
+def _patch_record(patches: list[Path]) -> list[dict[str, Any]]:
+    return [{"name": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+             "files": patched_files(p.read_text())} for p in patches]  # fmt: skip
+
+
+def sync_patches(tree: Path, patches: list[Path], tarball: Path, log, progress: bool) -> None:
+    """Make the tree's sources the source package plus exactly ``patches``. A rebuild is
+    incremental (the tree of an outdated build is reused), so a patch changed or dropped since
+    the last build must not stay applied: the files the applied patches changed are restored
+    from the source package first (with a new mtime, so that make recompiles them), and every
+    patch is applied to pristine files. A tree without a record (patched before the record
+    existed) has its wanted patches' files restored the same way."""
+    want = _patch_record(patches)
+    record = tree / APPLIED
+    try:
+        have = json.loads(record.read_text()) if record.is_file() else None
+    except (OSError, ValueError):
+        have = None
+    if have == want:
+        return
+    files = sorted({f for r in (want if have is None else have + want) for f in r["files"]})
+    record.unlink(missing_ok=True)  # from here on the tree's patch state is unknown
+    if have != [] and files:
+        _restore_sources(tree, tarball, files, log, progress)
+    for patch in patches:
+        _apply_patch(tree, patch, log)
+    record.write_text(json.dumps(want, indent=1) + "\n")
+
+
+def _restore_sources(tree: Path, tarball: Path, files: list[str], log, progress: bool) -> None:
+    """Extract ``files`` from the source package over the tree, as they are there."""
+    lister = subprocess.Popen(["tar", "-tf", str(tarball)], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    assert lister.stdout is not None
+    first = lister.stdout.readline().strip()
+    lister.kill()
+    lister.wait()
+    top = first.split("/", 1)[0]
+    if not top:
+        raise RuntimeError(f"{tarball}: cannot list the source package")
+    _run(["tar", "-xf", str(tarball), "--strip-components=1", "--touch",
+          *(f"{top}/{f}" for f in files)], tree, log, progress,
+         f"restore {len(files)} patched files")  # fmt: skip
+
+
 def _apply_patch(tree: Path, patch: Path, log) -> None:
     require("patch", "patch")
-    reverse = subprocess.run(["patch", "-p1", "-R", "--dry-run", "-s", "-i", str(patch)],
-                             cwd=tree, capture_output=True)  # fmt: skip
-    if reverse.returncode == 0:
-        return  # already applied
     out = subprocess.run(["patch", "-p1", "--forward", "-i", str(patch)], cwd=tree,
                          capture_output=True, text=True)  # fmt: skip
     log.write(out.stdout + out.stderr)
