@@ -87,7 +87,6 @@ def test_reads_are_followed_by_polling_the_cmd_queue(boots):
         stats.mmio_writes
 
 
-
 def test_the_kernels_memory_is_a_sealed_memfd_and_is_mapped(boots):
     """patches/*/uml-sealed-memfd.patch: UML's memory file is a memfd sealed against shrinking,
     so our device maps it (vhost_user.unmappable) instead of a pread/pwrite per ring access.
@@ -103,6 +102,7 @@ def test_the_kernels_memory_is_a_sealed_memfd_and_is_mapped(boots):
     assert vu["memory_regions_mapped"] >= 1 and vu["memory_not_mapped"] == [], vu
     # Kicks are watched edge-triggered and never read (BootSession._loop), and still seen.
     assert res.loop["kicks"] > 0, res.loop
+
 
 def test_two_vectors_share_one_for_the_queues(boots):
     res = boots["vectors2"]

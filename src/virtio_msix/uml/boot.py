@@ -845,6 +845,7 @@ class BootSession:
                 if now > deadline:
                     return f"timeout: the guest did not finish within {self.opts.timeout:.0f} s"
                 key = (conn, stdout_open, self.vhost, self.vhost.messages if self.vhost else 0)
+                kicked_before = False
                 if key != watch_key:
                     watch_key = key
                     if ep is not None:
@@ -859,6 +860,12 @@ class BootSession:
                     if self.vhost is not None:
                         for i, vr in enumerate(self.vhost.vrings):
                             if vr.kick_fd >= 0 and vr.kick_fd not in what:
+                                # Registered with a count left from earlier kicks, an eventfd
+                                # would report a kick at once: emptied first. A kick found
+                                # there is served by this pass without waiting (_service
+                                # looks at every ring on every pass).
+                                if self.vhost.drain_kick(i):
+                                    kicked_before = True
                                 ep.register(vr.kick_fd, select.EPOLLIN | select.EPOLLET)
                                 what[vr.kick_fd] = i
                 assert ep is not None
@@ -888,7 +895,7 @@ class BootSession:
                 # once.
                 busy = getattr(self.device.device, "backlog", None) or (
                     self.host is not None and self.host.backlog)
-                for fd, _events in ep.poll(0.0 if busy else 0.05):
+                for fd, _events in ep.poll(0.0 if busy or kicked_before else 0.05):
                     r = what.get(fd)
                     if r is srv:
                         srv.setblocking(False)  # a connection that went away must not block us

@@ -65,8 +65,8 @@ def render_health(h: dict[str, Any]) -> list[str]:
                    f"{vu['calls_coalesced']} calls coalesced, "
                    f"{vu['kicks_on_stopped_rings']} kicks on stopped rings")  # fmt: skip
         out.extend(f"    {e}" for e in vu["last_errors"])
-        out.append(f"  guest memory: {vu.get('memory_regions_mapped', 0)} regions mapped (a "
-                   "sealed memfd), the rest read and written with pread/pwrite")  # fmt: skip
+        out.append(f"  guest memory: {vu.get('memory_regions_mapped', 0)} regions mapped so far "
+                   "(a sealed memfd); any other read and written with pread/pwrite")  # fmt: skip
         out.extend(f"    not mapped: {e}" for e in vu.get("memory_not_mapped", []))
     loop = h.get("event_loop") or {}
     if loop:

@@ -273,7 +273,7 @@ class MemRegion:
 
 
 TMPFS_MAGIC = 0x01021994  # statfs(2) f_type of shmem: tmpfs and memfd_create's files
-_STATFS_BYTES = 120  # sizeof(struct statfs) on x86-64
+_STATFS_BYTES = 256  # room for struct statfs (120 bytes on x86-64)
 
 
 def _fs_type(fd: int) -> int | None:
@@ -299,9 +299,10 @@ def unmappable(fd: int, offset: int, size: int) -> str | None:
     try:
         seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
     except OSError:
-        return "not a memfd (F_GET_SEALS refused)"
+        return "not a memfd (its file system has no seals)"
     if not seals & fcntl.F_SEAL_SHRINK:
-        return "a memfd not sealed against shrinking (F_SEAL_SHRINK)"
+        # tmpfs files answer F_GET_SEALS too (F_SEAL_SEAL: they can never be sealed)
+        return "not sealed against shrinking (F_SEAL_SHRINK): not a sealed memfd"
     if _fs_type(fd) != TMPFS_MAGIC:
         return "not a shmem memfd (hugetlbfs, or its file system unknown)"
     if offset % mmap.ALLOCATIONGRANULARITY:
@@ -351,6 +352,14 @@ class SharedMemory(Windowed):
                 f"[{mmap_offset:#x}, +{size:#x}) extends past the end of its file "
                 f"({file_size:#x} bytes)"
             )
+        for r in self.regions:
+            # Two regions for one address would give the ring code (the window) and read/write
+            # (the first region found) different bytes for it; libvhost-user refuses overlaps.
+            if guest_addr < r.guest_addr + r.size and r.guest_addr < guest_addr + size:
+                raise ValueError(
+                    f"region [{guest_addr:#x}, +{size:#x}) overlaps [{r.guest_addr:#x}, "
+                    f"+{r.size:#x})"
+                )
         region = MemRegion(guest_addr, size, user_addr, mmap_offset, fd)
         why = unmappable(fd, mmap_offset, size)
         if why is None:
