@@ -6,7 +6,6 @@ negotiated: vring_create_virtqueue picks it)."""
 from __future__ import annotations
 
 import struct
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -96,7 +95,13 @@ class VringVirtqueue(Virtqueue):
         k.memory.write(self.base, bytes(size))
         _, avail, used = vring_layout(num, vring_align)  # vring_init
         self.desc, self.avail, self.used = self.base, self.base + avail, self.base + used
-        self.free: deque[int] = deque(range(num))
+        # The free descriptors, a list threaded through desc_extra[].next (vring_alloc_desc_extra:
+        # i → i + 1, the last one → 0), taken from free_head and given back at its front
+        # (detach_buf_split): the descriptor freed last is used first.
+        self.free_next = [i + 1 for i in range(num)]
+        self.free_next[-1] = 0
+        self.free_head = 0
+        self.num_free = num
         # Ring addresses used on every buffer, computed once (abi/ring.py's offsets).
         self._avail_ring = self.avail + ring.avail_entry(0)
         self._avail_idx = self.avail + ring.AVAIL_IDX
@@ -104,8 +109,9 @@ class VringVirtqueue(Virtqueue):
         self._used_ring = self.used + ring.used_entry(0)
         self._used_idx = self.used + ring.USED_IDX
         self._avail_event = self.used + ring.avail_event(num)
-        # head → (token, the descriptors of its chain)
-        self.data: dict[int, tuple[Any, list[int]]] = {}
+        # head → (token, its chain's last descriptor, how many it has): desc_state and what
+        # detach_buf_split finds walking the chain
+        self.data: dict[int, tuple[Any, int, int]] = {}
         # head → its indirect table (detach_buf_split kfrees it)
         self.tables: dict[int, int] = {}
         self.avail_idx_shadow = 0
@@ -116,46 +122,56 @@ class VringVirtqueue(Virtqueue):
     # (``pack_into``/``unpack_from`` on its buffer) after GuestMemory's end-of-memory test
     # (the ring addresses come from the page allocator: never negative); an address past the
     # end goes through GuestMemory, which raises as before.
+    @property
+    def free(self) -> bool:
+        """Whether a descriptor is free (vq->num_free, as try_fill_recv asks)."""
+        return self.num_free > 0
+
     def add_sgs(self, out: list[tuple[int, int]], inb: list[tuple[int, int]], token: Any) -> int:
+        """virtqueue_add_split: every descriptor written carries its free-list successor in
+        ``next`` (virtqueue_add_desc_split), the chain's last one too, with NEXT cleared."""
         total = len(out) + len(inb)
-        free = self.free
+        nfree = self.num_free
         # virtqueue_use_indirect; a table that cannot be allocated falls back to a direct
         # chain, as Linux's alloc_indirect_split failing does.
-        table = self._indirect_table(out, inb) if total > 1 and self.indirect and free else 0
-        if not table and (total == 0 or total > len(free)):
+        table = self._indirect_table(out, inb) if total > 1 and self.indirect and nfree else 0
+        if not table and (total == 0 or total > nfree):
             return -ENOSPC
         mem = self.k.memory
-        buf, size, base = mem.buf, mem.size, self.desc
+        buf, size, base, free_next = mem.buf, mem.size, self.desc, self.free_next
+        head = self.free_head
         if table:
             # One ring descriptor pointing at the table (virtqueue_add_desc_split, INDIRECT).
-            head = free.popleft()
+            nxt = free_next[head]
             mem.write(base + _DESC_SIZE * head,
-                      DESC.pack(table, total * _DESC_SIZE, VRING_DESC_F_INDIRECT, 0))  # fmt: skip
-            descs = [head]
+                      DESC.pack(table, total * _DESC_SIZE, VRING_DESC_F_INDIRECT, nxt))  # fmt: skip
             self.tables[head] = table
+            last, used = head, 1
         elif total == 1:
             # One segment (a TX skb with its header in front, a mergeable RX buffer): the
             # loop below without its lists; the same descriptor, written the same way.
-            head = free.popleft()
+            nxt = free_next[head]
             addr, length = out[0] if out else inb[0]
             a = base + _DESC_SIZE * head
             if a + _DESC_SIZE <= size:
-                _DESC_PACK_INTO(buf, a, addr, length, 0 if out else VRING_DESC_F_WRITE, 0)
+                _DESC_PACK_INTO(buf, a, addr, length, 0 if out else VRING_DESC_F_WRITE, nxt)
             else:
-                mem.write(a, DESC.pack(addr, length, 0 if out else VRING_DESC_F_WRITE, 0))
-            descs = [head]
+                mem.write(a, DESC.pack(addr, length, 0 if out else VRING_DESC_F_WRITE, nxt))
+            last, used = head, 1
         else:
-            descs = [free.popleft() for _ in range(total)]
-            nout, last, pack = len(out), total - 1, DESC.pack
-            for i, (addr, length) in enumerate(out + inb):
-                flags = VRING_DESC_F_WRITE if i >= nout else 0
-                if i < last:
-                    mem.write(base + _DESC_SIZE * descs[i],
-                              pack(addr, length, flags | VRING_DESC_F_NEXT, descs[i + 1]))  # fmt: skip
-                else:
-                    mem.write(base + _DESC_SIZE * descs[i], pack(addr, length, flags, 0))
-            head = descs[0]
-        self.data[head] = (token, descs)
+            nout, end, pack = len(out), total - 1, DESC.pack
+            i = last = head
+            for n, (addr, length) in enumerate(out + inb):
+                flags = VRING_DESC_F_WRITE if n >= nout else 0
+                if n < end:
+                    flags |= VRING_DESC_F_NEXT
+                nxt = free_next[i]
+                mem.write(base + _DESC_SIZE * i, pack(addr, length, flags, nxt))
+                last, i = i, nxt
+            used = total
+        self.free_head = free_next[last]
+        self.num_free = nfree - used
+        self.data[head] = (token, last, used)
         shadow = self.avail_idx_shadow
         a = self._avail_ring + 2 * (shadow % self.num)
         if a + 2 <= size:
@@ -237,7 +253,10 @@ class VringVirtqueue(Virtqueue):
         if got is None:
             self.broken = True  # the device returned a buffer we never gave it
             return None
-        self.free.extend(got[1])
+        # detach_buf_split: the chain goes back at the front of the free list
+        self.free_next[got[1]] = self.free_head
+        self.free_head = head
+        self.num_free += got[2]
         if self.tables:
             table = self.tables.pop(head, 0)
             if table:
@@ -252,16 +271,21 @@ class VringVirtqueue(Virtqueue):
         return got[0], length
 
     def detach_unused_buf(self) -> Any:
-        """A buffer the device never used, taken back after reset (virtqueue_detach_unused_buf);
+        """A buffer the device never used, taken back after reset (virtqueue_detach_unused_buf
+        _split: the lowest head first, and the avail index taken back by one and written);
         None when there is none left."""
         if not self.data:
             return None
-        head = next(iter(self.data))
-        token, descs = self.data.pop(head)
-        self.free.extend(descs)
+        head = min(self.data)
+        token, last, count = self.data.pop(head)
+        self.free_next[last] = self.free_head
+        self.free_head = head
+        self.num_free += count
         table = self.tables.pop(head, 0)
         if table:
             self.k.pages.free(table)
+        self.avail_idx_shadow = (self.avail_idx_shadow - 1) & 0xFFFF
+        self.k.memory.write_u16(self._avail_idx, self.avail_idx_shadow)
         return token
 
     def enable_cb(self) -> bool:
@@ -501,9 +525,10 @@ class PackedVringVirtqueue(Virtqueue):
         return token, count
 
     def detach_unused_buf(self) -> Any:
+        """virtqueue_detach_unused_buf_packed: the lowest buffer id first."""
         if not self.state:
             return None
-        token, _count = self._detach(next(iter(self.state)))
+        token, _count = self._detach(min(self.state))
         return token
 
     def enable_cb(self) -> bool:
