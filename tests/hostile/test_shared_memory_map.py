@@ -188,3 +188,56 @@ def test_overlapping_regions_are_refused():
         assert len(mem.regions) == 2
     finally:
         mem.close()
+
+
+class _Words:
+    """buf16 standing in: records each 16-bit load and store the ring code makes."""
+
+    def __init__(self, view: memoryview) -> None:
+        self.view, self.loads, self.stores = view, [], []
+
+    def __getitem__(self, i: int) -> int:
+        self.loads.append(i)
+        return self.view[i]
+
+    def __setitem__(self, i: int, v: int) -> None:
+        self.stores.append((i, v))
+        self.view[i] = v
+
+
+def test_ring_indexes_are_one_aligned_16_bit_access_each():
+    """The peer runs while we read and write its rings: the avail index, the used index and
+    the event fields must each be one 16-bit load or store (buf16), never two byte accesses
+    (struct's), or a driver can see a used index half written (0x00ff → 0x0100 read as 0x0000:
+    "id 0 is not a head", seen with UML before this)."""
+    fd = sealed_memfd()
+    mem = SharedMemory()
+    mem.add(BASE, SIZE, BASE, 0, fd)
+    view = mem.buf16
+    try:
+        words = _Words(view)
+        mem.buf16 = words  # type: ignore[assignment]
+        q = VirtQueue(0, 16)
+        q.size, q.desc_addr, q.avail_addr, q.used_addr = 16, BASE, BASE + 0x100, BASE + 0x200
+        q.enabled, q.event_idx = True, True
+        _offer_chain(mem.write, BASE)
+        elem = q.pop(mem)
+        assert elem is not None
+        assert (0x100 + 2) // 2 in words.loads  # the avail index
+        q.push(mem, elem, 10)
+        assert ((0x200 + 2) // 2, 1) in words.stores  # the used index, one store
+        q.should_notify(mem)
+        assert (0x100 + 4 + 2 * 16) // 2 in words.loads  # used_event
+        assert struct.unpack("<H", os.pread(fd, 2, 0x202)) == (1,)
+    finally:
+        mem.buf16 = view  # the real view, which close() releases
+        mem.close()
+
+
+def test_a_window_closes_although_it_was_viewed_as_words():
+    fd = sealed_memfd()
+    mem = SharedMemory()
+    mem.add(BASE, SIZE, BASE, 0, fd)
+    assert mem.buf16 is not None and len(mem.buf16) == SIZE // 2
+    mem.close()  # mmap.close() would raise BufferError if a view of it were left
+    assert mem.buf is None and mem.buf16 is None

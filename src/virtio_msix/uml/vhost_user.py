@@ -54,7 +54,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 
-from ..virtio.memory import GuestMemoryError, Windowed, windowed
+from ..virtio.memory import GuestMemoryError, Windowed, windowed, words
 from ..virtio.queue import VirtQueue
 
 
@@ -375,13 +375,24 @@ class SharedMemory(Windowed):
             del self.unmapped_why[:-MAX_ERRORS_KEPT]
         self.regions.append(region)
         self.size = max(self.size, guest_addr + size)
-        window = max((r for r in self.regions if r.mapping is not None), key=lambda r: r.size,
-                     default=None)  # fmt: skip
-        if window is not None:
-            self.buf, self.lo, self.hi = (window.mapping, window.guest_addr,
-                                          window.guest_addr + window.size)
+        # The window: the largest mapped region at an even address (buf16's words must be the
+        # guest's aligned 16-bit fields).
+        window = max((r for r in self.regions if r.mapping is not None and not r.guest_addr & 1),
+                     key=lambda r: r.size, default=None)  # fmt: skip
+        if window is not None and window.mapping is not self.buf:
+            self._drop_window()
+            buf16 = words(window.mapping)
+            if buf16 is not None:
+                self.buf, self.buf16 = window.mapping, buf16
+                self.lo, self.hi = window.guest_addr, window.guest_addr + window.size
+
+    def _drop_window(self) -> None:
+        if self.buf16 is not None:
+            self.buf16.release()  # an exported view would keep its mapping from closing
+        self.buf, self.buf16, self.lo, self.hi = None, None, 0, 0
 
     def close(self) -> None:
+        self._drop_window()
         for r in self.regions:
             if r.mapping is not None:
                 r.mapping.close()  # nothing keeps a view of it: slices are copies
@@ -389,7 +400,6 @@ class SharedMemory(Windowed):
         close_fds([r.fd for r in self.regions])
         self.regions.clear()
         self.size = 0
-        self.buf, self.lo, self.hi = None, 0, 0
         self._last = self._map = None
         self._lo = self._hi = self._delta = 0
         self._fd = -1

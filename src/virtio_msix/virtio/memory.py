@@ -9,12 +9,19 @@ A memory whose class derives from ``Windowed`` has a window of plain bytes, ``bu
 guest-physical range [lo, hi) at ``buf[addr - lo]``: the ring code reads and writes indexes and
 descriptors there in place (``struct.unpack_from``), without a call per field; an access outside
 the window (or any access to another memory) goes through ``read``/``write``.
+
+``buf16`` is the same window as 16-bit words (``lo`` is even): the ring's indexes, flags and event
+fields are read and written through it, each with one aligned 16-bit load or store. The other
+side may be running at the same moment (a real kernel on a shared mapping): ``struct`` moves a
+16-bit field byte by byte, and a driver reading a used index half written (0x00ff → 0x0100 seen
+as 0x0000) walks 65 281 entries that are not there ("id 0 is not a head", seen with UML).
 """
 
 from __future__ import annotations
 
 import mmap
 import struct
+import sys
 from typing import Protocol, TypeVar
 
 _U16 = struct.Struct("<H")
@@ -37,6 +44,7 @@ class Windowed:
     """A memory with a window of plain bytes (the module's docstring); lo == hi: none now."""
 
     buf: mmap.mmap | bytearray | None = None
+    buf16: memoryview | None = None  # buf as native 16-bit words (little-endian hosts only)
     lo = 0
     hi = 0
 
@@ -46,6 +54,14 @@ class Windowed:
 # ``windowed``: a subclass that overrides read/write (a test's counting memory) must see every
 # access, so it is not in the set unless it says so.
 WINDOWED: set[type] = set()
+
+
+def words(buf: mmap.mmap | bytearray) -> memoryview | None:
+    """``buf`` as native 16-bit words (its even-length prefix), or None on a big-endian host
+    (virtio's rings are little-endian: no window there, every access through read/write)."""
+    if sys.byteorder != "little" or len(buf) < 2:
+        return None
+    return memoryview(buf)[: len(buf) & ~1].cast("H")
 
 
 def windowed(cls: type[_W]) -> type[_W]:
@@ -67,7 +83,8 @@ class GuestMemory(Windowed):
         self.buf: mmap.mmap | bytearray = mmap.mmap(-1, size) if size > 0 else bytearray(0)
         self._view = memoryview(self.buf)
         self._small = size <= 0  # no mapping (a bytearray: its slice is not bytes)
-        self.lo, self.hi = 0, max(size, 0)
+        self.buf16 = words(self.buf)
+        self.lo, self.hi = (0, max(size, 0)) if self.buf16 is not None else (0, 0)
 
     def _check(self, addr: int, length: int) -> None:
         if addr < 0 or length < 0 or addr + length > self.size:

@@ -362,16 +362,16 @@ class VirtQueue:
     # itself; an access outside it, and other memories (a peer's region read with pread, a
     # counting test memory), go through read/write and their errors.
     def _u16(self, mem: Memory, addr: int) -> int:
-        if type(mem) in WINDOWED and mem.lo <= addr and addr + 2 <= mem.hi:
-            return _U16.unpack_from(mem.buf, addr - mem.lo)[0]
+        if type(mem) in WINDOWED and mem.lo <= addr and addr + 2 <= mem.hi and not addr & 1:
+            return mem.buf16[(addr - mem.lo) >> 1]
         try:
             return int.from_bytes(mem.read(addr, 2), "little")
         except GuestMemoryError as e:
             raise VirtqueueError(f"queue {self.index}: {e}") from None
 
     def _w16(self, mem: Memory, addr: int, value: int) -> None:
-        if type(mem) in WINDOWED and mem.lo <= addr and addr + 2 <= mem.hi:
-            _U16.pack_into(mem.buf, addr - mem.lo, value & 0xFFFF)
+        if type(mem) in WINDOWED and mem.lo <= addr and addr + 2 <= mem.hi and not addr & 1:
+            mem.buf16[(addr - mem.lo) >> 1] = value & 0xFFFF
             return
         try:
             mem.write(addr, (value & 0xFFFF).to_bytes(2, "little"))
@@ -422,8 +422,8 @@ class VirtQueue:
         if not self.event_idx or due is None or due == self._avail_event:
             return False
         a = self.used_addr + _USED_RING + USED_ELEM_SIZE * self.size  # ring.avail_event(size)
-        if type(mem) in WINDOWED and mem.lo <= a and a + 2 <= mem.hi:
-            _U16.pack_into(mem.buf, a - mem.lo, due)  # _w16, in place
+        if type(mem) in WINDOWED and mem.lo <= a and a + 2 <= mem.hi and not a & 1:
+            mem.buf16[(a - mem.lo) >> 1] = due  # _w16, in place
         else:
             self._w16(mem, a, due)
         self._avail_event = due
@@ -448,8 +448,8 @@ class VirtQueue:
             return None
         if not self.shadow_pending:
             a = self.avail_addr + _AVAIL_IDX
-            if type(mem) in WINDOWED and mem.lo <= a and a + 2 <= mem.hi:
-                avail = _U16.unpack_from(mem.buf, a - mem.lo)[0]  # in place: the common case
+            if type(mem) in WINDOWED and mem.lo <= a and a + 2 <= mem.hi and not a & 1:
+                avail = mem.buf16[(a - mem.lo) >> 1]  # in place: the common case
             else:
                 avail = self._u16(mem, a)
             pending = (avail - self.last_avail_idx) & 0xFFFF
@@ -457,8 +457,8 @@ class VirtQueue:
                 if not self._write_avail_event(mem):
                     return None
                 # what came while the old avail_event stood (avail_idx(mem), in place)
-                if type(mem) in WINDOWED and mem.lo <= a and a + 2 <= mem.hi:
-                    avail = _U16.unpack_from(mem.buf, a - mem.lo)[0]
+                if type(mem) in WINDOWED and mem.lo <= a and a + 2 <= mem.hi and not a & 1:
+                    avail = mem.buf16[(a - mem.lo) >> 1]
                 else:
                     avail = self._u16(mem, a)
                 pending = (avail - self.last_avail_idx) & 0xFFFF
@@ -491,8 +491,8 @@ class VirtQueue:
             table, off, limit = snap.data, DESC_SIZE * head, len(snap.data)
         else:
             a = self.avail_addr + _AVAIL_RING + 2 * slot
-            if type(mem) in WINDOWED and mem.lo <= a and a + 2 <= mem.hi:
-                head = _U16.unpack_from(mem.buf, a - mem.lo)[0]
+            if type(mem) in WINDOWED and mem.lo <= a and a + 2 <= mem.hi and not a & 1:
+                head = mem.buf16[(a - mem.lo) >> 1]
                 lo = mem.lo
                 table, off, limit = mem.buf, desc_addr + DESC_SIZE * head - lo, mem.hi - lo
             else:
@@ -599,8 +599,8 @@ class VirtQueue:
         used_idx = self.used_idx
         if self.published_used != used_idx:
             a = self.used_addr + _USED_IDX
-            if type(mem) in WINDOWED and mem.lo <= a and a + 2 <= mem.hi:
-                _U16.pack_into(mem.buf, a - mem.lo, used_idx)  # _w16, in place
+            if type(mem) in WINDOWED and mem.lo <= a and a + 2 <= mem.hi and not a & 1:
+                mem.buf16[(a - mem.lo) >> 1] = used_idx  # _w16, in place
             else:
                 self._w16(mem, a, used_idx)
             self.published_used = used_idx
@@ -608,8 +608,8 @@ class VirtQueue:
         if due is not None and due != self._avail_event and self.event_idx:
             # _write_avail_event, inline (its tests are the three above)
             a = self.used_addr + _USED_RING + USED_ELEM_SIZE * self.size  # ring.avail_event
-            if type(mem) in WINDOWED and mem.lo <= a and a + 2 <= mem.hi:
-                _U16.pack_into(mem.buf, a - mem.lo, due)
+            if type(mem) in WINDOWED and mem.lo <= a and a + 2 <= mem.hi and not a & 1:
+                mem.buf16[(a - mem.lo) >> 1] = due
             else:
                 self._w16(mem, a, due)
             self._avail_event = due
@@ -629,8 +629,8 @@ class VirtQueue:
         old, new = self.signalled_used, self.used_idx
         self.signalled_used, self.signalled_used_valid = new, True
         a = self.avail_addr + _AVAIL_RING + 2 * self.size  # used_event (§2.7.10)
-        if type(mem) in WINDOWED and mem.lo <= a and a + 2 <= mem.hi:
-            event = _U16.unpack_from(mem.buf, a - mem.lo)[0]  # self.used_event(mem), in place
+        if type(mem) in WINDOWED and mem.lo <= a and a + 2 <= mem.hi and not a & 1:
+            event = mem.buf16[(a - mem.lo) >> 1]  # self.used_event(mem), in place
         else:
             event = self.used_event(mem)
         # Notify if used_event lies in (old, new] (vring_need_event).
