@@ -241,3 +241,30 @@ def test_a_window_closes_although_it_was_viewed_as_words():
     assert mem.buf16 is not None and len(mem.buf16) == SIZE // 2
     mem.close()  # mmap.close() would raise BufferError if a view of it were left
     assert mem.buf is None and mem.buf16 is None
+
+
+def test_packed_descriptor_flags_are_one_16_bit_access_each():
+    """The packed ring's flags are its synchronisation point (§2.8.1): the device reads a
+    head's flags first, alone, and writes a used buffer's flags last, each one 16-bit access."""
+    from virtio_msix.abi.ring import DESC_F_AVAIL, PACKED_DESC, VRING_DESC_F_WRITE
+
+    fd = sealed_memfd()
+    mem = SharedMemory()
+    mem.add(BASE, SIZE, BASE, 0, fd)
+    view = mem.buf16
+    try:
+        words = _Words(view)
+        mem.buf16 = words  # type: ignore[assignment]
+        q = VirtQueue(0, 16)
+        q.set_packed(True)
+        q.size, q.desc_addr, q.avail_addr, q.used_addr = 16, BASE, BASE + 0x200, BASE + 0x300
+        q.enabled = True
+        mem.write(BASE, PACKED_DESC.pack(BASE + 0x800, 64, 7, DESC_F_AVAIL | VRING_DESC_F_WRITE))
+        elem = q.pop(mem)
+        assert elem is not None and elem.head == 7
+        assert 14 // 2 in words.loads  # descriptor 0's flags, read alone
+        q.push(mem, elem, 10)
+        assert [i for i, _v in words.stores] == [14 // 2]  # its flags written back, one store
+    finally:
+        mem.buf16 = view
+        mem.close()
