@@ -5,11 +5,13 @@ region in place. No kernel needed."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import mmap
 import os
 import struct
+from collections.abc import Iterator
 
 import pytest
 
@@ -205,18 +207,29 @@ class _Words:
         self.view[i] = v
 
 
+@contextlib.contextmanager
+def words_recorded() -> Iterator[tuple[SharedMemory, int, _Words]]:
+    """A mapped region whose buf16 records the ring code's word accesses."""
+    fd = sealed_memfd()
+    mem = SharedMemory()
+    mem.add(BASE, SIZE, BASE, 0, fd)
+    view = mem.buf16
+    assert view is not None
+    words = _Words(view)
+    mem.buf16 = words  # type: ignore[assignment]
+    try:
+        yield mem, fd, words
+    finally:
+        mem.buf16 = view  # the real view, which close() releases
+        mem.close()
+
+
 def test_ring_indexes_are_one_aligned_16_bit_access_each():
     """The peer runs while we read and write its rings: the avail index, the used index and
     the event fields must each be one 16-bit load or store (buf16), never two byte accesses
     (struct's), or a driver can see a used index half written (0x00ff → 0x0100 read as 0x0000:
     "id 0 is not a head", seen with UML before this)."""
-    fd = sealed_memfd()
-    mem = SharedMemory()
-    mem.add(BASE, SIZE, BASE, 0, fd)
-    view = mem.buf16
-    try:
-        words = _Words(view)
-        mem.buf16 = words  # type: ignore[assignment]
+    with words_recorded() as (mem, fd, words):
         q = VirtQueue(0, 16)
         q.size, q.desc_addr, q.avail_addr, q.used_addr = 16, BASE, BASE + 0x100, BASE + 0x200
         q.enabled, q.event_idx = True, True
@@ -229,9 +242,6 @@ def test_ring_indexes_are_one_aligned_16_bit_access_each():
         q.should_notify(mem)
         assert (0x100 + 4 + 2 * 16) // 2 in words.loads  # used_event
         assert struct.unpack("<H", os.pread(fd, 2, 0x202)) == (1,)
-    finally:
-        mem.buf16 = view  # the real view, which close() releases
-        mem.close()
 
 
 def test_a_window_closes_although_it_was_viewed_as_words():
@@ -248,13 +258,7 @@ def test_packed_descriptor_flags_are_one_16_bit_access_each():
     head's flags first, alone, and writes a used buffer's flags last, each one 16-bit access."""
     from virtio_msix.abi.ring import DESC_F_AVAIL, PACKED_DESC, VRING_DESC_F_WRITE
 
-    fd = sealed_memfd()
-    mem = SharedMemory()
-    mem.add(BASE, SIZE, BASE, 0, fd)
-    view = mem.buf16
-    try:
-        words = _Words(view)
-        mem.buf16 = words  # type: ignore[assignment]
+    with words_recorded() as (mem, _fd, words):
         q = VirtQueue(0, 16)
         q.set_packed(True)
         q.size, q.desc_addr, q.avail_addr, q.used_addr = 16, BASE, BASE + 0x200, BASE + 0x300
@@ -265,6 +269,3 @@ def test_packed_descriptor_flags_are_one_16_bit_access_each():
         assert 14 // 2 in words.loads  # descriptor 0's flags, read alone
         q.push(mem, elem, 10)
         assert [i for i, _v in words.stores] == [14 // 2]  # its flags written back, one store
-    finally:
-        mem.buf16 = view
-        mem.close()
