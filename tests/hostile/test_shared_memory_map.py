@@ -255,7 +255,8 @@ def test_a_window_closes_although_it_was_viewed_as_words():
 
 def test_packed_descriptor_flags_are_one_16_bit_access_each():
     """The packed ring's flags are its synchronisation point (§2.8.1): the device reads a
-    head's flags first, alone, and writes a used buffer's flags last, each one 16-bit access."""
+    head's flags first, alone, and writes a used buffer's flags last, each one 16-bit access;
+    the event suppression fields (§2.8.14) too."""
     from virtio_msix.abi.ring import DESC_F_AVAIL, PACKED_DESC, VRING_DESC_F_WRITE
 
     with words_recorded() as (mem, _fd, words):
@@ -269,3 +270,10 @@ def test_packed_descriptor_flags_are_one_16_bit_access_each():
         assert 14 // 2 in words.loads  # descriptor 0's flags, read alone
         q.push(mem, elem, 10)
         assert [i for i, _v in words.stores] == [14 // 2]  # its flags written back, one store
+        # The event suppression structures: the driver's read flags first, then off_wrap;
+        # ours written a word at a time.
+        words.loads.clear()
+        q.should_notify(mem)
+        assert words.loads == [(0x200 + 2) // 2, 0x200 // 2]
+        q.set_no_notify(mem, True)
+        assert words.stores[-1] == ((0x300 + 2) // 2, 1)  # VRING_PACKED_EVENT_FLAG_DISABLE

@@ -322,7 +322,10 @@ class SharedMemory(Windowed):
     the largest such region is the window the ring code reads in place; every other region is
     read and written with pread/pwrite, whole buffers or ring areas per call (issue 8: a
     mapping of a file the peer can truncate could SIGBUS). ``mapped`` counts the regions
-    mapped so far; ``unmapped_why`` keeps why others were not (the last few)."""
+    mapped so far; ``unmapped_why`` keeps why others were not (the last few). Only the window
+    has the 16-bit view that ring fields need (memory.py): a ring in another mapped region is
+    copied like any buffer, and a field the peer writes meanwhile may be read torn — its own
+    rings' trouble, a device error at worst; UML shares one region."""
 
     def __init__(self) -> None:
         self.regions: list[MemRegion] = []

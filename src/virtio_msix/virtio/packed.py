@@ -274,10 +274,18 @@ class PackedRing:
         """Whether the driver's event suppression structure asks for a used-buffer
         notification now (§2.8.10; QEMU virtio_packed_should_notify)."""
         self.publish_used(mem)
-        try:
-            off_wrap, flags = PACKED_EVENT.unpack(mem.read(self.q.avail_addr, PACKED_EVENT.size))
-        except GuestMemoryError as e:
-            raise VirtqueueError(f"{self.where}: driver event suppression: {e}") from None
+        a = self.q.avail_addr
+        if type(mem) in WINDOWED and mem.lo <= a and a + 4 <= mem.hi and not a & 1:
+            # Two 16-bit loads, the flags first (QEMU vring_packed_event_read: flags, a
+            # barrier, then off_wrap; memory.py says why not a 4-byte copy of a live field).
+            w = (a - mem.lo) >> 1
+            flags = mem.buf16[w + PACKED_EVENT_FLAGS // 2]
+            off_wrap = mem.buf16[w + PACKED_EVENT_OFF_WRAP // 2]
+        else:
+            try:
+                off_wrap, flags = PACKED_EVENT.unpack(mem.read(a, PACKED_EVENT.size))
+            except GuestMemoryError as e:
+                raise VirtqueueError(f"{self.where}: driver event suppression: {e}") from None
         old, new = self.signalled_used, self.used_idx
         valid = self.signalled_used_valid
         self.signalled_used, self.signalled_used_valid = new, True
@@ -306,10 +314,17 @@ class PackedRing:
             state = (q.used_addr, VRING_PACKED_EVENT_FLAG_ENABLE, 0)
         if self._notify_state == state:
             return
-        try:
+        a = q.used_addr
+        if type(mem) in WINDOWED and mem.lo <= a and a + 4 <= mem.hi and not a & 1:
+            w = (a - mem.lo) >> 1  # one 16-bit store each, off_wrap first
             if state[1] == VRING_PACKED_EVENT_FLAG_DESC:
-                mem.write(q.used_addr + PACKED_EVENT_OFF_WRAP, state[2].to_bytes(2, "little"))
-            mem.write(q.used_addr + PACKED_EVENT_FLAGS, state[1].to_bytes(2, "little"))
-        except GuestMemoryError as e:
-            raise VirtqueueError(f"{self.where}: device event suppression: {e}") from None
+                mem.buf16[w + PACKED_EVENT_OFF_WRAP // 2] = state[2]
+            mem.buf16[w + PACKED_EVENT_FLAGS // 2] = state[1]
+        else:
+            try:
+                if state[1] == VRING_PACKED_EVENT_FLAG_DESC:
+                    mem.write(a + PACKED_EVENT_OFF_WRAP, state[2].to_bytes(2, "little"))
+                mem.write(a + PACKED_EVENT_FLAGS, state[1].to_bytes(2, "little"))
+            except GuestMemoryError as e:
+                raise VirtqueueError(f"{self.where}: device event suppression: {e}") from None
         self._notify_state = state
