@@ -12,6 +12,7 @@ import struct
 
 from virtio_msix.abi.ring import DESC, USED_ELEM, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT
 from virtio_msix.abi.ring import VRING_DESC_F_WRITE as W
+from virtio_msix.guest.errnos import EIO, ENOSPC
 from virtio_msix.guest.kernel import Kernel
 from virtio_msix.guest.vring import PackedVringVirtqueue, VringVirtqueue
 from virtio_msix.pci.bus import PciBus
@@ -112,3 +113,30 @@ def test_packed_unused_buffers_come_back_lowest_id_first():
     state = vq.state.pop(2)
     vq.state = {2: state, **vq.state}  # the dict's first entry is not the lowest id
     assert [vq.detach_unused_buf() for _ in range(4)] == ["b0", "b1", "b2", None]
+
+
+def test_a_full_ring_kicks_when_the_buffer_had_outgoing_parts():
+    """virtqueue_add_split's -ENOSPC: "for historical reasons, we force a notify here if there
+    are outgoing parts to the buffer" — a receive-only buffer gets no such notify."""
+    kicks = []
+    k = Kernel(PciBus(), GuestMemory(1 << 20))
+    vq = VringVirtqueue(k, 0, NUM, "q", None, lambda q: kicks.append(q) or True,
+                        event_idx=False)  # fmt: skip
+    for n in range(NUM):
+        assert vq.add_sgs([(0x1000 + 0x100 * n, 8)], [], n) == 0
+    idx = _avail(vq)[0]
+    assert vq.add_sgs([], [(0x9000, 8)], "rx") == -ENOSPC and kicks == []
+    assert vq.add_sgs([(0x9000, 8)], [], "tx") == -ENOSPC and kicks == [vq]
+    assert _avail(vq)[0] == idx and vq.num_free == 0  # nothing added
+
+
+def test_a_broken_ring_takes_and_gives_nothing():
+    vq = _vq()
+    vq.add_sgs([(0x1000, 8)], [], "a")
+    _use(vq, 5)  # a head never given: BAD_RING ("id 5 is not a head")
+    assert vq.get_buf() is None and vq.broken
+    _use(vq, 0)  # a good one now: a broken ring stays broken
+    assert vq.get_buf() is None
+    before = vq.k.memory.read(vq.base, vq.num * DESC.size)
+    assert vq.add_sgs([(0x2000, 8)], [], "b") == -EIO
+    assert vq.k.memory.read(vq.base, vq.num * DESC.size) == before and _avail(vq)[0] == 1

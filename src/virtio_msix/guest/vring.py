@@ -130,12 +130,18 @@ class VringVirtqueue(Virtqueue):
     def add_sgs(self, out: list[tuple[int, int]], inb: list[tuple[int, int]], token: Any) -> int:
         """virtqueue_add_split: every descriptor written carries its free-list successor in
         ``next`` (virtqueue_add_desc_split), the chain's last one too, with NEXT cleared."""
+        if self.broken:
+            return -EIO
         total = len(out) + len(inb)
         nfree = self.num_free
         # virtqueue_use_indirect; a table that cannot be allocated falls back to a direct
         # chain, as Linux's alloc_indirect_split failing does.
         table = self._indirect_table(out, inb) if total > 1 and self.indirect and nfree else 0
         if not table and (total == 0 or total > nfree):
+            if out:
+                # "for historical reasons, we force a notify here if there are outgoing
+                # parts to the buffer" (6.1 and 6.12; the packed ring does not)
+                self.notify(self)
             return -ENOSPC
         mem = self.k.memory
         buf, size, base, free_next = mem.buf, mem.size, self.desc, self.free_next
@@ -238,6 +244,8 @@ class VringVirtqueue(Virtqueue):
         return used != self.last_used_idx
 
     def get_buf(self) -> tuple[Any, int] | None:
+        if self.broken:
+            return None  # virtqueue_get_buf_ctx_split: a broken ring gives nothing back
         mem = self.k.memory
         buf, size = mem.buf, mem.size
         last = self.last_used_idx
