@@ -832,8 +832,9 @@ class BootSession:
         # Kick descriptors are watched edge-triggered and never read: an eventfd wakes its
         # waiters on every write (eventfd_write), so each kick is one event, and draining it
         # would cost three system calls (a peer can clear O_NONBLOCK on the shared descriptor;
-        # drain_kick says why it takes three). The count only grows; the peer's writes would
-        # block at 2^64 - 2 kicks, its own concern.
+        # drain_kick says why it takes three). The count grows until the set is next rebuilt
+        # (emptied then, below); the peer's writes would block at 2^64 - 2 kicks, its own
+        # concern.
         ep: select.epoll | None = None
         watch_key: tuple[Any, ...] | None = None
         what: dict[int, Any] = {}  # fd -> srv / conn / "console" / "tap" / a vring index
