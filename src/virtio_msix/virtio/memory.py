@@ -64,6 +64,24 @@ def words(buf: mmap.mmap | bytearray) -> memoryview | None:
     return memoryview(buf)[: len(buf) & ~1].cast("H")
 
 
+def load16(mem: Memory, addr: int) -> int:
+    """The little-endian 16-bit field at ``addr``: one aligned load from the window where
+    ``mem`` has one there (the other side may be writing it: the module's docstring), else
+    through ``read``, whose GuestMemoryError it raises."""
+    if type(mem) in WINDOWED and mem.lo <= addr and addr + 2 <= mem.hi and not addr & 1:
+        return mem.buf16[(addr - mem.lo) >> 1]  # type: ignore[attr-defined,index]
+    return int.from_bytes(mem.read(addr, 2), "little")
+
+
+def store16(mem: Memory, addr: int, value: int) -> None:
+    """``load16``'s store: one aligned 16-bit store into the window, else through ``write``."""
+    value &= 0xFFFF
+    if type(mem) in WINDOWED and mem.lo <= addr and addr + 2 <= mem.hi and not addr & 1:
+        mem.buf16[(addr - mem.lo) >> 1] = value  # type: ignore[attr-defined,index]
+        return
+    mem.write(addr, value.to_bytes(2, "little"))
+
+
 def windowed(cls: type[_W]) -> type[_W]:
     """Class decorator: ``cls``'s instances have a window the ring code may use in place."""
     WINDOWED.add(cls)

@@ -28,7 +28,6 @@ from ..abi.ring import (
     PACKED_DESC_FLAGS,
     PACKED_DESC_LEN,
     PACKED_DESC_SIZE,
-    PACKED_EVENT,
     PACKED_EVENT_FLAGS,
     PACKED_EVENT_FLAGS_MASK,
     PACKED_EVENT_OFF_WRAP,
@@ -43,7 +42,7 @@ from ..abi.ring import (
     packed_desc_avail,
     packed_need_event,
 )
-from .memory import WINDOWED, GuestMemoryError, Memory
+from .memory import GuestMemoryError, Memory, load16, store16
 from .queue import VIRTQUEUE_MAX_SIZE, Element, VirtqueueError
 
 if TYPE_CHECKING:
@@ -161,14 +160,10 @@ class PackedRing:
         return PACKED_DESC.unpack(raw)
 
     def _flags(self, mem: Memory, pos: int) -> int:
-        a = self.q.desc_addr + PACKED_DESC_SIZE * pos + PACKED_DESC_FLAGS
-        if type(mem) in WINDOWED and mem.lo <= a and a + 2 <= mem.hi and not a & 1:
-            return mem.buf16[(a - mem.lo) >> 1]  # one 16-bit load (memory.py says why)
-        try:
-            raw = mem.read(a, 2)
+        try:  # one 16-bit load (memory.py says why)
+            return load16(mem, self.q.desc_addr + PACKED_DESC_SIZE * pos + PACKED_DESC_FLAGS)
         except GuestMemoryError as e:
             raise VirtqueueError(f"{self.where}: descriptor ring: {e}") from None
-        return int.from_bytes(raw, "little")
 
     # -- available side ----------------------------------------------------------------------
     def has_available(self, mem: Memory) -> bool:
@@ -259,11 +254,7 @@ class PackedRing:
                     wrap ^= 1
                     self.signalled_used_valid = False  # as QEMU after a wrap
             for p, _w, flags in slots[1:] + slots[:1]:
-                a = q.desc_addr + PACKED_DESC_SIZE * p + PACKED_DESC_FLAGS
-                if type(mem) in WINDOWED and mem.lo <= a and a + 2 <= mem.hi and not a & 1:
-                    mem.buf16[(a - mem.lo) >> 1] = flags  # one 16-bit store
-                else:
-                    mem.write(a, flags.to_bytes(2, "little"))
+                store16(mem, q.desc_addr + PACKED_DESC_SIZE * p + PACKED_DESC_FLAGS, flags)
         except GuestMemoryError as e:
             raise VirtqueueError(f"{self.where}: used descriptor: {e}") from None
         finally:
@@ -275,17 +266,13 @@ class PackedRing:
         notification now (§2.8.10; QEMU virtio_packed_should_notify)."""
         self.publish_used(mem)
         a = self.q.avail_addr
-        if type(mem) in WINDOWED and mem.lo <= a and a + 4 <= mem.hi and not a & 1:
+        try:
             # Two 16-bit loads, the flags first (QEMU vring_packed_event_read: flags, a
             # barrier, then off_wrap; memory.py says why not a 4-byte copy of a live field).
-            w = (a - mem.lo) >> 1
-            flags = mem.buf16[w + PACKED_EVENT_FLAGS // 2]
-            off_wrap = mem.buf16[w + PACKED_EVENT_OFF_WRAP // 2]
-        else:
-            try:
-                off_wrap, flags = PACKED_EVENT.unpack(mem.read(a, PACKED_EVENT.size))
-            except GuestMemoryError as e:
-                raise VirtqueueError(f"{self.where}: driver event suppression: {e}") from None
+            flags = load16(mem, a + PACKED_EVENT_FLAGS)
+            off_wrap = load16(mem, a + PACKED_EVENT_OFF_WRAP)
+        except GuestMemoryError as e:
+            raise VirtqueueError(f"{self.where}: driver event suppression: {e}") from None
         old, new = self.signalled_used, self.used_idx
         valid = self.signalled_used_valid
         self.signalled_used, self.signalled_used_valid = new, True
@@ -314,17 +301,10 @@ class PackedRing:
             state = (q.used_addr, VRING_PACKED_EVENT_FLAG_ENABLE, 0)
         if self._notify_state == state:
             return
-        a = q.used_addr
-        if type(mem) in WINDOWED and mem.lo <= a and a + 4 <= mem.hi and not a & 1:
-            w = (a - mem.lo) >> 1  # one 16-bit store each, off_wrap first
+        try:  # one 16-bit store each, off_wrap first
             if state[1] == VRING_PACKED_EVENT_FLAG_DESC:
-                mem.buf16[w + PACKED_EVENT_OFF_WRAP // 2] = state[2]
-            mem.buf16[w + PACKED_EVENT_FLAGS // 2] = state[1]
-        else:
-            try:
-                if state[1] == VRING_PACKED_EVENT_FLAG_DESC:
-                    mem.write(a + PACKED_EVENT_OFF_WRAP, state[2].to_bytes(2, "little"))
-                mem.write(a + PACKED_EVENT_FLAGS, state[1].to_bytes(2, "little"))
-            except GuestMemoryError as e:
-                raise VirtqueueError(f"{self.where}: device event suppression: {e}") from None
+                store16(mem, q.used_addr + PACKED_EVENT_OFF_WRAP, state[2])
+            store16(mem, q.used_addr + PACKED_EVENT_FLAGS, state[1])
+        except GuestMemoryError as e:
+            raise VirtqueueError(f"{self.where}: device event suppression: {e}") from None
         self._notify_state = state

@@ -28,7 +28,7 @@ from ..abi.ring import (
 )
 from ..abi.ring import USED_ELEM as _USED_ELEM
 from ..abi.virtio import VIRTIO_MSI_NO_VECTOR as NO_VECTOR
-from .memory import WINDOWED, GuestMemoryError, Memory
+from .memory import WINDOWED, GuestMemoryError, Memory, load16, store16
 
 if TYPE_CHECKING:
     from .packed import PackedRing
@@ -362,19 +362,14 @@ class VirtQueue:
     # itself; an access outside it, and other memories (a peer's region read with pread, a
     # counting test memory), go through read/write and their errors.
     def _u16(self, mem: Memory, addr: int) -> int:
-        if type(mem) in WINDOWED and mem.lo <= addr and addr + 2 <= mem.hi and not addr & 1:
-            return mem.buf16[(addr - mem.lo) >> 1]
         try:
-            return int.from_bytes(mem.read(addr, 2), "little")
+            return load16(mem, addr)
         except GuestMemoryError as e:
             raise VirtqueueError(f"queue {self.index}: {e}") from None
 
     def _w16(self, mem: Memory, addr: int, value: int) -> None:
-        if type(mem) in WINDOWED and mem.lo <= addr and addr + 2 <= mem.hi and not addr & 1:
-            mem.buf16[(addr - mem.lo) >> 1] = value & 0xFFFF
-            return
         try:
-            mem.write(addr, (value & 0xFFFF).to_bytes(2, "little"))
+            store16(mem, addr, value)
         except GuestMemoryError as e:
             raise VirtqueueError(f"queue {self.index}: {e}") from None
 
