@@ -184,20 +184,33 @@ def test_fp_state_survives_context_switches_in_the_guest(linux, fpcheck):
 
 @pytest.mark.uml
 def test_fpcheck_fails_when_the_kernel_saves_fp_state_wrong(linux, fpcheck):
-    """The check can fail: the same kernel, told by gdb (before start_kernel) that the host has
-    no XSAVE regset, saves and restores only the legacy FXSAVE area (x87/SSE) of each thread, so
-    the upper YMM halves are not the thread's own."""
+    """The check can fail: the same kernel, told by gdb that the host has no XSAVE regset, saves
+    and restores only the legacy FXSAVE area (x87/SSE) of each thread, so the upper YMM/ZMM
+    halves (and AVX-512's mask registers) are not the thread's own.
+
+    Only while fpcheck runs: the guest's shell runs its `umask` builtin (umask(2)) just before
+    and just after it, and gdb flips the flag at each. Set from boot on, as this test first did,
+    it kills init on a host with AVX-512 (an AMD EPYC, every boot): each static binary started
+    in that mode faults in its glibc start-up at the same address, busybox's init first, and the
+    kernel panics before fpcheck runs. So no process but fpcheck may start while the flag is off
+    (a `sync` command to flip it back faulted the same way: hence a builtin). The shell only
+    waits in wait4() meanwhile: vector registers are caller-saved in the x86-64 ABI, so none of
+    its values live across that call."""
     if "avx" not in Path("/proc/cpuinfo").read_text().split():
         pytest.skip("this host's CPU has no AVX: the legacy FXSAVE save loses nothing "
                     "fpcheck can see")  # fmt: skip
-    init = "break start_kernel\ncommands\nsilent\nset var have_xstate_support = 0\ncontinue\nend"
-    res = _fpcheck_boot(fpcheck, gdb_init=init, rounds=60)
+    init = ("break sys_umask\ncommands\nsilent\n"
+            "set var have_xstate_support = !have_xstate_support\ncontinue\nend")  # fmt: skip
+    script = "umask 022\n/fpcheck 2 2 60\numask 022\necho fp-saving restored\n"
+    res = run_boot(BootOptions(script=script, files={"/fpcheck": fpcheck}, gdb_init=init,
+                               timeout=120))  # fmt: skip
     assert "FPCHECK PASS" not in res.console, res.console[-3000:]
     # Either fpcheck sees another thread's registers, or the process dies before it can look
     # (seen: glibc's TLS set-up, copied with AVX moves, comes out wrong and atoi() faults).
     failed = "FPCHECK FAIL" in res.console or re.search(r"fpcheck\[\d+\]: segfault", res.console)
     assert failed, res.console[-3000:]
     # The kernel itself lived on: the guest script went on after fpcheck and finished.
+    assert "fp-saving restored" in res.console, res.console[-3000:]
     assert "done" in res.times and "Kernel panic" not in res.console
 
 
