@@ -60,7 +60,12 @@ ip link set eth0 up; ip addr add $GUEST_IP/24 dev eth0; ip link set lo up
 echo {mark} ping; ping -c {pings} -i 0.2 $HOST_IP; echo {mark} end
 dd if=/dev/zero bs=65536 count={blocks} 2>/dev/null | nc $HOST_IP {g2h}
 echo {mark} h2g; nc -l -p {h2g} | wc -c; echo {mark} end
+echo {mark} syscalls; busybox time dd if=/dev/zero of=/dev/null bs=1 count={syscall_bytes} 2>&1; echo {mark} end
 """
+# The guest's own cost of a system call, which bounds what nc's transfers can reach whatever the
+# NIC does: dd copying one byte at a time makes two per byte (read, write); busybox's `time`
+# (called through busybox: neither guest links that applet) gives the wall time to 10 ms.
+SYSCALL_BYTES = 20000
 # The same transfers with 64 KiB reads and writes (bench/guest/tcpbulk.c, built static and put
 # into both guests): busybox nc copies 1 KiB at a time, 32 768 system calls per 16 MiB, which
 # under UML are ptrace round trips; this pair measures the NIC path with TSO-sized frames.
@@ -204,6 +209,15 @@ def parse_ping(text: str) -> dict[str, float]:
     return {"min": float(m.group(1)), "avg": float(m.group(2)), "max": float(m.group(3))}
 
 
+def parse_syscall_us(text: str) -> float | None:
+    """µs per system call from the ``syscalls`` section: busybox time's ``real 0m 1.23s`` over
+    dd's two calls per byte; None when dd did not copy every byte (its "N+0 records out")."""
+    m = re.search(r"real\s+(\d+)m\s*([\d.]+)s", text)
+    if not m or f"{SYSCALL_BYTES}+0 records out" not in text:
+        return None
+    return (int(m.group(1)) * 60 + float(m.group(2))) * 1e6 / (2 * SYSCALL_BYTES)
+
+
 def section(console: str, name: str) -> str:
     m = re.search(rf"{MARK} {name}\n(.*?){MARK} end", console, re.S)
     return m.group(1) if m else ""
@@ -211,7 +225,7 @@ def section(console: str, name: str) -> str:
 
 def workload(args: argparse.Namespace) -> str:
     text = WORKLOAD.format(mark=MARK, pings=args.pings, blocks=args.mib * 16, g2h=G2H_PORT,
-                           h2g=H2G_PORT)  # fmt: skip
+                           h2g=H2G_PORT, syscall_bytes=SYSCALL_BYTES)  # fmt: skip
     if args.bulk is not None:
         text += WORKLOAD_BULK.format(mark=MARK, g2h=G2H_PORT, h2g=H2G_PORT,
                                      nbytes=args.bulk_mib << 20)  # fmt: skip
@@ -311,6 +325,7 @@ def uml_device(args: argparse.Namespace) -> dict[str, Any]:
                            **traffic.result}  # fmt: skip
     out["h2g_guest_bytes"] = _int(res.sections.get("h2g", ""))
     out["h2g_bulk_guest_bytes"] = _int(res.sections.get("h2gbulk", ""))
+    out["syscall_us"] = parse_syscall_us(res.sections.get("syscalls", ""))
     out["loop"] = res.loop
     vnet = getattr(session.netdev, "vnet_hdr", False)
     out["device"] = {"features": f"{max(features, default=0):#x}",
@@ -397,7 +412,8 @@ def qemu_run(args: argparse.Namespace, initrd: Path, kern: debian.DebianKernel) 
         raise RuntimeError("QEMU: the guest did not finish:\n" + "\n".join(lines[-20:]))
     return {"boot_s": t_init, "ping": parse_ping(section(console, "ping")), **traffic.result,
             "h2g_guest_bytes": _int(section(console, "h2g")),
-            "h2g_bulk_guest_bytes": _int(section(console, "h2gbulk"))}  # fmt: skip
+            "h2g_bulk_guest_bytes": _int(section(console, "h2gbulk")),
+            "syscall_us": parse_syscall_us(section(console, "syscalls"))}  # fmt: skip
 
 
 # -- figures --------------------------------------------------------------------------------------
@@ -406,8 +422,12 @@ def metrics(r: dict[str, Any]) -> dict[str, float | None]:
     lat = r.get("loop", {}).get("kick_to_call_us[ping]")
     if lat:
         out["ping_device_us"] = lat["median"]
+    write = r.get("loop", {}).get("call_write_us[ping]")
+    if write:
+        out["ping_call_write_us"] = write["median"]
     for k in ("min", "avg", "max"):
         out[f"ping_{k}_ms"] = r.get("ping", {}).get(k)
+    out["syscall_us"] = r.get("syscall_us")
     for d in ("g2h", "h2g", "g2h_bulk", "h2g_bulk"):
         t = r.get(d)
         if not t or not t["seconds"]:
@@ -416,6 +436,9 @@ def metrics(r: dict[str, Any]) -> dict[str, float | None]:
         out[f"{d}_MBps"] = mb / t["seconds"]
         out[f"{d}_device_ms_per_MB"] = t["cpu"]["device"] * 1000 / mb
         out[f"{d}_kernel_ms_per_MB"] = t["cpu"]["kernel"] * 1000 / mb
+        # The guest kernel's share of the transfer's wall time: near 100 % it is the guest, not
+        # the NIC, that sets the pace (UML runs one CPU: its process group's CPU is serial).
+        out[f"{d}_kernel_busy_pct"] = t["cpu"]["kernel"] * 100 / t["seconds"]
     return out
 
 
@@ -425,10 +448,16 @@ ROWS = (
     ("ping_avg_ms", "ping avg (ms)"),
     ("ping_max_ms", "ping max (ms)"),
     ("ping_device_us", "device time per ping round trip (kick drained → irq call), median (µs)"),
+    ("ping_call_write_us", "of which the irq call's eventfd write (the host waking UML), median (µs)"),
     ("g2h_MBps", "TCP guest → host (MB/s)"),
     ("h2g_MBps", "TCP host → guest (MB/s)"),
     ("g2h_bulk_MBps", "TCP guest → host, 64 KiB writes (MB/s)"),
     ("h2g_bulk_MBps", "TCP host → guest, 64 KiB reads (MB/s)"),
+    ("g2h_kernel_busy_pct", "guest kernel busy during g→h (% of its wall time)"),
+    ("h2g_kernel_busy_pct", "guest kernel busy during h→g (% of its wall time)"),
+    ("g2h_bulk_kernel_busy_pct", "guest kernel busy during g→h, 64 KiB writes (%)"),
+    ("h2g_bulk_kernel_busy_pct", "guest kernel busy during h→g, 64 KiB reads (%)"),
+    ("syscall_us", "guest system call, 1-byte read or write (µs)"),
     ("g2h_device_ms_per_MB", "CPU per MB g→h: device/VMM (ms)"),
     ("g2h_kernel_ms_per_MB", "CPU per MB g→h: guest kernel (ms)"),
     ("h2g_device_ms_per_MB", "CPU per MB h→g: device/VMM (ms)"),
@@ -451,6 +480,25 @@ def _stat(vals: list[float | None]) -> tuple[float | None, str]:
     if not vs:
         return None, "–"
     return statistics.median(vs), f"{_fmt(statistics.median(vs))} ({_fmt(min(vs))}–{_fmt(max(vs))})"
+
+
+CEILINGS = (("g2h", "g→h"), ("h2g", "h→g"), ("g2h_bulk", "g→h 64 KiB"), ("h2g_bulk", "h→g 64 KiB"))
+
+
+def ceilings(m: list[dict[str, dict[str, float | None]]]) -> list[str]:
+    """What UML could reach if our device took no time: its kernel's CPU per MB alone (UML runs
+    one CPU, so that CPU is serial with the transfer), against QEMU's median throughput."""
+    parts = []
+    for d, name in CEILINGS:
+        k = _stat([x["uml"].get(f"{d}_kernel_ms_per_MB") for x in m])[0]
+        q = _stat([x["qemu"].get(f"{d}_MBps") for x in m])[0]
+        if k:
+            cap = 1000 / k
+            parts.append(f"{name} {_fmt(cap)} MB/s" + (f" = {cap / q:.1f}× QEMU" if q else ""))
+    if not parts:
+        return []
+    return ["", "Guest-bound ceiling (UML's kernel CPU per MB alone, as if our device took no "
+            "time): " + "; ".join(parts) + "."]
 
 
 def report(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -481,6 +529,7 @@ def report(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
     ub = _stat([x["uml"].get("boot_ms") for x in m])[0]
     if fl and ub:
         lines += ["", f"Boot with the device / boot with no device: {ub / fl:.3f}."]
+    lines += ceilings(m)
     n, nb = args.mib << 20, bulk_nbytes(args)
     want = {"g2h": hashlib.md5(bytes(n)).hexdigest(), "g2h_bulk": bulk_md5(nb)}
 

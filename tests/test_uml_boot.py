@@ -87,6 +87,17 @@ def test_reads_are_followed_by_polling_the_cmd_queue(boots):
         stats.mmio_writes
 
 
+def test_ping_latency_samples_split_off_the_call_write(boots):
+    """Each ping pass is timed from its wake-up to the irq call (kick_to_call_us) and, of that,
+    the call's eventfd write alone (call_write_us): one write sample per pass sample, each inside
+    its pass's interval."""
+    loop = boots["default"].loop
+    whole, write = loop.get("kick_to_call_us[ping]"), loop.get("call_write_us[ping]")
+    assert whole and write, loop
+    assert write["n"] == whole["n"] >= 3  # ping -c 3: at least one pass per reply
+    assert 0 < write["median"] <= whole["median"] and write["max"] <= whole["max"]
+
+
 def test_the_kernels_memory_is_a_sealed_memfd_and_is_mapped(boots):
     """patches/*/uml-sealed-memfd.patch: UML's memory file is a memfd sealed against shrinking,
     so our device maps it (vhost_user.unmappable) instead of a pread/pwrite per ring access.
