@@ -51,8 +51,12 @@ def test_frames_arrive_through_indirect_buffers_and_tables_are_freed():
     assert counters["rx_frames"] == counters["tx_frames"] == 50
     assert counters["rx_dropped"] == 0 and not res.device.broken
     rq = res.net.rq[0]
-    # every buffer still posted holds its table; the used ones' tables went back to the pages
-    assert len(rq.tables) == len(rq.data) == rq.num
+    # every buffer still posted holds its table (one ring descriptor each); the used ones'
+    # tables went back to the pages. Linux 6.1's virtnet_receive refills only once more than
+    # min(budget 64, ring size) / 2 buffers are free: after frame 33, so 17 are not back yet.
+    refill_at = min(64, rq.num) // 2 + 1
+    assert rq.num_free == 50 - refill_at
+    assert len(rq.tables) == len(rq.data) == rq.num - rq.num_free
 
 
 def test_without_indirect_desc_a_big_buffer_is_a_direct_chain():

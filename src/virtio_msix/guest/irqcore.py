@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .errnos import EBUSY, EINVAL, ENODEV, ENOENT, ENOMEM, ENOSPC
 from .irqdesc import IrqAction, IrqDesc
 from .irqdomain import irq_domain_activate_irq, irq_domain_deactivate_irq, msi_domain_set_affinity
+from .napi import irq_exit
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -159,10 +160,12 @@ def irq_move_masked_irq(k: Kernel, desc: IrqDesc) -> None:
 def handle_edge_irq(k: Kernel, desc: IrqDesc, cpu: int | None = None, vector: int | None = None) -> None:
     """Count the interrupt on the CPU that took it (``cpu``; the interrupt's own CPU if not
     given), then the ack (apic_ack_edge): complete a finished move (free the old vector), do a
-    pending one; then run the actions. The model runs on that CPU meanwhile (``k.this_cpu``)."""
+    pending one; then run the actions. The model runs on that CPU meanwhile (``k.this_cpu``).
+    Leaving, irq_exit runs the softirq work the actions raised (NAPI polls: guest/napi.py)."""
     cpu = desc.cpu if cpu is None else cpu
     counts = desc.counts
-    counts[cpu if cpu < len(counts) else 0] += 1
+    cpu_index = cpu if cpu < len(counts) else 0
+    counts[cpu_index] += 1
     start = time.monotonic_ns() if k.irq_hook is not None else 0
     saved_cpu, k.this_cpu = k.this_cpu, cpu
     k.in_interrupt += 1
@@ -183,4 +186,6 @@ def handle_edge_irq(k: Kernel, desc: IrqDesc, cpu: int | None = None, vector: in
         k.in_interrupt -= 1
         if k.irq_hook is not None:
             k.irq_hook(desc, start, time.monotonic_ns())
+        if k.poll_list[cpu_index] and not k.softirq_count[cpu_index]:
+            irq_exit(k, cpu_index)  # the NAPI polls the handler scheduled, on this CPU
         k.this_cpu = saved_cpu

@@ -19,6 +19,7 @@ from . import backtrace
 from .errnos import EBUSY, ENOSPC
 from .irqcore import handle_edge_irq
 from .irqdesc import IrqAction, IrqChip, IrqDesc  # noqa: F401  (named here for importers)
+from .napi import MAX_SOFTIRQ_RESTART, do_softirq
 
 PAGE_SIZE = 4096
 LOG_LINES = 4096
@@ -133,6 +134,10 @@ class Kernel:
         self.cleanup_list: list[IrqDesc] = []
         # XPS (net/core/dev.c netif_set_xps_queue): tx queue → the CPUs that transmit on it.
         self.xps: dict[str, frozenset[int]] = {}
+        # Per CPU: the NAPI polls scheduled (softnet_data.poll_list) and the bottom-half
+        # disable count (softirq_count(): softirq running or local_bh_disable); guest/napi.py.
+        self.poll_list: list[list] = [[] for _ in range(cpus)]
+        self.softirq_count = [0] * cpus
         if self.x86 is not None:
             # The boot-time interrupts (timer, ACPI, i8042, RTC, serial) where Linux put them.
             for irq, cpu, vector in self.x86.boot_irqs:
@@ -246,6 +251,18 @@ class Kernel:
                     break
             else:
                 return
+
+    def ksoftirqd(self) -> None:
+        """Softirq work __do_softirq left after MAX_SOFTIRQ_RESTART rounds is ksoftirqd's; the
+        model has no scheduler: a caller that lets time pass (the simulator between frames)
+        runs it here, as the thread would — each CPU's, bounded the same way."""
+        if self.in_interrupt:
+            return
+        for cpu, plist in enumerate(self.poll_list):
+            for _ in range(MAX_SOFTIRQ_RESTART):
+                if not plist or self.softirq_count[cpu]:
+                    break
+                do_softirq(self, cpu)
 
     # -- interrupts -----------------------------------------------------------------------------
     def irq_alloc_desc(self, chip: str, hwirq: int, trigger: str = "edge") -> IrqDesc:

@@ -1,6 +1,7 @@
 """drivers/net/virtio_net.c, the part a device sees: validate, probe (config reads with the
-generation loop, find_vqs, affinity hints), RX buffer posting, TX, the control queue, NAPI-like
-polling from the interrupt handlers, and remove."""
+generation loop, find_vqs, affinity hints), RX buffer posting, TX, the control queue, the NAPI
+polls the interrupt handlers schedule (virtnet_poll, virtnet_poll_tx: guest/napi.py runs them
+as softirq work), and remove."""
 
 from __future__ import annotations
 
@@ -14,6 +15,19 @@ from typing import Any
 from ..virtio import net as dev_net
 from .irqcore import EINVAL, irq_set_affinity_hint
 from .kernel import Kernel
+from .napi import (
+    NAPI_POLL_WEIGHT,
+    NAPIF_STATE_DISABLE,
+    NAPIF_STATE_SCHED,
+    Napi,
+    __napi_schedule,
+    local_bh_disable,
+    local_bh_enable,
+    napi_complete_done,
+    napi_disable,
+    napi_enable,
+    napi_schedule_prep,
+)
 from .virtio_pci import (
     VirtioDriver,
     VpDev,
@@ -111,6 +125,12 @@ class VirtnetInfo:
     any_header_sg: bool | None = None  # virtnet_probe's vi->any_header_sg (None: not set yet)
     # Sees every frame the driver sends (outbound=True) or hands up: pcap writers hook here.
     capture: Callable[[bytes, bool], None] | None = None
+    # Per queue pair (virtnet_alloc_queues): rq[i].napi and sq[i].napi; the TX queue stopped
+    # by start_xmit when its ring is nearly full (netif_stop_subqueue).
+    rq_napi: list[Napi] = field(default_factory=list)
+    sq_napi: list[Napi] = field(default_factory=list)
+    tx_stopped: list[bool] = field(default_factory=list)
+    opened: bool = False
 
 
 def virtnet_validate(k: Kernel, vp: VpDev) -> int:
@@ -139,6 +159,7 @@ def virtnet_probe(k: Kernel, vp: VpDev) -> int:
     # Multiqueue by default, at most one pair per online CPU; set before init_vqs, whose
     # virtnet_set_affinity spreads these pairs (no device access: its place is free).
     vi.curr_queue_pairs = min(vi.max_queue_pairs, k.cpus)
+    virtnet_alloc_queues(k, vi)
     if vp.has_feature(dev_net.VIRTIO_NET_F_MAC):
         vi.mac = virtio_cread_bytes(k, vp, CONFIG_OFFSET["mac"], 6)
     if vp.has_feature(dev_net.VIRTIO_NET_F_MTU):
@@ -151,6 +172,21 @@ def virtnet_probe(k: Kernel, vp: VpDev) -> int:
     virtio_device_ready(k, vp)
     _virtnet_set_queues(k, vi, vi.curr_queue_pairs)
     return 0
+
+
+# napi_tx: the module parameter, on by default; sq napi weight is napi_weight (64) with it.
+NAPI_TX = True
+
+
+def virtnet_alloc_queues(k: Kernel, vi: VirtnetInfo) -> None:
+    """The NAPI contexts of every pair (netif_napi_add_weight / netif_napi_add_tx_weight):
+    RX polls with NAPI_POLL_WEIGHT; TX with it too when napi_tx, else weight 0 (no TX
+    NAPI: completions are reaped by the next start_xmit)."""
+    vi.rq_napi = [Napi(partial(virtnet_poll, k, vi, i), NAPI_POLL_WEIGHT, f"rx-{i}")
+                  for i in range(vi.max_queue_pairs)]  # fmt: skip
+    vi.sq_napi = [Napi(partial(virtnet_poll_tx, k, vi, i), NAPI_POLL_WEIGHT if NAPI_TX else 0,
+                       f"tx-{i}") for i in range(vi.max_queue_pairs)]  # fmt: skip
+    vi.tx_stopped = [False] * vi.max_queue_pairs
 
 
 def _virtnet_set_queues(k: Kernel, vi: VirtnetInfo, pairs: int) -> bool:
@@ -266,9 +302,71 @@ def virtnet_update_settings(k: Kernel, vi: VirtnetInfo) -> None:
 
 
 def virtnet_open(k: Kernel, vi: VirtnetInfo) -> None:
-    for i in range(vi.curr_queue_pairs):
-        try_fill_recv(k, vi, i)
+    """ndo_open, then the RX mode __dev_open sets after it: every pair's NAPI enabled, the
+    current ones' receive rings filled first (virtnet_enable_queue_pair)."""
+    for i in range(vi.max_queue_pairs):
+        if i < vi.curr_queue_pairs:
+            try_fill_recv(k, vi, i)  # -ENOMEM would schedule refill work: not modelled
+        virtnet_napi_enable(k, vi.rq[i], vi.rq_napi[i])
+        virtnet_napi_tx_enable(k, vi, vi.sq[i], vi.sq_napi[i])
+    vi.opened = True
     virtnet_set_rx_mode(k, vi)
+
+
+def virtnet_close(k: Kernel, vi: VirtnetInfo) -> None:
+    """ndo_stop (unregister_netdev of an up interface): every pair's NAPI disabled, TX first
+    (virtnet_disable_queue_pair). Guest state only, no device access."""
+    if not vi.opened:
+        return
+    for i in range(vi.max_queue_pairs):
+        if vi.sq_napi[i].weight:
+            napi_disable(k, vi.sq_napi[i])  # virtnet_napi_tx_disable
+        napi_disable(k, vi.rq_napi[i])
+    vi.opened = False
+
+
+def virtnet_napi_enable(k: Kernel, vq: VringVirtqueue, napi: Napi) -> None:
+    """napi_enable, then one poll at once: buffers the device filled before NAPI was on gave
+    an interrupt nobody could act on, and there will be no other (the poll runs at
+    local_bh_enable)."""
+    napi_enable(napi)
+    local_bh_disable(k)
+    virtqueue_napi_schedule(k, napi, vq)
+    local_bh_enable(k)
+
+
+def virtnet_napi_tx_enable(k: Kernel, vi: VirtnetInfo, vq: VringVirtqueue, napi: Napi) -> None:
+    """TX NAPI only where it is likely on the transmitting CPU: with affinity hints set
+    (virtnet_set_affinity); else its weight goes to 0 and TX runs without it."""
+    if not napi.weight:
+        return
+    if not vi.affinity_hint_set:
+        napi.weight = 0
+        return
+    virtnet_napi_enable(k, vq, napi)
+
+
+def virtqueue_napi_schedule(k: Kernel, napi: Napi, vq: VringVirtqueue) -> None:
+    """Callbacks off while the poll is scheduled (only when this call scheduled it)."""
+    state = napi.state
+    if not state & (NAPIF_STATE_SCHED | NAPIF_STATE_DISABLE):  # napi_schedule_prep, inline
+        napi.state = state | NAPIF_STATE_SCHED
+        vq.disable_cb()
+        k.poll_list[k.this_cpu].append(napi)  # __napi_schedule, inline
+    else:
+        napi_schedule_prep(napi)  # refused: it sets MISSED when scheduled
+
+
+def virtqueue_napi_complete(k: Kernel, napi: Napi, vq: VringVirtqueue, processed: int) -> None:
+    """Callbacks on again (enable_cb_prepare) and NAPI done; buffers used meanwhile
+    (virtqueue_poll) schedule another poll rather than wait for an interrupt that may not
+    come. Not done (an interrupt came during the poll: scheduled again): callbacks off."""
+    opaque = vq.enable_cb_prepare()
+    if napi_complete_done(k, napi, processed):
+        if vq.poll(opaque):
+            virtqueue_napi_schedule(k, napi, vq)
+    else:
+        vq.disable_cb()
 
 
 def virtnet_set_rx_layout(vi: VirtnetInfo) -> None:
@@ -406,9 +504,41 @@ def vp_any_header_sg(vi: VirtnetInfo) -> bool:
     )
 
 
-def start_xmit(k: Kernel, vi: VirtnetInfo, frame: bytes, qp: int = 0) -> bool:
+def dev_queue_xmit(k: Kernel, vi: VirtnetInfo, frame: bytes, qp: int = 0) -> bool:
+    """The stack's way into start_xmit (__dev_queue_xmit): bottom halves off around it
+    (rcu_read_lock_bh), so the NAPI polls the kick's interrupts schedule run when it
+    returns (local_bh_enable), not inside it. A stopped queue takes nothing (the qdisc would
+    hold the frame: not modelled, counted as dropped)."""
+    if vi.tx_stopped and vi.tx_stopped[qp]:
+        vi.tx_dropped += 1
+        return False
+    k.softirq_count[k.this_cpu] += 1  # local_bh_disable, inline (every frame)
+    try:
+        sent = start_xmit(k, vi, frame, qp)
+    finally:
+        cpu = k.this_cpu
+        if k.softirq_count[cpu] > 1 or not k.poll_list[cpu]:
+            k.softirq_count[cpu] -= 1  # local_bh_enable with nothing to run, inline
+        else:
+            local_bh_enable(k)
+    return sent
+
+
+def start_xmit(k: Kernel, vi: VirtnetInfo, frame: bytes, qp: int = 0, more: bool = False) -> bool:
+    """``more``: netdev_xmit_more(), another frame follows at once: no kick, and with TX NAPI
+    no re-enabling of callbacks for this one."""
     sq = vi.sq[qp]
-    free_old_xmit_skbs(k, vi, qp)
+    use_napi = bool(vi.sq_napi) and vi.sq_napi[qp].weight != 0
+    kick = not more
+    # Free what the device has sent; with TX NAPI, callbacks off meanwhile and back on with
+    # enable_cb_delayed, again while the device has already passed its 3/4 mark (bounded:
+    # each round frees what was used, and the ring holds at most sq.num).
+    for _ in range(sq.num + 1):
+        if use_napi:
+            sq.disable_cb()
+        free_old_xmit_skbs(k, vi, qp)
+        if not (use_napi and kick and not sq.enable_cb_delayed()):
+            break
     hdr_len = vi.hdr_len
     try:
         buf = k.pages.alloc(hdr_len + len(frame), align=64)
@@ -426,17 +556,45 @@ def start_xmit(k: Kernel, vi: VirtnetInfo, frame: bytes, qp: int = 0) -> bool:
     else:
         out = [(buf, hdr_len), (buf + hdr_len, len(frame))]
     if sq.add_sgs(out, [], buf):
-        k.pages.free(buf)  # ring full: the stack keeps the skb (not modelled: dropped)
+        k.pages.free(buf)  # "Unexpected TXQ queue failure": the skb is dropped
+        vi.tx_dropped += 1
         return False
     vi.tx_packets += 1
     if vi.capture is not None:
         vi.capture(frame, True)
-    sq.kick()
+    stopped = False
+    if sq.num_free < 2 + MAX_SKB_FRAGS:
+        # Nearly full: stop the queue until completions make room (netif_stop_subqueue),
+        # and ask for an interrupt when 3/4 of what is outstanding is sent.
+        stopped = _netif_stop_subqueue(vi, qp)
+        if use_napi:
+            if not sq.enable_cb_delayed():
+                virtqueue_napi_schedule(k, vi.sq_napi[qp], sq)
+        elif not sq.enable_cb_delayed():
+            free_old_xmit_skbs(k, vi, qp)  # more just got used: free them, then recheck
+            if sq.num_free >= 2 + MAX_SKB_FRAGS:
+                _netif_wake_subqueue(vi, qp)
+                stopped = False
+                sq.disable_cb()
+    if kick or stopped:
+        sq.kick()
     return True
 
 
+def _netif_stop_subqueue(vi: VirtnetInfo, qp: int) -> bool:
+    if vi.tx_stopped:
+        vi.tx_stopped[qp] = True
+    return True
+
+
+def _netif_wake_subqueue(vi: VirtnetInfo, qp: int) -> None:
+    if vi.tx_stopped:
+        vi.tx_stopped[qp] = False
+
+
 def free_old_xmit_skbs(k: Kernel, vi: VirtnetInfo, qp: int) -> None:
-    """Free every skb the device has finished sending (napi_consume_skb)."""
+    """Free every skb the device has finished sending (napi_consume_skb); bounded by the
+    ring: get_buf gives each buffer back once."""
     get_buf, free = vi.sq[qp].get_buf, k.pages.free
     while (used := get_buf()) is not None:
         free(used[0])
@@ -444,15 +602,78 @@ def free_old_xmit_skbs(k: Kernel, vi: VirtnetInfo, qp: int) -> None:
 
 
 def skb_xmit_done(k: Kernel, vi: VirtnetInfo, qp: int, vq: Any = None) -> None:
+    """The TX interrupt: callbacks off; the TX poll scheduled (TX NAPI), else the queue woken
+    for start_xmit to reap the completions."""
+    sq = vi.sq[qp]
+    sq.disable_cb()
+    napi = vi.sq_napi[qp] if vi.sq_napi else None
+    if napi is not None and napi.weight:
+        virtqueue_napi_schedule(k, napi, sq)
+    else:
+        _netif_wake_subqueue(vi, qp)
+
+
+def virtnet_poll_tx(k: Kernel, vi: VirtnetInfo, qp: int, napi: Napi, budget: int) -> int:
+    """The TX poll: free the completions with callbacks off, wake the queue when there is
+    room, callbacks on and NAPI done; completions that came meanwhile schedule it again.
+    Reports no work (TX is not counted against the budget)."""
+    sq = vi.sq[qp]
+    sq.disable_cb()
     free_old_xmit_skbs(k, vi, qp)
+    if sq.num_free >= 2 + MAX_SKB_FRAGS and vi.tx_stopped:
+        vi.tx_stopped[qp] = False  # netif_tx_wake_queue
+    opaque = sq.enable_cb_prepare()
+    done = napi_complete_done(k, napi, 0)
+    if not done:
+        sq.disable_cb()
+    elif sq.poll(opaque) and napi_schedule_prep(napi):
+        sq.disable_cb()
+        __napi_schedule(k, napi)
+    return 0
+
+
+def virtnet_poll_cleantx(k: Kernel, vi: VirtnetInfo, qp: int, budget: int) -> None:
+    """From the RX poll: reap the paired TX queue's completions too (TX NAPI only), callbacks
+    re-enabled delayed, again while the device is past the mark (bounded as start_xmit's).
+    The TX lock is always free on one CPU: __netif_tx_trylock succeeds."""
+    napi = vi.sq_napi[qp] if vi.sq_napi else None
+    if napi is None or not napi.weight:
+        return
+    sq = vi.sq[qp]
+    for _ in range(sq.num + 1):
+        sq.disable_cb()
+        free_old_xmit_skbs(k, vi, qp)
+        if sq.enable_cb_delayed():
+            break
+    if sq.num_free >= 2 + MAX_SKB_FRAGS and vi.tx_stopped:
+        vi.tx_stopped[qp] = False  # netif_tx_wake_queue
 
 
 def skb_recv_done(k: Kernel, vi: VirtnetInfo, qp: int, vq: Any = None) -> None:
-    """NAPI: take every used RX buffer, hand the frame up, post a fresh buffer."""
+    """The RX interrupt: schedule the RX poll (callbacks off until it completes)."""
+    virtqueue_napi_schedule(k, vi.rq_napi[qp], vi.rq[qp])
+
+
+def virtnet_poll(k: Kernel, vi: VirtnetInfo, qp: int, napi: Napi, budget: int) -> int:
+    """The RX poll: callbacks off, the paired TX queue cleaned, up to ``budget`` frames
+    received; fewer than the budget: done (virtqueue_napi_complete), else NAPI polls again."""
+    rq = vi.rq[qp]
+    if budget:
+        rq.disable_cb()
+    virtnet_poll_cleantx(k, vi, qp, budget)
+    received = virtnet_receive(k, vi, qp, budget)
+    if received < budget:
+        virtqueue_napi_complete(k, napi, rq, received)
+    return received
+
+
+def virtnet_receive(k: Kernel, vi: VirtnetInfo, qp: int, budget: int) -> int:
+    """At most ``budget`` used RX buffers: each frame handed up, its buffer freed; the ring
+    refilled only once more than half of min(budget, ring size) is free."""
     rq = vi.rq[qp]
     got = 0
     get_buf, read, free, hdr_len = rq.get_buf, k.memory.read, k.pages.free, vi.hdr_len
-    while (used := get_buf()) is not None:
+    while got < budget and (used := get_buf()) is not None:
         buf, length = used
         if type(buf) is int:
             # One buffer (mergeable or small): _rx_frame and _free_rx inline.
@@ -466,13 +687,16 @@ def skb_recv_done(k: Kernel, vi: VirtnetInfo, qp: int, vq: Any = None) -> None:
         if vi.capture is not None:
             vi.capture(frame, False)
         got += 1
-    if got:
-        try_fill_recv(k, vi, qp)
+    if rq.num_free > min(budget, rq.num) // 2:
+        try_fill_recv(k, vi, qp)  # -ENOMEM would schedule refill work: not modelled
+    return got
 
 
 def virtnet_remove(k: Kernel, vp: VpDev) -> None:
     """Reset the device, free the buffers it still held, then give back every queue and
     interrupt (remove_vq_common)."""
+    if vp.priv is not None:
+        virtnet_close(k, vp.priv)  # unregister_netdev: the interface goes down first
     vp_reset(k, vp)
     free_unused_bufs(k, vp.priv)
     virtnet_del_vqs(k, vp)
@@ -507,4 +731,5 @@ VIRTIO_NET_DRIVER = VirtioDriver(
     config_changed=virtnet_config_changed,
 )
 
-__all__ = ["VIRTIO_NET_DRIVER", "VirtnetInfo", "del_vq", "start_xmit", "virtnet_open"]
+__all__ = ["VIRTIO_NET_DRIVER", "VirtnetInfo", "del_vq", "dev_queue_xmit", "start_xmit",
+           "virtnet_open"]

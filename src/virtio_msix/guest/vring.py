@@ -63,6 +63,12 @@ class Virtqueue:
         self.indirect = indirect
         self.broken = False
         self.num_added = 0
+        # vq->event_triggered (virtqueue_init: false): vring_interrupt sets it when the ring
+        # uses event idx — the device has just notified, and will not again until used_event is
+        # passed — so disable_cb need not write anything; enable_cb_prepare and
+        # enable_cb_delayed clear it. Linux calls it "just a hint": racy on SMP; the model
+        # runs one CPU at a time, where it is exact.
+        self.event_triggered = False
         self.priv: int = 0  # notify address
         self.msix_vector = VIRTIO_MSI_NO_VECTOR
 
@@ -116,6 +122,15 @@ class VringVirtqueue(Virtqueue):
         self.tables: dict[int, int] = {}
         self.avail_idx_shadow = 0
         self.last_used_idx = 0
+        # virtqueue_vring_init_split: the driver's copy of avail->flags. A queue without
+        # callback (virtio_net's control queue) starts with NO_INTERRUPT in it — written to the
+        # ring only without event idx (§2.7.7: with it, the device reads used_event instead,
+        # which stays 0: get_buf_ctx_split does not write it while NO_INTERRUPT is set).
+        self.avail_flags_shadow = 0
+        if callback is None:
+            self.avail_flags_shadow = VRING_AVAIL_F_NO_INTERRUPT
+            if not event_idx:
+                k.memory.write_u16(self.avail + ring.AVAIL_FLAGS, VRING_AVAIL_F_NO_INTERRUPT)
 
     # -- adding buffers ---------------------------------------------------------------------------
     # The hot methods below store into and load from the simulator's memory in place
@@ -270,7 +285,11 @@ class VringVirtqueue(Virtqueue):
             if table:
                 self.k.pages.free(table)  # detach_buf_split: the indirect table, kfree'd
         self.last_used_idx = last = (last + 1) & 0xFFFF
-        if self.event_idx:
+        # virtqueue_get_buf_ctx_split: while callbacks are on, used_event follows last_used_idx
+        # (the next entry interrupts, §2.7.10); written with or without event idx, as Linux
+        # does (without it the device ignores the field). Off (NO_INTERRUPT in the shadow: a
+        # NAPI poll, the control queue), it is left where disable_cb put it.
+        if not self.avail_flags_shadow & VRING_AVAIL_F_NO_INTERRUPT:
             a = self._used_event
             if a + 2 <= size:
                 _U16_PACK_INTO(buf, a, last)
@@ -296,23 +315,88 @@ class VringVirtqueue(Virtqueue):
         self.k.memory.write_u16(self._avail_idx, self.avail_idx_shadow)
         return token
 
-    def enable_cb(self) -> bool:
-        mem = self.k.memory
-        if self.event_idx:
-            mem.write(self.avail + ring.used_event(self.num), struct.pack("<H", self.last_used_idx))
-        else:
-            mem.write(self.avail + ring.AVAIL_FLAGS, struct.pack("<H", 0))
-        return not self.more_used()
-
+    # -- interrupt suppression (§2.7.7, §2.7.10) ------------------------------------------------
+    # virtio_ring.c keeps avail->flags' driver copy in avail_flags_shadow and decides from it;
+    # with event idx the ring's flags are never written (the device reads used_event instead).
+    # Every NAPI poll calls these (several times per packet): used_event is stored and
+    # used->idx loaded in place, as get_buf does.
     def disable_cb(self) -> None:
-        if not self.event_idx:
-            self.k.memory.write(
-                self.avail + ring.AVAIL_FLAGS, struct.pack("<H", VRING_AVAIL_F_NO_INTERRUPT)
-            )
+        """virtqueue_disable_cb_split: NO_INTERRUPT into the shadow; then nothing if the
+        device has just notified (event_triggered: it will not again before used_event is
+        passed), else with event idx used_event = 0 (Linux's own "hack": the device then
+        notifies only when its used index next crosses 0), else avail->flags."""
+        if self.avail_flags_shadow & VRING_AVAIL_F_NO_INTERRUPT:
+            return
+        self.avail_flags_shadow |= VRING_AVAIL_F_NO_INTERRUPT
+        if self.event_triggered:
+            return
+        if self.event_idx:
+            mem, a = self.k.memory, self._used_event
+            if a + 2 <= mem.size:
+                _U16_PACK_INTO(mem.buf, a, 0)
+            else:
+                mem.write_u16(a, 0)
+        else:
+            self.k.memory.write_u16(self.avail + ring.AVAIL_FLAGS, self.avail_flags_shadow)
+
+    def enable_cb_prepare(self) -> int:
+        """virtqueue_enable_cb_prepare (its split half): clear event_triggered and NO_INTERRUPT
+        (avail->flags written without event idx), point used_event at the next entry (always,
+        event idx or not); the index to hand to poll()."""
+        self.event_triggered = False
+        mem = self.k.memory
+        if self.avail_flags_shadow & VRING_AVAIL_F_NO_INTERRUPT:
+            self.avail_flags_shadow &= ~VRING_AVAIL_F_NO_INTERRUPT
+            if not self.event_idx:
+                mem.write_u16(self.avail + ring.AVAIL_FLAGS, self.avail_flags_shadow)
+        last, a = self.last_used_idx, self._used_event
+        if a + 2 <= mem.size:
+            _U16_PACK_INTO(mem.buf, a, last)
+        else:
+            mem.write_u16(a, last)
+        return last
+
+    def poll(self, last_used_idx: int) -> bool:
+        """virtqueue_poll: whether the device used buffers past ``last_used_idx`` (what
+        enable_cb_prepare returned); a broken ring has none."""
+        if self.broken:
+            return False
+        mem, a = self.k.memory, self._used_idx
+        used = _U16_UNPACK_FROM(mem.buf, a)[0] if a + 2 <= mem.size else mem.read_u16(a)
+        return (last_used_idx & 0xFFFF) != used
+
+    def enable_cb(self) -> bool:
+        """virtqueue_enable_cb: prepare, then True when nothing was used meanwhile."""
+        return not self.poll(self.enable_cb_prepare())
+
+    def enable_cb_delayed(self) -> bool:
+        """virtqueue_enable_cb_delayed (split): callbacks on as enable_cb_prepare, but
+        used_event set 3/4 of the way through the buffers outstanding
+        ((avail_idx_shadow - last_used_idx) * 3 / 4, in u16); False when the device has
+        already used more than that."""
+        self.event_triggered = False
+        mem = self.k.memory
+        if self.avail_flags_shadow & VRING_AVAIL_F_NO_INTERRUPT:
+            self.avail_flags_shadow &= ~VRING_AVAIL_F_NO_INTERRUPT
+            if not self.event_idx:
+                mem.write_u16(self.avail + ring.AVAIL_FLAGS, self.avail_flags_shadow)
+        last = self.last_used_idx
+        bufs = ((self.avail_idx_shadow - last) & 0xFFFF) * 3 // 4
+        buf, size, a = mem.buf, mem.size, self._used_event
+        if a + 2 <= size:
+            _U16_PACK_INTO(buf, a, (last + bufs) & 0xFFFF)
+        else:
+            mem.write_u16(a, last + bufs)
+        a = self._used_idx
+        used = _U16_UNPACK_FROM(buf, a)[0] if a + 2 <= size else mem.read_u16(a)
+        return ((used - last) & 0xFFFF) <= bufs
 
 
 def vring_interrupt(desc: Any, vq: VringVirtqueue | None = None) -> bool:
-    """The per-queue MSI-X handler: nothing to do unless the device used buffers."""
+    """The per-queue MSI-X handler: nothing to do unless the device used buffers; a broken
+    ring's interrupt is handled and goes no further (6.1 without
+    CONFIG_VIRTIO_HARDEN_NOTIFICATION); with event idx, event_triggered is set before the
+    callback runs."""
     if vq is None:
         return False
     if type(vq) is VringVirtqueue:
@@ -324,6 +408,10 @@ def vring_interrupt(desc: Any, vq: VringVirtqueue | None = None) -> bool:
             return False
     elif not vq.more_used():
         return False
+    if vq.broken:
+        return True
+    if vq.event_idx:
+        vq.event_triggered = True
     if vq.callback is not None:
         vq.callback(vq)
     return True
@@ -539,11 +627,19 @@ class PackedVringVirtqueue(Virtqueue):
         token, _count = self._detach(min(self.state))
         return token
 
-    def enable_cb(self) -> bool:
-        """virtqueue_enable_cb_prepare_packed, then virtqueue_poll_packed: True when nothing
-        was used meanwhile."""
-        if self.event_idx:
-            self._write_driver_off_wrap()
+    # -- interrupt suppression (§2.8.10, §2.8.14): the driver event suppression structure --------
+    def disable_cb(self) -> None:
+        """virtqueue_disable_cb_packed: DISABLE into the shadow; the structure's flags are
+        written unless the device has just notified (event_triggered)."""
+        if self.event_flags_shadow != ring.VRING_PACKED_EVENT_FLAG_DISABLE:
+            self.event_flags_shadow = ring.VRING_PACKED_EVENT_FLAG_DISABLE
+            if self.event_triggered:
+                return
+            self._write_driver_flags()
+
+    def _enable_flags(self) -> None:
+        """What enable_cb_prepare_packed and enable_cb_delayed_packed share, after off_wrap:
+        a DISABLE shadow becomes DESC (event idx) or ENABLE, written."""
         if self.event_flags_shadow == ring.VRING_PACKED_EVENT_FLAG_DISABLE:
             self.event_flags_shadow = (
                 ring.VRING_PACKED_EVENT_FLAG_DESC
@@ -551,9 +647,45 @@ class PackedVringVirtqueue(Virtqueue):
                 else ring.VRING_PACKED_EVENT_FLAG_ENABLE
             )
             self._write_driver_flags()
-        return not self.more_used()
 
-    def disable_cb(self) -> None:
-        if self.event_flags_shadow != ring.VRING_PACKED_EVENT_FLAG_DISABLE:
-            self.event_flags_shadow = ring.VRING_PACKED_EVENT_FLAG_DISABLE
-            self._write_driver_flags()
+    def enable_cb_prepare(self) -> int:
+        """virtqueue_enable_cb_prepare (packed half): clear event_triggered; with event idx
+        off_wrap = last_used_idx first, then the flags; last_used_idx (position and wrap) for
+        poll()."""
+        self.event_triggered = False
+        if self.event_idx:
+            self._write_driver_off_wrap()
+        self._enable_flags()
+        return self.last_used_idx
+
+    def poll(self, off_wrap: int) -> bool:
+        """virtqueue_poll_packed: whether the descriptor at ``off_wrap``'s position is used
+        for its wrap counter."""
+        if self.broken:
+            return False
+        shift = ring.VRING_PACKED_EVENT_F_WRAP_CTR
+        pos, wrap = off_wrap & ((1 << shift) - 1), (off_wrap >> shift) & 1
+        flags_at = self.desc + ring.PACKED_DESC_SIZE * pos + ring.PACKED_DESC_FLAGS
+        return ring.packed_desc_used(self.k.memory.read_u16(flags_at), wrap)
+
+    def enable_cb(self) -> bool:
+        """virtqueue_enable_cb: prepare, then True when nothing was used meanwhile."""
+        return not self.poll(self.enable_cb_prepare())
+
+    def enable_cb_delayed(self) -> bool:
+        """virtqueue_enable_cb_delayed_packed: with event idx off_wrap points 3/4 of the way
+        through the descriptors in use ((num - num_free) * 3 / 4 past last_used, the wrap
+        flipped past the end); the flags as enable_cb_prepare; False when the descriptor at
+        last_used is already used."""
+        self.event_triggered = False
+        if self.event_idx:
+            bufs = (self.num - self.num_free) * 3 // 4
+            pos, wrap = self._last_used()
+            pos += bufs
+            if pos >= self.num:
+                pos -= self.num
+                wrap ^= 1
+            off_wrap = pos | wrap << ring.VRING_PACKED_EVENT_F_WRAP_CTR
+            self.k.memory.write_u16(self.avail + ring.PACKED_EVENT_OFF_WRAP, off_wrap)
+        self._enable_flags()
+        return not self.more_used()
