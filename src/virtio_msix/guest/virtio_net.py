@@ -130,6 +130,10 @@ class VirtnetInfo:
     rq_napi: list[Napi] = field(default_factory=list)
     sq_napi: list[Napi] = field(default_factory=list)
     tx_stopped: list[bool] = field(default_factory=list)
+    # Per TX queue, the CPU holding its xmit lock (netdev_queue._xmit_lock: __netif_tx_lock
+    # around start_xmit), else None. With --cpus N an interrupt another CPU takes during a
+    # kick runs its softirq work while this CPU still holds the lock.
+    tx_lock_owner: list[int | None] = field(default_factory=list)
     opened: bool = False
 
 
@@ -187,6 +191,7 @@ def virtnet_alloc_queues(k: Kernel, vi: VirtnetInfo) -> None:
     vi.sq_napi = [Napi(partial(virtnet_poll_tx, k, vi, i), NAPI_POLL_WEIGHT if NAPI_TX else 0,
                        f"tx-{i}") for i in range(vi.max_queue_pairs)]  # fmt: skip
     vi.tx_stopped = [False] * vi.max_queue_pairs
+    vi.tx_lock_owner = [None] * vi.max_queue_pairs
 
 
 def _virtnet_set_queues(k: Kernel, vi: VirtnetInfo, pairs: int) -> bool:
@@ -513,9 +518,14 @@ def dev_queue_xmit(k: Kernel, vi: VirtnetInfo, frame: bytes, qp: int = 0) -> boo
         vi.tx_dropped += 1
         return False
     k.softirq_count[k.this_cpu] += 1  # local_bh_disable, inline (every frame)
+    owners = vi.tx_lock_owner
+    if owners:
+        owners[qp] = k.this_cpu  # HARD_TX_LOCK (sch_direct_xmit)
     try:
         sent = start_xmit(k, vi, frame, qp)
     finally:
+        if owners:
+            owners[qp] = None
         cpu = k.this_cpu
         if k.softirq_count[cpu] > 1 or not k.poll_list[cpu]:
             k.softirq_count[cpu] -= 1  # local_bh_enable with nothing to run, inline
@@ -616,7 +626,9 @@ def skb_xmit_done(k: Kernel, vi: VirtnetInfo, qp: int, vq: Any = None) -> None:
 def virtnet_poll_tx(k: Kernel, vi: VirtnetInfo, qp: int, napi: Napi, budget: int) -> int:
     """The TX poll: free the completions with callbacks off, wake the queue when there is
     room, callbacks on and NAPI done; completions that came meanwhile schedule it again.
-    Reports no work (TX is not counted against the budget)."""
+    Reports no work (TX is not counted against the budget). Linux spins on the TX queue's
+    lock (__netif_tx_lock) when another CPU holds it; here that CPU is in its kick, the last
+    thing start_xmit does to the ring, so running now is what running after it would do."""
     sq = vi.sq[qp]
     sq.disable_cb()
     free_old_xmit_skbs(k, vi, qp)
@@ -635,10 +647,14 @@ def virtnet_poll_tx(k: Kernel, vi: VirtnetInfo, qp: int, napi: Napi, budget: int
 def virtnet_poll_cleantx(k: Kernel, vi: VirtnetInfo, qp: int, budget: int) -> None:
     """From the RX poll: reap the paired TX queue's completions too (TX NAPI only), callbacks
     re-enabled delayed, again while the device is past the mark (bounded as start_xmit's).
-    The TX lock is always free on one CPU: __netif_tx_trylock succeeds."""
+    Only when __netif_tx_trylock gets the TX queue's lock: not while another CPU is in
+    start_xmit on it (with one CPU the lock is always free here: start_xmit runs with
+    bottom halves off)."""
     napi = vi.sq_napi[qp] if vi.sq_napi else None
     if napi is None or not napi.weight:
         return
+    if vi.tx_lock_owner and vi.tx_lock_owner[qp] is not None:
+        return  # __netif_tx_trylock failed: the holder's next start_xmit frees them
     sq = vi.sq[qp]
     for _ in range(sq.num + 1):
         sq.disable_cb()
