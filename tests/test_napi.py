@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import struct
 
+import pytest
+
 from virtio_msix.guest.napi import NAPI_POLL_WEIGHT
 from virtio_msix.guest.sim import SimOptions, make_frame, run_sim
 from virtio_msix.guest.virtio_net import start_xmit
@@ -161,3 +163,34 @@ def test_rx_poll_on_another_cpu_leaves_a_tx_queue_being_sent_on(monkeypatch):
     assert held, seen  # the interleaving this test is about happens
     assert all(freed == 0 for _cpus, _cpu, freed in held), held
     assert vi.tx_completed == 6  # all freed in the end, by the TX poll
+
+
+@pytest.mark.parametrize("vectors", [0, 2])  # INTx; MSI-X with one vector for all queues
+def test_shared_interrupt_schedules_the_newest_queue_first(vectors):
+    """vp_vring_interrupt walks vp_dev->virtqueues, which vp_setup_vq builds with list_add
+    (each queue with a callback put at the head): output.0 (created after input.0) is
+    handled first, so its TX poll is ahead of the RX poll on the CPU's poll list and
+    net_rx_action runs it first."""
+    k, vi = _machine(vectors=vectors)
+    assert not vi.vp.per_vq_vectors
+    order: list[str] = []
+    for vq in (vi.rq[0], vi.sq[0]):
+        cb = vq.callback
+
+        def logged(v, cb=cb):
+            order.append(v.name)
+            cb(v)
+
+        vq.callback = logged
+    polls: list[str] = []
+    for napi in (vi.rq_napi[0], vi.sq_napi[0]):
+        poll = napi.poll
+
+        def logged_poll(n, budget, poll=poll):
+            polls.append(n.name)
+            return poll(n, budget)
+
+        napi.poll = logged_poll
+    start_xmit(k, vi, make_frame(vi.mac, 0))
+    assert order[:2] == ["output.0", "input.0"], order
+    assert polls[:2] == ["tx-0", "rx-0"]

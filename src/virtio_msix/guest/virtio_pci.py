@@ -847,8 +847,11 @@ def vp_config_changed(k: Kernel, vp: VpDev) -> bool:
 
 
 def vp_vring_interrupt(k: Kernel, vp: VpDev) -> bool:
+    """Every queue with a callback, in the order of vp_dev->virtqueues: vp_setup_vq puts each
+    at the list's head (list_add), so the last created comes first — output.0 before
+    input.0, which puts the TX poll ahead of the RX poll on the poll list."""
     handled = False
-    for vq in vp.vqs:
+    for vq in reversed(vp.vqs):
         if vq.callback is not None and vring_interrupt(None, vq):
             handled = True
     return handled
