@@ -194,3 +194,35 @@ def test_shared_interrupt_schedules_the_newest_queue_first(vectors):
     start_xmit(k, vi, make_frame(vi.mac, 0))
     assert order[:2] == ["output.0", "input.0"], order
     assert polls[:2] == ["tx-0", "rx-0"]
+
+
+def test_work_left_to_ksoftirqd_waits_for_it():
+    """A device that always has another frame: the RX poll always uses its whole weight, so
+    __do_softirq stops after MAX_SOFTIRQ_RESTART rounds with the poll still listed and wakes
+    ksoftirqd. From then on (6.1's ksoftirqd_running: NET_RX is not in SOFTIRQ_NOW_MASK)
+    neither irq_exit nor local_bh_enable runs NET_RX on that CPU: the work is the thread's
+    until it has run it."""
+    from virtio_msix.guest.napi import (
+        MAX_SOFTIRQ_RESTART,
+        irq_exit,
+        local_bh_disable,
+        local_bh_enable,
+    )
+    from virtio_msix.guest.virtio_net import dev_queue_xmit
+
+    res = run_sim(SimOptions(packets=0, teardown=False))
+    k, vi = res.kernel, res.net
+    frame = make_frame(vi.mac, 0)
+    res.device.device.backend.take_frame = lambda: frame  # the peer never runs dry
+    before = vi.rx_packets
+    dev_queue_xmit(k, vi, frame)  # local_bh_enable runs __do_softirq: 10 rounds, one poll each
+    assert vi.rx_packets - before == MAX_SOFTIRQ_RESTART * NAPI_POLL_WEIGHT
+    assert k.poll_list[0] == [vi.rq_napi[0]]
+    left = vi.rx_packets
+    local_bh_disable(k)
+    local_bh_enable(k)
+    assert vi.rx_packets == left  # ksoftirqd is running: local_bh_enable leaves it
+    irq_exit(k, 0)
+    assert vi.rx_packets == left  # and so does the next interrupt's return
+    k.ksoftirqd()
+    assert vi.rx_packets > left

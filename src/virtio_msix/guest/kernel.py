@@ -138,6 +138,9 @@ class Kernel:
         # disable count (softirq_count(): softirq running or local_bh_disable); guest/napi.py.
         self.poll_list: list[list] = [[] for _ in range(cpus)]
         self.softirq_count = [0] * cpus
+        # Per CPU: ksoftirqd woken for softirq work __do_softirq left (wakeup_softirqd) and not
+        # yet done with it; meanwhile irq_exit and local_bh_enable leave NET_RX to it.
+        self.ksoftirqd_woken = [False] * cpus
         if self.x86 is not None:
             # The boot-time interrupts (timer, ACPI, i8042, RTC, serial) where Linux put them.
             for irq, cpu, vector in self.x86.boot_irqs:
@@ -263,6 +266,9 @@ class Kernel:
                 if not plist or self.softirq_count[cpu]:
                     break
                 do_softirq(self, cpu)
+            # The thread sleeps again only with nothing pending (smpboot's
+            # thread_should_run); what a bounded run here leaves, it still owns.
+            self.ksoftirqd_woken[cpu] = bool(plist)
 
     # -- interrupts -----------------------------------------------------------------------------
     def irq_alloc_desc(self, chip: str, hwirq: int, trigger: str = "edge") -> IrqDesc:

@@ -147,7 +147,8 @@ def do_softirq(k: Kernel, cpu: int) -> None:
     """__do_softirq on ``cpu``: bottom halves off, hard interrupts on — interrupts already
     pending are taken first (their irq_exit does not run softirqs again: in_softirq) — then
     NET_RX rounds while polls are scheduled, at most MAX_SOFTIRQ_RESTART; anything left is
-    ksoftirqd's (Kernel.ksoftirqd)."""
+    ksoftirqd's (Kernel.ksoftirqd): wakeup_softirqd, after which irq_exit and local_bh_enable
+    leave NET_RX to the thread (ksoftirqd_running)."""
     counts = k.softirq_count
     saved, k.this_cpu = k.this_cpu, cpu
     counts[cpu] += 1
@@ -162,12 +163,16 @@ def do_softirq(k: Kernel, cpu: int) -> None:
     finally:
         counts[cpu] -= 1
         k.this_cpu = saved
+    if plist:
+        k.ksoftirqd_woken[cpu] = True  # wakeup_softirqd
 
 
 def irq_exit(k: Kernel, cpu: int) -> None:
     """kernel/softirq.c irq_exit → invoke_softirq: leaving the outermost hard interrupt with
-    softirq work pending and bottom halves enabled runs it, on that CPU."""
-    if not k.in_interrupt and k.poll_list[cpu] and not k.softirq_count[cpu]:
+    softirq work pending and bottom halves enabled runs it, on that CPU — unless ksoftirqd was
+    woken for it and has not run yet (ksoftirqd_running: NET_RX is not in SOFTIRQ_NOW_MASK)."""
+    if (not k.in_interrupt and k.poll_list[cpu] and not k.softirq_count[cpu]
+            and not k.ksoftirqd_woken[cpu]):  # fmt: skip
         do_softirq(k, cpu)
 
 
@@ -176,8 +181,10 @@ def local_bh_disable(k: Kernel) -> None:
 
 
 def local_bh_enable(k: Kernel) -> None:
-    """Bottom halves on again: pending softirq work runs now (outside hard interrupts)."""
+    """Bottom halves on again: pending softirq work runs now (outside hard interrupts), unless
+    it is ksoftirqd's (do_softirq's ksoftirqd_running test, as irq_exit)."""
     cpu = k.this_cpu
     k.softirq_count[cpu] -= 1
-    if not k.softirq_count[cpu] and not k.in_interrupt and k.poll_list[cpu]:
+    if (not k.softirq_count[cpu] and not k.in_interrupt and k.poll_list[cpu]
+            and not k.ksoftirqd_woken[cpu]):  # fmt: skip
         do_softirq(k, cpu)
