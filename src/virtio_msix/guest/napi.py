@@ -63,11 +63,6 @@ def __napi_schedule(k: Kernel, napi: Napi) -> None:
     k.poll_list[k.this_cpu].append(napi)
 
 
-def napi_schedule(k: Kernel, napi: Napi) -> None:
-    if napi_schedule_prep(napi):
-        __napi_schedule(k, napi)
-
-
 def napi_complete_done(k: Kernel, napi: Napi, work_done: int) -> bool:
     """False when the poll must go on: not enabled (NPSVC), or an interrupt came meanwhile
     (MISSED: scheduled again at once); else SCHED cleared and True."""
@@ -100,22 +95,6 @@ def napi_disable(k: Kernel, napi: Napi) -> None:
             plist.remove(napi)
 
 
-def napi_poll(k: Kernel, napi: Napi, repoll: list[Napi]) -> int:
-    """napi_poll/__napi_poll: run the poll with the napi's weight; a poll that used its whole
-    weight is still scheduled and goes on the repoll list (unless it put itself back on the
-    poll list already). net_rx_action has it inline."""
-    weight = napi.weight
-    work = napi.poll(napi, weight) if napi.state & NAPIF_STATE_SCHED else 0
-    if work < weight:
-        return work
-    if napi.state & NAPIF_STATE_DISABLE:
-        napi_complete_done(k, napi, work)
-        return work
-    if napi not in k.poll_list[k.this_cpu]:
-        repoll.append(napi)
-    return work
-
-
 def net_rx_action(k: Kernel, cpu: int) -> None:
     """The NET_RX softirq: the polls scheduled on ``cpu`` in order, until the list or
     NETDEV_BUDGET runs out (Linux also stops after two jiffies: the model has no clock).
@@ -129,7 +108,8 @@ def net_rx_action(k: Kernel, cpu: int) -> None:
     done = 0
     for napi in work:  # bounded: a copy, which the polls do not extend
         done += 1
-        # napi_poll, inline (one per poll scheduled: per packet)
+        # napi_poll / __napi_poll: a poll that used its whole weight is still scheduled
+        # and goes on the repoll list, unless it put itself back on the poll list
         weight = napi.weight
         polled = napi.poll(napi, weight) if napi.state & NAPIF_STATE_SCHED else 0
         if polled >= weight:
