@@ -104,14 +104,14 @@ def main() -> int:
     p.add_argument("--out", default=str(Path(__file__).with_name("results.txt")))
     args = p.parse_args()
     uml_kernel.build(progress=True)
-    lines = [f"virtio-msix benchmarks, {time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, "
-             f"{platform.processor() or platform.machine()}, Python {platform.python_version()}"]  # fmt: skip
+    lines: list[str] = []
 
     def say(s: str) -> None:
         print(s, flush=True)
         lines.append(s)
 
-    say(lines[0])
+    say(f"virtio-msix benchmarks, {time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, "
+        f"{platform.processor() or platform.machine()}, Python {platform.python_version()}")  # fmt: skip
     t = boot_to_init()
     say(f"UML boot → /init (kernel cached, 5 runs): median {statistics.median(t) * 1000:.0f} ms "
         f"(min {min(t) * 1000:.0f}, max {max(t) * 1000:.0f})")  # fmt: skip

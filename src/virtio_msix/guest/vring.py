@@ -343,18 +343,26 @@ class VringVirtqueue(Virtqueue):
         """virtqueue_enable_cb_prepare (its split half): clear event_triggered and NO_INTERRUPT
         (avail->flags written without event idx), point used_event at the next entry (always,
         event idx or not); the index to hand to poll()."""
+        last = self.last_used_idx
+        self._callbacks_on(last)
+        return last
+
+    def _callbacks_on(self, used_event: int) -> Any:
+        """What enable_cb_prepare and enable_cb_delayed share: event_triggered and
+        NO_INTERRUPT cleared (avail->flags written without event idx), used_event stored
+        (always, event idx or not). Returns the memory, for the caller's next load."""
         self.event_triggered = False
         mem = self.k.memory
         if self.avail_flags_shadow & VRING_AVAIL_F_NO_INTERRUPT:
             self.avail_flags_shadow &= ~VRING_AVAIL_F_NO_INTERRUPT
             if not self.event_idx:
                 mem.write_u16(self.avail + ring.AVAIL_FLAGS, self.avail_flags_shadow)
-        last, a = self.last_used_idx, self._used_event
+        a = self._used_event
         if a + 2 <= mem.size:
-            _U16_PACK_INTO(mem.buf, a, last)
+            _U16_PACK_INTO(mem.buf, a, used_event)
         else:
-            mem.write_u16(a, last)
-        return last
+            mem.write_u16(a, used_event)
+        return mem
 
     def poll(self, last_used_idx: int) -> bool:
         """virtqueue_poll: whether the device used buffers past ``last_used_idx`` (what
@@ -374,21 +382,11 @@ class VringVirtqueue(Virtqueue):
         used_event set 3/4 of the way through the buffers outstanding
         ((avail_idx_shadow - last_used_idx) * 3 / 4, in u16); False when the device has
         already used more than that."""
-        self.event_triggered = False
-        mem = self.k.memory
-        if self.avail_flags_shadow & VRING_AVAIL_F_NO_INTERRUPT:
-            self.avail_flags_shadow &= ~VRING_AVAIL_F_NO_INTERRUPT
-            if not self.event_idx:
-                mem.write_u16(self.avail + ring.AVAIL_FLAGS, self.avail_flags_shadow)
         last = self.last_used_idx
         bufs = ((self.avail_idx_shadow - last) & 0xFFFF) * 3 // 4
-        buf, size, a = mem.buf, mem.size, self._used_event
-        if a + 2 <= size:
-            _U16_PACK_INTO(buf, a, (last + bufs) & 0xFFFF)
-        else:
-            mem.write_u16(a, last + bufs)
+        mem = self._callbacks_on((last + bufs) & 0xFFFF)
         a = self._used_idx
-        used = _U16_UNPACK_FROM(buf, a)[0] if a + 2 <= size else mem.read_u16(a)
+        used = _U16_UNPACK_FROM(mem.buf, a)[0] if a + 2 <= mem.size else mem.read_u16(a)
         return ((used - last) & 0xFFFF) <= bufs
 
 
