@@ -283,3 +283,24 @@ def test_speed_duplex_read_when_the_link_comes_up(props, speed, duplex):
     reads = [(r["offset"], r["size"]) for r in res.recorder.records
              if r.get("space") == "device" and r.get("phase") == "run"]  # fmt: skip
     assert reads[:3] == ([(6, 2), (12, 4), (16, 1)] if props else [(6, 2)])
+
+
+# -- TX: tx and x-txburst ------------------------------------------------------------------------
+
+
+def test_tx_timer_is_refused_bh_and_unknown_modes_serve_at_once():
+    with pytest.raises(SpecError, match=r"tx=timer is not modelled"):
+        parse_device("virtio-net-pci,tx=timer")
+    assert parse_device("virtio-net-pci,tx=bh").warnings == []
+    # An unknown mode: QEMU's two warning lines (measured in test_qemu_devspec), then bh.
+    spec = parse_device("virtio-net-pci,tx=fast")
+    assert spec.warnings == ['warning: virtio-net: Unknown option tx=fast, valid options: '
+                             '"timer" "bh"', 'Defaulting to "bh"']  # fmt: skip
+
+
+@pytest.mark.parametrize("text,burst", [("", 256), ("x-txburst=2", 2), ("x-txburst=0", 1),
+                                        ("x-txburst=-7", 1), ("x-txburst=0x7fffffff", 4096)])  # fmt: skip
+def test_x_txburst_reaches_the_device(text, burst):
+    """virtio_net_flush_tx serves one chain before it compares its count with tx_burst, so 0
+    and negative values serve one per flush; the model also ends a flush at TX_BURST_MAX."""
+    assert make_device(f"virtio-net-pci,{text}".rstrip(",")).device.tx_burst == burst

@@ -180,12 +180,14 @@ class Rig:
         ctrl: bool = True,
         packed: bool = False,
         event_idx: bool = False,
+        tx_burst: int | None = None,
     ) -> None:
         self.mem = CountingMemory(mem_size)
         self.sink = Sink()
         self.backend = LoopbackBackend()
+        extra = {} if tx_burst is None else {"tx_burst": tx_burst}  # x-txburst
         self.dev = make_virtio_net_pci(memory=self.mem, sink=self.sink, backend=self.backend,
-                                       packed=packed)  # fmt: skip
+                                       packed=packed, **extra)  # fmt: skip
         self.net = self.dev.device
         self.qsize = qsize
         self.features = VERSION_1 | (1 << VIRTIO_NET_F_MRG_RXBUF if mergeable else 0)

@@ -43,6 +43,7 @@ def make_virtio_net_pci(
             ctrl_queue=True,  # QEMU adds the control queue whatever ctrl_vq says (measured)
             rx_queue_size=spec.rx_queue_size,
             tx_queue_size=spec.tx_queue_size,
+            tx_burst=spec.tx_burst,
             speed=spec.speed,
             duplex=spec.duplex,
             packed=spec.packed,

@@ -196,6 +196,12 @@ _ZERO10 = bytes(10)
 _HDR_ONE_BUFFER = _ZERO10 + _U16.pack(1)  # the 12-byte header: flags 0, GSO_NONE, num_buffers 1
 RX_QUEUE_SIZE = 256
 TX_QUEUE_SIZE = 256
+# QEMU's TX_BURST (x-txburst's default): chains one TX flush serves before it reschedules.
+TX_BURST = 256
+# A flush here ends after this many chains whatever x-txburst says (QEMU's int32 would let a
+# guest that re-posts as fast as we serve hold one flush for ever): the event loop must come
+# back to its deadline. The rest is served on the next pass, as a rescheduled bottom half.
+TX_BURST_MAX = 4 * 1024
 CTRL_QUEUE_SIZE = 64
 HDR_LEN = 12  # struct virtio_net_hdr_v1 (VERSION_1 or MRG_RXBUF)
 HDR_LEN_LEGACY = 10
@@ -237,6 +243,7 @@ class VirtioNet(VirtioDevice):
         speed: int = SPEED_UNKNOWN,
         duplex: int = DUPLEX_UNKNOWN,
         packed: bool = False,
+        tx_burst: int = TX_BURST,
     ) -> None:
         """QEMU's virtio-net with ``queue_pairs`` pairs. ``host_features`` None: QEMU's
         default set for this ``backend`` (MQ with more than one pair, MTU with ``mtu``);
@@ -244,7 +251,9 @@ class VirtioNet(VirtioDevice):
         properties). ``ctrl_queue`` None: a control queue when CTRL_VQ is offered; QEMU itself
         always adds it (True), whatever ctrl_vq says. ``legacy_features``: the bits only the
         legacy interface shows (QEMU's legacy_features: GSO, NOTIFY_ON_EMPTY, ANY_LAYOUT).
-        ``packed``: offer VIRTIO_F_RING_PACKED (the ring itself is the queue's)."""
+        ``packed``: offer VIRTIO_F_RING_PACKED (the ring itself is the queue's). ``tx_burst``:
+        QEMU's x-txburst, TX chains served per kick (at least 1) before the rest waits for
+        the next pass."""
         if len(mac) != 6:
             raise ValueError("a MAC address has 6 bytes")
         if not 1 <= queue_pairs <= 0x8000:
@@ -317,6 +326,7 @@ class VirtioNet(VirtioDevice):
         # (a guest may add buffers as fast as we consume them): poll() comes back to them, as
         # QEMU's TX bottom half reschedules itself after tx_burst packets.
         self.backlog: set[int] = set()
+        self.tx_burst = max(1, min(tx_burst, TX_BURST_MAX))
         self._reset_net_state()
 
     # -- state -------------------------------------------------------------------------------------
@@ -514,9 +524,10 @@ class VirtioNet(VirtioDevice):
         q = self.queues[index]
         mem = self.hooks.memory  # self.memory (the caller checked hooks: dma_allowed)
         done = 0
-        # At most a ring's worth of chains per call (QEMU stops at tx_burst and reschedules):
-        # a guest that re-posts buffers while we walk must not keep one kick going for ever.
-        budget = max(q.size, 1)
+        # At most tx_burst chains per call (virtio_net_flush_tx stops there and the bottom half
+        # reschedules): a guest that re-posts buffers while we walk must not keep one kick
+        # going for ever. The rest is the backlog poll() serves on the next pass.
+        budget = self.tx_burst
         try:
             done = self._tx_burst(q, mem, index, budget)
         finally:
