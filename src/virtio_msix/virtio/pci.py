@@ -167,6 +167,10 @@ class VirtioPciDevice(CommonCfg, LegacyInterface, PciFunction):
         self.ring_errors = 0
         self.staging = [QueueStaging() for _ in device.queues]
         self._deferred_kicks: set[int] = set()
+        # Called just before a reset takes a running driver's device away (DRIVER_OK set): a
+        # host that shows the device as the driver programmed it looks once more at what the
+        # guest said before (boot reads the console there; its views are taken at a marker).
+        self.before_driver_reset: Callable[[], None] | None = None
         self._common_handlers = self._handlers(COMMON_BY_OFFSET, "common")
         self._legacy_handlers = self._handlers(LEGACY_BY_OFFSET, "legacy")
 
@@ -378,6 +382,8 @@ class VirtioPciDevice(CommonCfg, LegacyInterface, PciFunction):
     # -- reset ------------------------------------------------------------------------------------
     def reset(self) -> None:
         """Device reset (status 0, §2.4): unmap every event, disable queues, clear ISR."""
+        if self.device.status & DRIVER_OK and self.before_driver_reset is not None:
+            self.before_driver_reset()
         self.device.reset()
         self.isr = 0
         self.config_vector = VIRTIO_MSI_NO_VECTOR
