@@ -51,6 +51,7 @@ PROPERTY_SETS = [
     "modern-pio-notify=on,disable-legacy=on,vectors=300",
     "tx=bh,x-txburst=1",
     "tx=fast,x-txtimer=1000",  # QEMU warns and goes on with the bottom half
+    "id=net0,bus=pcie.0",  # qdev_device_add's options, in every copied command line
 ]
 
 

@@ -216,6 +216,11 @@ PROPERTIES: tuple[Prop, ...] = (
     Prop("romfile", "str", None, "", effect="none"),
     Prop("acpi-index", "uint32", 0, "", effect="none"),
     Prop("bootindex", "int32", None, "", effect="none"),
+    # Not properties but qdev_device_add's own options, which every -device takes: copied QEMU
+    # command lines carry them.
+    Prop("id", "str", None, "the device's name in QEMU's monitor", effect="none"),
+    Prop("bus", "str", None, "the bus it plugs into (the model's is the root bus)",
+         effect="none"),
 )
 PROPERTY = {p.name: p for p in PROPERTIES}
 
