@@ -6,6 +6,7 @@ kernel does it with our device, and the model the same, access for access."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -56,3 +57,15 @@ def test_boot_pcap_has_the_guests_ping_both_ways(linux, tmp_path):
     assert sorted(d for d, icmp, _ in fields if icmp == "8") == [outbound] * 3
     assert sorted(d for d, icmp, _ in fields if icmp == "0") == ["0x00000001"] * 3
     assert [d for d, _, arp in fields if arp == "1"][:1] == [outbound]  # the guest's ARP request
+
+
+@pytest.mark.parametrize("cmd,status", [("true", 0), ("exit 3", 3), ("false", 1)])
+def test_boot_cmd_exits_with_the_guest_commands_status(linux, cmd, status):
+    """`boot -- CMD` as `ssh host CMD`: CMD's status is boot's, so a guest check can fail a
+    script; the device views are still printed, and --json says it as script_status."""
+    out = subprocess.run([sys.executable, "-m", "virtio_msix", "boot", "--quiet", "--json",
+                          "--", cmd], capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert out.returncode == status, out.stdout[-2000:] + out.stderr[-2000:]
+    doc = json.loads(out.stdout)
+    assert doc["finished"] and doc["script_status"] == status and doc["error"] is None
+    assert ("exited with status" in out.stderr) == (status != 0)

@@ -114,7 +114,7 @@ while [ $n -lt 100 ]; do
   sleep 0.1; n=$((n+1))
 done
 {script}
-echo {mark} done
+echo {mark} done $?
 # Take the PCI bus away before powering off: unbinding virt-pci removes our function the normal
 # way (virtnet_remove, vp_del_vqs, MSI-X disable). Left to the halt path, virtio_uml's exitcall
 # removes it after uml_cleanup() has stopped the kernel's allocator and the kernel idles forever
@@ -185,6 +185,9 @@ class BootResult:
     # left it, ``panic`` the kernel's panic (or oops) line if its console printed one, and
     # ``console_tail`` the console lines leading to it (or the last lines).
     finished: bool = False
+    # The guest script's exit status (its last command's, as sh gives it); None if it never
+    # finished.
+    script_status: int | None = None
     panic: str | None = None
     console_tail: list[str] = field(default_factory=list)
     # What the bounds above cut: console lines and bytes, section bytes, access records.
@@ -557,6 +560,7 @@ class BootSession:
         self.sections_cut = 0  # bytes of section lines not kept
         self._section: str | None = None
         self.times: dict[str, float] = {}
+        self.script_status: int | None = None
         self.snapshot: dict[str, Any] = {}
         self._out_fd: int | None = None
         # The views are taken at the script's "done" marker, before the power-off removes the
@@ -599,6 +603,8 @@ class BootSession:
                 self.times["init"] = time.monotonic() - self.times["start"]
             elif tag == "done":
                 self.times["done"] = time.monotonic() - self.times["start"]
+                if len(word) > 1 and word[1].isdigit():
+                    self.script_status = int(word[1])
                 self.snapshot = device_views(self.device, self.queue_names, "um")
             elif tag == "end":
                 self._section = None
@@ -738,6 +744,7 @@ class BootSession:
             self._console_line(self._partial)
             self._partial = ""
         result.finished = "done" in self.times
+        result.script_status = self.script_status
         if not result.finished:
             # What was observed, nothing more: the device as the kernel left it.
             self.snapshot = device_views(self.device, self.queue_names, "um")

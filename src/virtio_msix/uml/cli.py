@@ -90,6 +90,7 @@ def to_json(res: BootResult) -> dict[str, Any]:
         "kernel": res.options.kernel,
         "error": res.error,
         "finished": res.finished,
+        "script_status": res.script_status,
         "panic": res.panic,
         "console_tail": res.console_tail if not res.finished else [],
         "times_s": res.times,
@@ -255,7 +256,9 @@ def cmd_boot(args: argparse.Namespace) -> int:
     script = None
     if args.cmd:
         cmd = args.cmd[1:] if args.cmd[0] == "--" else args.cmd
-        script = " ".join(cmd) + "\n"
+        # In a subshell: the script runs as the guest's init, which an `exit` would end (and
+        # the kernel panics when init dies); the subshell's status is CMD's.
+        script = "(\n" + " ".join(cmd) + "\n)\n"
     files = dict(args.add or [])
     spec = None
     if args.device_module is None:
@@ -305,7 +308,14 @@ def cmd_boot(args: argparse.Namespace) -> int:
         print()
         print(render(res))
     # A driver that refused our device (its probe failed) fails the run as sim's does.
-    return 1 if res.error or res.probe_errors() else 0
+    if res.error or res.probe_errors():
+        return 1
+    if script is not None and res.script_status:
+        # `boot -- CMD` as `ssh host CMD`: the command's own status, so that it can be a check.
+        print(f"virtio-msix boot: the guest command exited with status {res.script_status}",
+              file=sys.stderr)  # fmt: skip
+        return res.script_status
+    return 0
 
 
 def guest_file(spec: str) -> tuple[str, Path]:
