@@ -317,6 +317,18 @@ def test_output_file_on_a_full_disk_is_one_error_line(capsys):
         assert "Traceback" not in err and out == ""
 
 
+@pytest.mark.parametrize("flag", ["--pcap", "--timeline", "--trace-json"])
+def test_dash_is_not_a_file_name_for_outputs(capsys, tmp_path, monkeypatch, flag):
+    """`-` would have made a file named "-" (standard output carries the report): refused
+    before the run, one line naming the option."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["sim", flag, "-"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"argument {flag}: -: give a file name" in err
+    assert not (tmp_path / "-").exists()
+
+
 def test_replay_names_the_device_and_lines(capsys, tmp_path):
     rc, out, _ = run(capsys, "replay", str(DATA / "qemu-q35-vectors2.jsonl"))
     assert rc == 0 and out.splitlines()[0] == (

@@ -70,6 +70,9 @@ def output_file(text: str) -> str:
 
 def output_problem(path: str) -> str | None:
     """Why ``path`` cannot be written, or None."""
+    if path == "-":
+        # Not standard output: that carries the command's own report (or its --json).
+        return "-: give a file name (standard output carries the report)"
     if os.path.isdir(path):
         return f"{path}: is a directory"
     if os.path.exists(path):
