@@ -347,3 +347,23 @@ def test_a_refused_probe_says_why(capsys):
             "VIRTIO_NET_F_CTRL_VQ") in out  # fmt: skip
     assert "(no traffic: the driver did not probe)" in out
     assert "device status 0x83 (ACKNOWLEDGE|DRIVER|FAILED)" in out
+
+
+def test_argument_errors_are_one_line(capsys):
+    """Not argparse's usage block above the message: the message, and where the usage is."""
+    for argv, message in ((["sim", "--vectors", "x"], "argument --vectors: invalid integer: 'x'"),
+                          (["boot", "--timeout", "0"], "argument --timeout:"),
+                          (["frob"], "invalid choice: 'frob'")):  # fmt: skip
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.splitlines()) == 1, err
+        assert message in err and err.rstrip().endswith("(--help for usage)")
+
+
+def test_boot_device_module_refuses_virtio_net_flags(capsys):
+    module = str(Path(__file__).resolve().parent.parent / "examples" / "rng.py")
+    for extra, named in ((["--device", "virtio-net-pci,mq=on"], "--device"),
+                         (["--net", "tap"], "--net"), (["--netdev", "tap"], "--netdev")):  # fmt: skip
+        rc, _out, err = run(capsys, "boot", "--device-module", module, *extra)
+        assert rc == 2 and named in err and "--device-module brings its own" in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from . import __version__
 
@@ -18,8 +19,16 @@ COMMAND_MODULES = (
 )
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """An argument error is one line and exit status 2 (argparse prints the whole usage above
+    it, 8 lines for sim, where the mistake gets lost); --help has the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (--help for usage)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="virtio-msix",
         description="virtio-over-PCI with MSI-X: device model, Linux driver model, real kernel.",
         epilog="With no command, runs `sim`. The architecture: docs/DESIGN.md.",

@@ -141,15 +141,6 @@ def render(res: SimResult, s: Style) -> str:
                    f"{m['interrupts_while_masked']} interrupts while masked")  # fmt: skip
         out.append(f"  unmasked: {m['interrupts_after_unmask']} interrupt delivered, "
                    f"pending bit {'set' if m['pending_after_unmask'] else 'clear'}")  # fmt: skip
-    if (
-        o.teardown
-        and res.table_after_teardown is not None
-        and res.msix_enabled_after_teardown is not None
-    ):
-        out.append("")
-        masked = all(r["entry_masked"] for r in res.table_after_teardown)
-        out.append(s.head("After the removal") + f": every entry masked: {masked}, "
-                   f"MSI-X enabled: {res.msix_enabled_after_teardown}")  # fmt: skip
     if o.teardown and res.teardown_steps:
         out.append("")
         out.append(s.head("Removal (phase 'teardown')"))
@@ -160,6 +151,15 @@ def render(res: SimResult, s: Style) -> str:
         out.append(f"  then: device status {st:#x} ({status_names(st)}), "
                    f"Bus Master {'on' if cmd & 0x4 else 'off'}, "
                    f"INTx {'disabled' if cmd & 0x400 else 'enabled'}")  # fmt: skip
+    if (
+        o.teardown
+        and res.table_after_teardown is not None
+        and res.msix_enabled_after_teardown is not None
+    ):
+        out.append("")
+        masked = all(r["entry_masked"] for r in res.table_after_teardown)
+        out.append(s.head("After the removal") + f": every entry masked: {masked}, "
+                   f"MSI-X enabled: {res.msix_enabled_after_teardown}")  # fmt: skip
     if o.backtraces:
         out.append("")
         out.append(s.head("Backtraces (from the model's call stack)"))

@@ -261,6 +261,13 @@ def cmd_boot(args: argparse.Namespace) -> int:
         script = "(\n" + " ".join(cmd) + "\n)\n"
     files = dict(args.add or [])
     spec = None
+    if args.device_module is not None:
+        # The module builds its own device: virtio-net's description would be ignored.
+        given = [flag for flag, v in (("--device", args.device), ("--netdev", args.netdev),
+                                      ("--net", args.net)) if v is not None]  # fmt: skip
+        if given:
+            return cliargs.fail(f"boot: {' and '.join(given)} describe the virtio-net device; "
+                                "--device-module brings its own (give one or the other)")  # fmt: skip
     if args.device_module is None:
         spec = command_spec(args, "boot", net_flag=args.net)
         if isinstance(spec, int):
