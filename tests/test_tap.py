@@ -84,9 +84,12 @@ def test_offloads_negotiated_and_segmented_data_intact(linux):
                 VIRTIO_NET_F_GUEST_TSO4):  # fmt: skip
         assert out["negotiated"] >> bit & 1, hex(out["negotiated"])
     assert out["guest_offloads"] >> VIRTIO_NET_F_GUEST_TSO4 & 1
-    assert out["max_tx_frame"] > 12 + 1514 * 4  # one descriptor chain, several segments' worth
+    # Larger than any one segment: only TSO makes such a frame. How large is the sender's
+    # choice (tcp_tso_autosize: about 1 ms of its pacing rate, at least two segments), so a
+    # slow moment of the host gives smaller ones (seen once under the whole suite: none above 4).
+    assert out["max_tx_frame"] > 12 + 1514  # one descriptor chain, several segments' worth
     _intact(out, nbytes)
-    assert out["max_rx_frame"] > 12 + 1514 * 4  # GUEST_TSO4: the host sends large ones too
+    assert out["max_rx_frame"] > 12 + 1514  # GUEST_TSO4: the host sends large ones too
     assert out["counters"]["rx_dropped"] == out["counters"]["tx_dropped"] == 0
 
 
