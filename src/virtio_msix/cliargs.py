@@ -98,7 +98,16 @@ def input_file(text: str) -> str:
     return text
 
 
+COMMANDS = ("sim", "show", "replay", "capture-qemu", "boot", "completion")
+
+
 def fail(message: str) -> int:
-    """One line on stderr in argparse's style; the exit status for bad input (2)."""
-    print(f"virtio-msix: error: {message}", file=sys.stderr)
+    """One line on stderr in argparse's own form, ``virtio-msix COMMAND: error: ...`` for a
+    message that starts with its command (``"boot: ..."``), as an argument error of that
+    command reads; the exit status for bad input (2)."""
+    command, sep, rest = message.partition(": ")
+    if sep and command in COMMANDS:
+        print(f"virtio-msix {command}: error: {rest}", file=sys.stderr)
+    else:
+        print(f"virtio-msix: error: {message}", file=sys.stderr)
     return 2

@@ -266,7 +266,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
         given = [flag for flag, v in (("--device", args.device), ("--netdev", args.netdev),
                                       ("--net", args.net)) if v is not None]  # fmt: skip
         if given:
-            return cliargs.fail(f"boot: {' and '.join(given)} describe the virtio-net device; "
+            verb = "describes" if len(given) == 1 else "describe"
+            return cliargs.fail(f"boot: {' and '.join(given)} {verb} the virtio-net device; "
                                 "--device-module brings its own (give one or the other)")  # fmt: skip
     if args.device_module is None:
         spec = command_spec(args, "boot", net_flag=args.net)
