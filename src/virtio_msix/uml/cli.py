@@ -297,14 +297,13 @@ def cmd_boot(args: argparse.Namespace) -> int:
         opts.script = script
     if args.device_module is not None:
         if args.pcap:
-            print("error: --pcap records virtio-net frames; it cannot be used with "
-                  "--device-module", file=sys.stderr)  # fmt: skip
-            return 2
+            return cliargs.fail("boot: --pcap records virtio-net frames; it cannot be used "
+                                "with --device-module")  # fmt: skip
         opts.device = args.device_module()
     try:
         res = run_boot(opts) if not args.pcap else _run_with_pcap(opts, args.pcap)
     except (PrerequisiteMissing, BootError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"virtio-msix boot: error: {e}", file=sys.stderr)
         return 1
     except BootInterrupted as e:
         print(f"virtio-msix boot: {e}; the kernel and every process it started were stopped",
