@@ -368,3 +368,12 @@ def test_boot_device_module_refuses_virtio_net_flags(capsys):
                          (["--net", "tap"], "--net"), (["--netdev", "tap"], "--netdev")):  # fmt: skip
         rc, _out, err = run(capsys, "boot", "--device-module", module, *extra)
         assert rc == 2 and named in err and "--device-module brings its own" in err
+
+
+def test_sim_says_which_files_it_wrote(capsys, tmp_path):
+    paths = {flag: tmp_path / name for flag, name in (("--pcap", "f.pcapng"),
+             ("--trace-json", "t.jsonl"), ("--timeline", "t.json"))}  # fmt: skip
+    rc, out, err = run(capsys, "sim", "--json", *(a for f, p in paths.items() for a in (f, str(p))))
+    assert rc == 0 and json.loads(out)  # stdout stays the JSON document alone
+    for p in paths.values():
+        assert f"wrote {p} ({p.stat().st_size} bytes)" in err.splitlines()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -268,6 +269,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
     else:
         color = {"auto": sys.stdout.isatty(), "always": True, "never": False}[args.color]
         print(render(res, Style(color)))
+    for path, _writer in outputs:  # on stderr: standard output is the report (or its JSON)
+        print(f"wrote {path} ({os.path.getsize(path)} bytes)", file=sys.stderr)
     return 0 if res.probe_rc == 0 else 1
 
 
