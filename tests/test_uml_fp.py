@@ -188,8 +188,8 @@ def test_fpcheck_fails_when_the_kernel_saves_fp_state_wrong(linux, fpcheck):
     and restores only the legacy FXSAVE area (x87/SSE) of each thread, so the upper YMM/ZMM
     halves (and AVX-512's mask registers) are not the thread's own.
 
-    Only while fpcheck runs: the guest's shell runs its `umask` builtin (umask(2)) just before
-    and just after it, and gdb flips the flag at each. Set from boot on, as this test first did,
+    Only while fpcheck runs: the guest's shell runs its `umask` builtin (umask(2)) with 0123
+    just before it and 022 just after, and gdb sets the flag off and on at those masks. Set from boot on, as this test first did,
     it kills init on a host with AVX-512 (an AMD EPYC, every boot): each static binary started
     in that mode faults in its glibc start-up at the same address, busybox's init first, and the
     kernel panics before fpcheck runs. So no process but fpcheck may start while the flag is off
@@ -199,9 +199,14 @@ def test_fpcheck_fails_when_the_kernel_saves_fp_state_wrong(linux, fpcheck):
     if "avx" not in Path("/proc/cpuinfo").read_text().split():
         pytest.skip("this host's CPU has no AVX: the legacy FXSAVE save loses nothing "
                     "fpcheck can see")  # fmt: skip
-    init = ("break sys_umask\ncommands\nsilent\n"
-            "set var have_xstate_support = !have_xstate_support\ncontinue\nend")  # fmt: skip
-    script = "umask 022\n/fpcheck 2 2 60\numask 022\necho fp-saving restored\n"
+    # Set by the mask asked for, not toggled per call: busybox's umask makes three calls (read
+    # with 0, restore the old mask, set the new one), so only the new masks decide. $rdi: the
+    # syscall's argument as sys_umask is entered.
+    init = ("break sys_umask if $rdi == 0123\ncommands\nsilent\n"
+            "set var have_xstate_support = 0\ncontinue\nend\n"
+            "break sys_umask if $rdi == 022\ncommands\nsilent\n"
+            "set var have_xstate_support = 1\ncontinue\nend")  # fmt: skip
+    script = "umask 0123\n/fpcheck 2 2 60\numask 022\necho fp-saving restored\n"
     res = run_boot(BootOptions(script=script, files={"/fpcheck": fpcheck}, gdb_init=init,
                                timeout=120))  # fmt: skip
     assert "FPCHECK PASS" not in res.console, res.console[-3000:]
