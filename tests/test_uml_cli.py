@@ -59,7 +59,8 @@ def test_boot_pcap_has_the_guests_ping_both_ways(linux, tmp_path):
     assert [d for d, _, arp in fields if arp == "1"][:1] == [outbound]  # the guest's ARP request
 
 
-@pytest.mark.parametrize("cmd,status", [("true", 0), ("exit 3", 3), ("false", 1)])
+@pytest.mark.parametrize("cmd,status", [("true", 0), ("exit 3", 3), ("false", 1), ("", 0),
+                                        ("# only a comment", 0)])
 def test_boot_cmd_exits_with_the_guest_commands_status(linux, cmd, status):
     """`boot -- CMD` as `ssh host CMD`: CMD's status is boot's, so a guest check can fail a
     script; the device views are still printed, and --json says it as script_status."""

@@ -721,6 +721,7 @@ class BootSession:
                     self.left_alive += subreaper.kill_escaped(keep, {proc.pid})
                 if self._out_fd is not None:
                     self._drain(self._out_fd)  # the console to its last line
+                    self._out_fd = None  # closed below: a later reset must not read its number
                 if proc.stdout is not None:
                     proc.stdout.close()
             srv.close()

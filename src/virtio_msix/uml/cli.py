@@ -257,8 +257,9 @@ def cmd_boot(args: argparse.Namespace) -> int:
     if args.cmd:
         cmd = args.cmd[1:] if args.cmd[0] == "--" else args.cmd
         # In a subshell: the script runs as the guest's init, which an `exit` would end (and
-        # the kernel panics when init dies); the subshell's status is CMD's.
-        script = "(\n" + " ".join(cmd) + "\n)\n"
+        # the kernel panics when init dies); the subshell's status is CMD's. The `:` keeps an
+        # empty CMD (or a comment) a valid subshell.
+        script = "(\n:\n" + " ".join(cmd) + "\n)\n"
     files = dict(args.add or [])
     spec = None
     if args.device_module is not None:
