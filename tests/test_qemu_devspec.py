@@ -168,6 +168,8 @@ def test_device_properties_equal_qemu(props):
         "romsize=1000",
         "romsize=0",
         "romsize=0,rombar=0",
+        "id=1x",
+        "bus=nosuch",
         "romsize=4096",
     ],
 )
